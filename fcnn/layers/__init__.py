@@ -1,0 +1,1 @@
+"""The public pure pairs, their frozen cfg dataclasses, typed caches and constructors."""

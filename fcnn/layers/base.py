@@ -1,0 +1,117 @@
+"""The layer protocol shared by every layer and by the composer.
+
+A *pure pair* is the public form of a layer::
+
+    y, cache = <op>_fwd(params, x, cfg)
+    dx, grads = <op>_bwd(cache, dy)            # grads has exactly the keys of params
+
+A ``Layer`` record is the composer's form. It gives every layer one internal
+shape, whatever it needs (state, randomness, a train flag)::
+
+    params, state, out_shape = layer.init(rng, in_shape, dtype)     # shapes without batch
+    y, cache, state = layer.apply(params, state, x, ctx)
+    dx, grads = layer.backward(cache, dy)
+
+``pair_layer`` wraps a stateless pair into that shape, so the composer never
+has a second implementation of any layer. Layers with state (batch norm) return
+their new state; layers with randomness (dropout) draw from ``ctx.rng``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+__all__ = [
+    "ApplyFn",
+    "Array",
+    "BackwardFn",
+    "Context",
+    "InitFn",
+    "Layer",
+    "Params",
+    "Shape",
+    "State",
+    "pair_layer",
+    "reraise_with_path",
+]
+
+Array = NDArray[Any]
+Params = dict[str, Any]
+State = dict[str, Any]
+Shape = tuple[int, ...]
+
+InitFn = Callable[[np.random.Generator, Shape, DTypeLike], tuple[Params, State, Shape]]
+ApplyFn = Callable[[Params, State, Array, "Context"], tuple[Array, Any, State]]
+BackwardFn = Callable[[Any, Array], tuple[Array, Params]]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a forward pass may depend on besides params, state and input.
+
+    ``train`` switches batch norm and dropout to their training behaviour;
+    ``rng`` is the only source of randomness a layer may use (never NumPy's
+    global state). Layers that need ``rng`` in training raise if it is ``None``.
+    """
+
+    train: bool = False
+    rng: np.random.Generator | None = None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer as the composer sees it: three functions and a description.
+
+    ``kind`` is the stem of auto-generated names (``conv`` -> ``conv1``);
+    ``spec`` is a JSON-able description of the constructor call (stored with
+    checkpoints, read by exporters); ``children`` is non-empty for containers.
+    A ``Layer`` holds no arrays and never changes.
+    """
+
+    kind: str
+    init: InitFn
+    apply: ApplyFn
+    backward: BackwardFn
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    children: tuple[Layer, ...] = ()
+
+
+def pair_layer(
+    kind: str,
+    fwd: Callable[[Params, Array, Any], tuple[Array, Any]],
+    bwd: BackwardFn,
+    cfg: Any,
+    init: InitFn,
+    spec: Mapping[str, Any],
+    name: str | None = None,
+) -> Layer:
+    """Wrap a stateless pure pair ``fwd(params, x, cfg)`` / ``bwd(cache, dy)`` as a ``Layer``."""
+
+    def apply(params: Params, state: State, x: Array, ctx: Context) -> tuple[Array, Any, State]:
+        y, cache = fwd(params, x, cfg)
+        return y, cache, state
+
+    return Layer(kind=kind, init=init, apply=apply, backward=bwd, spec=dict(spec), name=name)
+
+
+def reraise_with_path(name: str, err: Exception) -> NoReturn:
+    """Re-raise a ``ValueError``/``TypeError`` with the layer's name prepended to its path.
+
+    Nested containers call this at every level, so a message reads
+    ``block1/conv2: conv2d: x has 3 channels but w expects 1``.
+    """
+    if type(err) not in (ValueError, TypeError):
+        raise err
+    path = getattr(err, "fcnn_path", None)
+    msg = getattr(err, "fcnn_msg", str(err))
+    new_path = f"{name}/{path}" if path else name
+    new = type(err)(f"{new_path}: {msg}")
+    new.fcnn_path = new_path  # type: ignore[attr-defined]
+    new.fcnn_msg = msg  # type: ignore[attr-defined]
+    raise new from err

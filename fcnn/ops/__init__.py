@@ -1,0 +1,1 @@
+"""Kernels on bare arrays and ints: no params dicts, no caches, no cfg objects."""
