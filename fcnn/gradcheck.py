@@ -22,6 +22,7 @@ inputs at once (two forward passes) instead of every element.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,10 +62,15 @@ class GradcheckReport:
     errors: dict[str, float]
 
     def max_error(self) -> float:
-        return max(self.errors.values(), default=0.0)
+        """The largest error; NaN (a NaN or infinite gradient) wins over any number."""
+        values = list(self.errors.values())
+        if any(math.isnan(v) for v in values):
+            return math.nan
+        return max(values, default=0.0)
 
     def ok(self, tol: float = 1e-6) -> bool:
-        return self.max_error() <= tol
+        """Every error is finite and at most ``tol``."""
+        return all(math.isfinite(v) and v <= tol for v in self.errors.values())
 
     def __str__(self) -> str:
         rows = ", ".join(f"{k}: {v:.2e}" for k, v in self.errors.items())
@@ -92,7 +98,13 @@ def numerical_grad(f: Callable[[Array], float], x: Array, eps: float = 1e-6) -> 
 
 
 def _to64(tree: Any) -> Any:
-    return tree_map(lambda a: np.array(a, dtype=np.float64, copy=True), tree)
+    """Copy a tree, casting floating leaves to float64 (integer leaves such as counters stay)."""
+
+    def cast(a: Any) -> Any:
+        a = np.array(a, copy=True)
+        return a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
+
+    return tree_map(cast, tree)
 
 
 def _check_inputs(
@@ -205,7 +217,7 @@ def check_layer(
     forward pass, so dropout masks do not change between the finite differences.
     """
     ctx = ctx or Context()
-    p64, s64, x64 = _to64(params), state, np.array(x, dtype=np.float64, copy=True)
+    p64, s64, x64 = _to64(params), _to64(state), np.array(x, dtype=np.float64, copy=True)
 
     def run(p: Any, xx: Array) -> tuple[Any, Any]:
         c = Context(train=ctx.train, rng=copy.deepcopy(ctx.rng))

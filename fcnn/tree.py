@@ -78,6 +78,8 @@ def tree_map_with_path(f: Callable[..., Any], tree: Tree, *rest: Tree, _path: st
             tree_map_with_path(f, t, *(o[i] for o in rest), _path=_join(_path, i))
             for i, t in enumerate(tree)
         ]
+        if hasattr(tree, "_fields"):  # a NamedTuple takes its fields as arguments
+            return type(tree)(*items)
         return type(tree)(items)
     for other in rest:
         if _is_node(other):

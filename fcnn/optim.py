@@ -1,0 +1,278 @@
+"""Gradient transformations as pure ``(init, update)`` pairs over trees.
+
+An optimizer is two functions and holds no arrays itself::
+
+    opt = adam(1e-3)
+    opt_state = opt.init(params)                               # a tree of arrays
+    updates, opt_state = opt.update(grads, opt_state, params)  # new trees, nothing mutated
+    params = apply_updates(params, updates)                    # params + updates
+
+``opt_state`` is a dict of arrays only (the step count is a 0-d int64 array), so
+``flatten_dict`` / ``unflatten_dict`` save and restore it as an ``.npz``. The
+step count ``t`` is the number of updates already taken (0 before the first).
+
+The formulas follow PyTorch (``torch.optim.SGD``, ``Adam``, ``AdamW``), with
+``lr_t = lr(t)`` when ``lr`` is a schedule. dtypes are preserved: float32
+params and grads give float32 updates and float32 moment buffers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .backend import xp_of
+from .tree import tree_map, tree_map_with_path, zeros_like
+
+__all__ = [
+    "Optimizer",
+    "Schedule",
+    "adam",
+    "adamw",
+    "apply_updates",
+    "constant",
+    "default_decay_mask",
+    "sgd",
+]
+
+Tree = Any
+OptState = dict[str, Any]
+Schedule = Callable[[int], float]
+"""A learning rate as a function of the 0-based count of updates already taken."""
+
+DecayMask = Callable[[str], bool]
+
+
+class Optimizer(NamedTuple):
+    """A gradient transformation: ``init(params) -> state``,
+    ``update(grads, state, params) -> (updates, new_state)``."""
+
+    init: Callable[[Tree], OptState]
+    update: Callable[[Tree, OptState, Tree], tuple[Tree, OptState]]
+
+
+def apply_updates(params: Tree, updates: Tree) -> Tree:
+    """``p + u`` for every leaf, in each param's dtype (a new tree)."""
+
+    def add(p: Any, u: Any) -> Any:
+        return (p + u).astype(p.dtype, copy=False)
+
+    return tree_map(add, params, updates)
+
+
+def constant(lr: float) -> Schedule:
+    """The schedule ``t -> lr``."""
+    _check_nonneg("lr", lr)
+    value = float(lr)
+
+    def schedule(step: int) -> float:
+        return value
+
+    return schedule
+
+
+def default_decay_mask(path: str) -> bool:
+    """Decay only weights: leaves whose last path component is ``"w"`` (not biases)."""
+    return path.rsplit("/", 1)[-1] == "w"
+
+
+# --- validation and small helpers ---------------------------------------------------------
+
+
+def _check_nonneg(name: str, value: float) -> None:
+    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_unit(name: str, value: float) -> None:
+    if not (isinstance(value, numbers.Real) and 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def _check_eps(eps: float) -> None:
+    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+
+
+def _as_schedule(lr: float | Schedule) -> Schedule:
+    if callable(lr):
+        return lr
+    return constant(lr)
+
+
+def _lr_at(schedule: Schedule, step: int) -> float:
+    # A Python float, never an np.float64: float32 arrays times it stay float32.
+    value = float(schedule(step))
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"lr schedule returned {value!r} at step {step}; expected a finite >= 0")
+    return value
+
+
+def _step_of(state: OptState) -> int:
+    return int(state["step"])
+
+
+def _step_array(t: int) -> Any:
+    return np.asarray(t, dtype=np.int64)
+
+
+def _cast(a: Any, like: Any) -> Any:
+    return a.astype(like.dtype, copy=False)
+
+
+def _with_l2(grads: Tree, params: Tree, weight_decay: float, decay_mask: DecayMask) -> Tree:
+    """``g + weight_decay * p`` on the leaves the mask selects (coupled L2 decay)."""
+    if weight_decay == 0.0:
+        return grads
+
+    def add(path: str, g: Any, p: Any) -> Any:
+        return g + weight_decay * p if decay_mask(path) else g
+
+    return tree_map_with_path(add, grads, params)
+
+
+# --- optimizers --------------------------------------------------------------------------
+
+
+def sgd(
+    lr: float | Schedule,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    decay_mask: DecayMask = default_decay_mask,
+) -> Optimizer:
+    """Stochastic gradient descent with optional (Nesterov) momentum, as ``torch.optim.SGD``.
+
+    For every leaf (``wd`` only where ``decay_mask(path)``)::
+
+        g = grad + wd * p
+        v = momentum * v + g                      (v starts at 0; only with momentum)
+        d = g + momentum * v   if nesterov  else  v   (d = g without momentum)
+        update = -lr_t * d
+
+    State: ``{"step"}``, plus ``{"velocity"}`` (a tree like params) when momentum > 0.
+    """
+    schedule = _as_schedule(lr)
+    _check_unit("momentum", momentum)
+    _check_nonneg("weight_decay", weight_decay)
+    if nesterov and momentum <= 0.0:
+        raise ValueError(f"nesterov=True requires momentum > 0, got momentum={momentum!r}")
+    # Python floats, never NumPy scalars: float32 arrays times them stay float32.
+    momentum, weight_decay = float(momentum), float(weight_decay)
+
+    def init(params: Tree) -> OptState:
+        state: OptState = {"step": _step_array(0)}
+        if momentum > 0.0:
+            state["velocity"] = zeros_like(params)
+        return state
+
+    def update(grads: Tree, state: OptState, params: Tree) -> tuple[Tree, OptState]:
+        t = _step_of(state)
+        lr_t = _lr_at(schedule, t)
+        g = _with_l2(grads, params, weight_decay, decay_mask)
+        if momentum == 0.0:
+            updates = tree_map(lambda gi, p: _cast(-lr_t * gi, p), g, params)
+            return updates, {"step": _step_array(t + 1)}
+        velocity = tree_map(lambda v, gi: _cast(momentum * v + gi, v), state.get("velocity", {}), g)
+
+        def step(gi: Any, v: Any, p: Any) -> Any:
+            d = gi + momentum * v if nesterov else v
+            return _cast(-lr_t * d, p)
+
+        updates = tree_map(step, g, velocity, params)
+        return updates, {"step": _step_array(t + 1), "velocity": velocity}
+
+    return Optimizer(init, update)
+
+
+def _adam_like(
+    lr: float | Schedule,
+    b1: float,
+    b2: float,
+    eps: float,
+    weight_decay: float,
+    decay_mask: DecayMask,
+    decoupled: bool,
+) -> Optimizer:
+    schedule = _as_schedule(lr)
+    _check_unit("b1", b1)
+    _check_unit("b2", b2)
+    _check_eps(eps)
+    _check_nonneg("weight_decay", weight_decay)
+    b1, b2, eps, weight_decay = float(b1), float(b2), float(eps), float(weight_decay)
+
+    def init(params: Tree) -> OptState:
+        return {"step": _step_array(0), "mu": zeros_like(params), "nu": zeros_like(params)}
+
+    def update(grads: Tree, state: OptState, params: Tree) -> tuple[Tree, OptState]:
+        t = _step_of(state)
+        lr_t = _lr_at(schedule, t)
+        g = grads if decoupled else _with_l2(grads, params, weight_decay, decay_mask)
+        mu = tree_map(lambda m, gi: _cast(b1 * m + (1.0 - b1) * gi, m), state.get("mu", {}), g)
+        nu = tree_map(
+            lambda v, gi: _cast(b2 * v + (1.0 - b2) * (gi * gi), v), state.get("nu", {}), g
+        )
+        # Bias corrections for the (t + 1)-th update, as Python floats.
+        c1 = 1.0 - b1 ** (t + 1)
+        c2 = 1.0 - b2 ** (t + 1)
+        wd = weight_decay if decoupled else 0.0
+
+        def step(path: str, m: Any, v: Any, p: Any) -> Any:
+            xp = xp_of(m, v, p)
+            d = (m / c1) / (xp.sqrt(v / c2) + eps)
+            if wd != 0.0 and decay_mask(path):
+                d = d + wd * p
+            return _cast(-lr_t * d, p)
+
+        updates = tree_map_with_path(step, mu, nu, params)
+        return updates, {"step": _step_array(t + 1), "mu": mu, "nu": nu}
+
+    return Optimizer(init, update)
+
+
+def adam(
+    lr: float | Schedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decay_mask: DecayMask = default_decay_mask,
+) -> Optimizer:
+    """Adam with bias correction and coupled L2 decay, as ``torch.optim.Adam``.
+
+    For every leaf, with ``t`` updates taken before this one (``wd`` only where
+    ``decay_mask(path)``)::
+
+        g = grad + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        mhat = m / (1 - b1**(t + 1)),  vhat = v / (1 - b2**(t + 1))
+        update = -lr_t * mhat / (sqrt(vhat) + eps)
+
+    State: ``{"step", "mu", "nu"}`` (``mu``, ``nu`` trees like params).
+    """
+    return _adam_like(lr, b1, b2, eps, weight_decay, decay_mask, decoupled=False)
+
+
+def adamw(
+    lr: float | Schedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    decay_mask: DecayMask = default_decay_mask,
+) -> Optimizer:
+    """Adam with decoupled weight decay, as ``torch.optim.AdamW``.
+
+    Moments as in ``adam`` but from the raw gradient; then (``wd`` only where
+    ``decay_mask(path)``)::
+
+        update = -lr_t * (mhat / (sqrt(vhat) + eps) + wd * p)
+
+    State: ``{"step", "mu", "nu"}``.
+    """
+    return _adam_like(lr, b1, b2, eps, weight_decay, decay_mask, decoupled=True)
