@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_float", "check_params", "check_rank", "check_same_dtype", "check_shape_in"]
+__all__ = [
+    "check_float",
+    "check_no_cfg",
+    "check_params",
+    "check_rank",
+    "check_same_dtype",
+    "check_shape_in",
+]
 
 
 def check_float(x: Any, op: str, name: str = "x") -> None:
@@ -23,9 +30,7 @@ def check_float(x: Any, op: str, name: str = "x") -> None:
 def check_rank(x: Any, rank: int, layout: str, op: str, name: str = "x") -> None:
     """``ValueError`` unless ``x`` has ``rank`` dimensions (``layout`` like ``"(N, C, H, W)"``)."""
     if x.ndim != rank:
-        raise ValueError(
-            f"{op}: {name} must have rank {rank} {layout}, got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{op}: {name} must have rank {rank} {layout}, got shape {tuple(x.shape)}")
 
 
 def check_same_dtype(op: str, **arrays: Any) -> None:
@@ -56,3 +61,10 @@ def check_shape_in(shape: tuple[int, ...], rank: int, layout: str, op: str) -> N
     """For ``init``: the per-sample input shape must have ``rank`` entries, all >= 1."""
     if len(shape) != rank or any(int(d) < 1 for d in shape):
         raise ValueError(f"{op}: input shape must be {layout} (no batch axis), got {shape}")
+
+
+def check_no_cfg(params: Any, cfg: Any, op: str) -> None:
+    """Layers without configuration take ``params == {}`` and ``cfg is None``."""
+    check_params(params, (), op)
+    if cfg is not None:
+        raise TypeError(f"{op}: takes no cfg, got {type(cfg).__name__}")

@@ -1,0 +1,235 @@
+"""2-D max and average pooling: the pure pairs and the ``MaxPool2d`` / ``AvgPool2d`` layers.
+
+NCHW activations, no parameters (``params`` must be ``{}``)::
+
+    y, cache = max_pool2d_fwd({}, x, Pool2dCfg(2))          # window 2, stride 2
+    dx, grads = max_pool2d_bwd(cache, dy)                   # grads == {}
+
+    x: (N, C, H, W)   y, dy: (N, C, OH, OW)
+    OH = (H + pad_top + pad_bottom - KH) // stride_h + 1
+    OW = (W + pad_left + pad_right - KW) // stride_w + 1
+
+Max pooling pads with ``-inf`` and sends each window's gradient to its first
+maximum (row-major window order); average pooling pads with zeros and divides by
+``KH * KW`` (PyTorch's ``count_include_pad=True``). Overlapping windows accumulate;
+rows no window touches get zero gradient. The kernels live in ``fcnn.ops.pool``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from ..ops import pool as kernels
+from ..ops.shapes import Pad2d, normalize_padding, positive_pair
+from ._checks import check_float, check_params, check_rank, check_shape_in
+from .base import Array, Layer, Params, Shape, State, pair_layer
+
+__all__ = [
+    "AvgPool2d",
+    "AvgPool2dCache",
+    "MaxPool2d",
+    "MaxPool2dCache",
+    "Pool2dCfg",
+    "avg_pool2d_bwd",
+    "avg_pool2d_fwd",
+    "max_pool2d_bwd",
+    "max_pool2d_fwd",
+]
+
+_MAX = "max_pool2d"
+_AVG = "avg_pool2d"
+
+
+@dataclass(frozen=True, init=False)
+class Pool2dCfg:
+    """Pooling window, stride and padding, stored canonically.
+
+    ``window``: int or ``(KH, KW)``, each >= 1. ``stride``: int or ``(sh, sw)``,
+    each >= 1; ``None`` means the window (non-overlapping). ``padding``: int,
+    ``(ph, pw)`` or ``((top, bottom), (left, right))``, each side at most half the
+    window on its axis (``<= KH // 2`` and ``<= KW // 2``, like PyTorch), so every
+    window holds at least one input cell. ``Pool2dCfg(2).stride == (2, 2)``.
+    """
+
+    window: tuple[int, int]
+    stride: tuple[int, int]
+    padding: Pad2d
+
+    def __init__(
+        self,
+        window: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 0,
+    ) -> None:
+        win = positive_pair(window, "Pool2dCfg.window")
+        st = win if stride is None else positive_pair(stride, "Pool2dCfg.stride")
+        pad = normalize_padding(padding, "Pool2dCfg.padding")
+        (top, bottom), (left, right) = pad
+        limit_h, limit_w = win[0] // 2, win[1] // 2
+        if max(top, bottom) > limit_h or max(left, right) > limit_w:
+            raise ValueError(
+                f"Pool2dCfg.padding must be at most half the window on each side "
+                f"(top, bottom <= {limit_h}; left, right <= {limit_w} for window {win}), "
+                f"got {padding!r}"
+            )
+        object.__setattr__(self, "window", win)
+        object.__setattr__(self, "stride", st)
+        object.__setattr__(self, "padding", pad)
+
+
+class MaxPool2dCache(NamedTuple):
+    """What ``max_pool2d_bwd`` needs: the cfg, the input x: (N, C, H, W) and y: (N, C, OH, OW)."""
+
+    cfg: Pool2dCfg
+    x: Array
+    y: Array
+
+
+class AvgPool2dCache(NamedTuple):
+    """What ``avg_pool2d_bwd`` needs: the cfg, the input and output shapes and the dtype."""
+
+    cfg: Pool2dCfg
+    x_shape: tuple[int, ...]
+    y_shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
+def _out_hw(h: int, w: int, cfg: Pool2dCfg, op: str) -> tuple[int, int]:
+    """``(OH, OW)``, with ``op`` prefixed to the error when the window does not fit."""
+    try:
+        return kernels.pool_out_hw(h, w, cfg.window, cfg.stride, cfg.padding)
+    except ValueError as err:
+        raise ValueError(f"{op}: {err}") from None
+
+
+def _check_fwd(params: Any, x: Any, cfg: Any, op: str) -> None:
+    """Validate the forward arguments of either pooling op."""
+    check_params(params, (), op)
+    if not isinstance(cfg, Pool2dCfg):
+        raise TypeError(f"{op}: cfg must be a Pool2dCfg, got {type(cfg).__name__}")
+    check_float(x, op, "x")
+    check_rank(x, 4, "(N, C, H, W)", op, "x")
+    _out_hw(x.shape[2], x.shape[3], cfg, op)
+
+
+def _check_dy(dy: Any, y_shape: tuple[int, ...], dtype: Any, op: str) -> None:
+    """``dy`` must be a float array with y's shape and the forward dtype."""
+    check_float(dy, op, "dy")
+    if tuple(dy.shape) != y_shape:
+        raise ValueError(f"{op}: dy must have the shape of y {y_shape}, got {tuple(dy.shape)}")
+    if dy.dtype != dtype:
+        raise TypeError(f"{op}: dtypes must match, but x is {dtype}, dy is {dy.dtype}")
+
+
+def max_pool2d_fwd(params: Params, x: Array, cfg: Pool2dCfg) -> tuple[Array, MaxPool2dCache]:
+    """Max pooling forward. params: {}; x: (N, C, H, W) -> y: (N, C, OH, OW), x's dtype.
+
+    ``OH = (H + pad_top + pad_bottom - KH) // stride_h + 1`` (likewise ``OW``).
+    Raises ``ValueError``/``TypeError`` starting with ``"max_pool2d: "`` on bad input.
+    """
+    _check_fwd(params, x, cfg, _MAX)
+    y = kernels.max_pool2d_fwd(x, cfg.window, cfg.stride, cfg.padding)
+    return y, MaxPool2dCache(cfg, x, y)
+
+
+def max_pool2d_bwd(cache: MaxPool2dCache, dy: Array) -> tuple[Array, Params]:
+    """Max pooling backward. dy: (N, C, OH, OW) -> dx: (N, C, H, W), grads ``{}``.
+
+    Each window's gradient goes to exactly one element, its first maximum in
+    row-major order; overlapping windows accumulate.
+    """
+    cfg, x, y = cache
+    _check_dy(dy, tuple(y.shape), x.dtype, _MAX)
+    dx = kernels.max_pool2d_bwd(dy, x, y, cfg.window, cfg.stride, cfg.padding)
+    return dx, {}
+
+
+def avg_pool2d_fwd(params: Params, x: Array, cfg: Pool2dCfg) -> tuple[Array, AvgPool2dCache]:
+    """Average pooling forward. params: {}; x: (N, C, H, W) -> y: (N, C, OH, OW), x's dtype.
+
+    ``OH = (H + pad_top + pad_bottom - KH) // stride_h + 1`` (likewise ``OW``); every
+    window is divided by ``KH * KW``, padded zeros included. Raises
+    ``ValueError``/``TypeError`` starting with ``"avg_pool2d: "`` on bad input.
+    """
+    _check_fwd(params, x, cfg, _AVG)
+    y = kernels.avg_pool2d_fwd(x, cfg.window, cfg.stride, cfg.padding)
+    return y, AvgPool2dCache(cfg, tuple(x.shape), tuple(y.shape), x.dtype)
+
+
+def avg_pool2d_bwd(cache: AvgPool2dCache, dy: Array) -> tuple[Array, Params]:
+    """Average pooling backward. dy: (N, C, OH, OW) -> dx: (N, C, H, W), grads ``{}``."""
+    cfg = cache.cfg
+    _check_dy(dy, cache.y_shape, cache.dtype, _AVG)
+    dx = kernels.avg_pool2d_bwd(dy, cache.x_shape, cfg.window, cfg.stride, cfg.padding)
+    return dx, {}
+
+
+def _pool_layer(
+    kind: str,
+    type_name: str,
+    fwd: Any,
+    bwd: Any,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int] | None,
+    padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]],
+    name: str | None,
+) -> Layer:
+    """Shared constructor body of ``MaxPool2d`` and ``AvgPool2d``."""
+    cfg = Pool2dCfg(window, stride, padding)
+
+    def init(
+        rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike
+    ) -> tuple[Params, State, Shape]:
+        shape = tuple(int(d) for d in in_shape)
+        check_shape_in(shape, 3, "(C, H, W)", type_name)
+        if not np.issubdtype(np.dtype(dtype), np.floating):
+            raise TypeError(f"{type_name}: dtype must be a floating dtype, got {np.dtype(dtype)}")
+        c, h, w = shape
+        oh, ow = _out_hw(h, w, cfg, type_name)
+        return {}, {}, (c, oh, ow)
+
+    spec = {
+        "type": type_name,
+        "window": list(cfg.window),
+        "stride": list(cfg.stride),
+        "padding": [list(cfg.padding[0]), list(cfg.padding[1])],
+    }
+    return pair_layer(kind, fwd, bwd, cfg, init, spec, name)
+
+
+def MaxPool2d(
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 0,
+    *,
+    name: str | None = None,
+) -> Layer:
+    """A max pooling layer; ``stride`` defaults to the window.
+
+    Per-sample shapes: (C, H, W) -> (C, OH, OW), ``OH = (H + pad_top + pad_bottom -
+    KH) // stride_h + 1``. No parameters.
+    """
+    return _pool_layer(
+        "maxpool", "MaxPool2d", max_pool2d_fwd, max_pool2d_bwd, window, stride, padding, name
+    )
+
+
+def AvgPool2d(
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] = 0,
+    *,
+    name: str | None = None,
+) -> Layer:
+    """An average pooling layer (divisor ``KH * KW``); ``stride`` defaults to the window.
+
+    Per-sample shapes: (C, H, W) -> (C, OH, OW), ``OH = (H + pad_top + pad_bottom -
+    KH) // stride_h + 1``. No parameters.
+    """
+    return _pool_layer(
+        "avgpool", "AvgPool2d", avg_pool2d_fwd, avg_pool2d_bwd, window, stride, padding, name
+    )

@@ -1,0 +1,174 @@
+"""Losses as pairs: ``fwd(prediction, target) -> (loss, cache)``, ``bwd(cache, dloss) -> dpred``.
+
+    loss, cache = softmax_cross_entropy_fwd(logits, labels)   # logits (N, K), labels (N,) int
+    dlogits = softmax_cross_entropy_bwd(cache, 1.0)           # (N, K) = (softmax - onehot) / N
+
+    loss, cache = mse_fwd(pred, target)                       # any shape, mean over all elements
+    dpred = mse_bwd(cache, 1.0)                               # 2 * (pred - target) / size
+
+The loss is a 0-d array in the prediction's dtype, and so is every gradient.
+Softmax cross-entropy is fused and computed through ``log_softmax`` (log-sum-exp
+with the row maximum subtracted), so it is finite for logits of +-1e4. ``Loss``
+bundles a pair for the composer: ``loss_and_grad(model, softmax_cross_entropy)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .backend import xp_of
+from .layers._checks import check_float
+from .layers.base import Array
+
+__all__ = [
+    "Loss",
+    "MseCache",
+    "SoftmaxCrossEntropyCache",
+    "log_softmax",
+    "mse",
+    "mse_bwd",
+    "mse_fwd",
+    "softmax",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_bwd",
+    "softmax_cross_entropy_fwd",
+]
+
+_SCE = "softmax_cross_entropy"
+_MSE = "mse"
+
+
+class Loss(NamedTuple):
+    """A loss pair: ``fwd(prediction, target) -> (loss, cache)``, ``bwd(cache, dloss) -> dpred``."""
+
+    fwd: Callable[[Array, Array], tuple[Array, Any]]
+    bwd: Callable[..., Array]
+
+
+class SoftmaxCrossEntropyCache(NamedTuple):
+    """What ``softmax_cross_entropy_bwd`` needs: log-probabilities (N, K) and labels (N,)."""
+
+    logp: Array
+    labels: Array
+
+
+class MseCache(NamedTuple):
+    """What ``mse_bwd`` needs: the difference ``pred - target`` (any shape)."""
+
+    diff: Array
+
+
+def log_softmax(logits: Array) -> Array:
+    """Stable log-softmax over the last axis: ``z - max(z) - log(sum(exp(z - max(z))))``.
+
+    logits: (..., K) float -> (..., K), same dtype.
+    """
+    xp = xp_of(logits)
+    shifted = logits - xp.max(logits, axis=-1, keepdims=True)
+    out: Array = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
+    return out
+
+
+def softmax(logits: Array) -> Array:
+    """Softmax over the last axis, ``exp(log_softmax(logits))``. logits: (..., K) -> (..., K)."""
+    out: Array = xp_of(logits).exp(log_softmax(logits))
+    return out
+
+
+def _check_logits_labels(logits: Any, labels: Any) -> None:
+    """logits (N, K) float with N, K >= 1; labels (N,) integers in [0, K)."""
+    check_float(logits, _SCE, "logits")
+    if logits.ndim != 2:
+        raise ValueError(f"{_SCE}: logits must have rank 2 (N, K), got shape {tuple(logits.shape)}")
+    n, k = (int(d) for d in logits.shape)
+    if n < 1 or k < 1:
+        raise ValueError(f"{_SCE}: logits must have N >= 1 rows and K >= 1 classes, got {(n, k)}")
+    dtype = getattr(labels, "dtype", None)
+    if dtype is None or not hasattr(labels, "shape"):
+        raise TypeError(f"{_SCE}: labels must be an integer array, got {type(labels).__name__}")
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(f"{_SCE}: labels must have an integer dtype, got {dtype}")
+    if labels.ndim != 1:
+        raise ValueError(f"{_SCE}: labels must have rank 1 (N,), got shape {tuple(labels.shape)}")
+    if labels.shape[0] != n:
+        raise ValueError(f"{_SCE}: labels has {labels.shape[0]} entries but logits has {n} rows")
+    bad = labels[(labels < 0) | (labels >= k)]
+    if bad.size:
+        raise ValueError(
+            f"{_SCE}: labels must be in [0, K) = [0, {k}), got {int(bad[0])} "
+            f"({int(bad.size)} out of range)"
+        )
+
+
+def softmax_cross_entropy_fwd(
+    logits: Array, labels: Array
+) -> tuple[Array, SoftmaxCrossEntropyCache]:
+    """Mean softmax cross-entropy: ``-mean_n log_softmax(logits)[n, labels[n]]``.
+
+    logits: (N, K) float; labels: (N,) integer in [0, K) -> loss: 0-d array in logits'
+    dtype. Raises ``ValueError``/``TypeError`` starting with ``"softmax_cross_entropy: "``.
+    """
+    _check_logits_labels(logits, labels)
+    xp = xp_of(logits, labels)
+    logp = log_softmax(logits)
+    picked = logp[xp.arange(logp.shape[0]), labels]
+    loss: Array = xp.asarray(-xp.mean(picked), dtype=logits.dtype)
+    return loss, SoftmaxCrossEntropyCache(logp, labels)
+
+
+def softmax_cross_entropy_bwd(cache: SoftmaxCrossEntropyCache, dloss: Any = 1.0) -> Array:
+    """Gradient of the mean cross-entropy: dlogits (N, K) = dloss * (softmax - onehot) / N.
+
+    ``dloss`` is a scalar (Python number or 0-d array); the result has logits' dtype.
+    """
+    logp, labels = cache
+    xp = xp_of(logp)
+    n = logp.shape[0]
+    grad: Array = xp.exp(logp)  # a fresh array: writing into it touches no input
+    grad[xp.arange(n), labels] -= 1
+    grad *= float(dloss) / n
+    return grad
+
+
+def _check_pred_target(pred: Any, target: Any) -> None:
+    """pred and target: float arrays of one shape and one dtype, not empty."""
+    check_float(pred, _MSE, "pred")
+    check_float(target, _MSE, "target")
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(
+            f"{_MSE}: pred and target must have the same shape, got pred {tuple(pred.shape)} "
+            f"and target {tuple(target.shape)}"
+        )
+    if pred.dtype != target.dtype:
+        raise TypeError(
+            f"{_MSE}: dtypes must match, but pred is {pred.dtype}, target is {target.dtype}"
+        )
+    if pred.size == 0:
+        raise ValueError(f"{_MSE}: pred is empty, got shape {tuple(pred.shape)}")
+
+
+def mse_fwd(pred: Array, target: Array) -> tuple[Array, MseCache]:
+    """Mean squared error over all elements: ``mean((pred - target) ** 2)``.
+
+    pred, target: same shape (...), same floating dtype -> loss: 0-d array in that dtype.
+    Raises ``ValueError``/``TypeError`` starting with ``"mse: "``.
+    """
+    _check_pred_target(pred, target)
+    xp = xp_of(pred, target)
+    diff = pred - target
+    loss: Array = xp.asarray(xp.mean(diff * diff), dtype=pred.dtype)
+    return loss, MseCache(diff)
+
+
+def mse_bwd(cache: MseCache, dloss: Any = 1.0) -> Array:
+    """Gradient of the mean squared error: dpred (...) = dloss * 2 * (pred - target) / size."""
+    diff = cache.diff
+    grad: Array = diff * (2.0 * float(dloss) / diff.size)
+    return grad
+
+
+softmax_cross_entropy = Loss(softmax_cross_entropy_fwd, softmax_cross_entropy_bwd)
+mse = Loss(mse_fwd, mse_bwd)
