@@ -1,3 +1,125 @@
-"""fcnn: a convolutional neural network library in plain NumPy, written as pure functions."""
+"""fcnn: a convolutional neural network library in plain NumPy, written as pure functions.
+
+Every layer is a pair of pure functions::
+
+    y, cache = conv2d_fwd(params, x, cfg)
+    dx, grads = conv2d_bwd(cache, dy)
+
+and the composer (``sequential``, ``init``, ``forward``, ``backward``) threads
+caches, model state and a :class:`Context` through a list of such layers.
+Parameters are nested dicts of arrays, so training is a tree-map over params
+and grads. Submodules: :mod:`fcnn.gradcheck` (finite-difference checks),
+:mod:`fcnn.io` (checkpoints), :mod:`fcnn.data` (datasets and batching).
+"""
+
+from .layers.activation import Relu, ReluCache, relu_bwd, relu_fwd
+from .layers.base import Context, Layer, pair_layer
+from .layers.conv import Conv2d, Conv2dCache, Conv2dCfg, conv2d_bwd, conv2d_fwd
+from .layers.dense import Dense, DenseCache, dense_bwd, dense_fwd
+from .layers.pool import (
+    AvgPool2d,
+    AvgPool2dCache,
+    MaxPool2d,
+    MaxPool2dCache,
+    Pool2dCfg,
+    avg_pool2d_bwd,
+    avg_pool2d_fwd,
+    max_pool2d_bwd,
+    max_pool2d_fwd,
+)
+from .layers.shape import Flatten, FlattenCache, flatten_bwd, flatten_fwd
+from .losses import (
+    Loss,
+    log_softmax,
+    mse,
+    mse_bwd,
+    mse_fwd,
+    softmax,
+    softmax_cross_entropy,
+    softmax_cross_entropy_bwd,
+    softmax_cross_entropy_fwd,
+)
+from .model import backward, forward, init, loss_and_grad, predict, sequential
+from .optim import Optimizer, adam, adamw, apply_updates, constant, sgd
+from .training import NonFiniteLossError, TrainState, evaluate, make_step, train_epoch
+from .tree import (
+    TreeMismatchError,
+    flatten_dict,
+    global_norm,
+    tree_leaves,
+    tree_map,
+    tree_map_with_path,
+    tree_paths,
+    unflatten_dict,
+    zeros_like,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AvgPool2d",
+    "AvgPool2dCache",
+    "Context",
+    "Conv2d",
+    "Conv2dCache",
+    "Conv2dCfg",
+    "Dense",
+    "DenseCache",
+    "Flatten",
+    "FlattenCache",
+    "Layer",
+    "Loss",
+    "MaxPool2d",
+    "MaxPool2dCache",
+    "NonFiniteLossError",
+    "Optimizer",
+    "Pool2dCfg",
+    "Relu",
+    "ReluCache",
+    "TrainState",
+    "TreeMismatchError",
+    "__version__",
+    "adam",
+    "adamw",
+    "apply_updates",
+    "avg_pool2d_bwd",
+    "avg_pool2d_fwd",
+    "backward",
+    "constant",
+    "conv2d_bwd",
+    "conv2d_fwd",
+    "dense_bwd",
+    "dense_fwd",
+    "evaluate",
+    "flatten_bwd",
+    "flatten_dict",
+    "flatten_fwd",
+    "forward",
+    "global_norm",
+    "init",
+    "log_softmax",
+    "loss_and_grad",
+    "make_step",
+    "max_pool2d_bwd",
+    "max_pool2d_fwd",
+    "mse",
+    "mse_bwd",
+    "mse_fwd",
+    "pair_layer",
+    "predict",
+    "relu_bwd",
+    "relu_fwd",
+    "sequential",
+    "sgd",
+    "softmax",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_bwd",
+    "softmax_cross_entropy_fwd",
+    "train_epoch",
+    "tree_leaves",
+    "tree_map",
+    "tree_map_with_path",
+    "tree_paths",
+    "unflatten_dict",
+    "zeros_like",
+]

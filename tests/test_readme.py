@@ -1,0 +1,29 @@
+"""The README's Python examples run as written, in order, in one namespace."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_readme_has_examples() -> None:
+    assert len(python_blocks(README.read_text())) >= 3
+
+
+def test_readme_examples_run() -> None:
+    namespace: dict[str, object] = {}
+    for block in python_blocks(README.read_text()):
+        exec(compile(block, str(README), "exec"), namespace)
+    # The tour's claims about shapes and dtypes hold.
+    y = namespace["y"]
+    assert isinstance(y, np.ndarray) and y.shape == (5, 10)
+    params = namespace["params"]
+    assert isinstance(params, dict) and params["dense1"]["w"].shape == (784, 10)
