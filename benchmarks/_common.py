@@ -1,0 +1,249 @@
+"""Helpers shared by the benchmarks: allocator tuning, environment report, timing, workers.
+
+Nothing here runs on import. Each benchmark entry point calls ``tune_allocator()``
+explicitly, first thing, in the parent and in every worker subprocess.
+
+Why the allocator matters (DESIGN.md §6): glibc returns multi-megabyte blocks to the
+OS on every ``free``, so every step page-faults its temporaries in again. Raising the
+mmap and trim thresholds keeps freed memory in the heap for reuse. The same effect
+without code, for any NumPy program on glibc (both variables are needed)::
+
+    MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 python train.py
+
+Timing follows the same notes: a fresh subprocess per configuration (``run_worker``),
+warm-up, medians, and ratios only between numbers measured in one run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "THREAD_ENV_VARS",
+    "AllocatorTuning",
+    "cpu_count",
+    "environment_report",
+    "format_environment",
+    "gemm_peak",
+    "load_average",
+    "markdown_table",
+    "run_worker",
+    "summarize_ms",
+    "tune_allocator",
+    "write_json_atomic",
+]
+
+# mallopt parameter numbers from glibc's <malloc.h>.
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+ALLOCATOR_ENV_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
+
+
+@dataclass(frozen=True)
+class AllocatorTuning:
+    """What ``tune_allocator`` did: ``applied`` and a one-line ``detail``."""
+
+    applied: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30) -> AllocatorTuning:
+    """Raise glibc's mmap and trim thresholds (``mallopt``) so freed arrays are reused.
+
+    Call it explicitly from an entry point, never on import. Skipped (with the reason
+    in the result) on platforms without glibc; never raises. Both values must fit a C
+    ``int``. glibc may refuse a threshold (``mallopt`` returns 0): that is reported.
+    """
+    if not sys.platform.startswith("linux"):
+        return AllocatorTuning(False, f"skipped: not glibc (platform {sys.platform})")
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION")
+    except (AttributeError, ValueError, OSError):
+        glibc = None
+    if not glibc:
+        return AllocatorTuning(False, "skipped: the C library is not glibc")
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError) as err:
+        return AllocatorTuning(False, f"skipped: no mallopt ({err})")
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok_mmap = mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
+    ok_trim = mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
+    detail = (
+        f"{glibc}: M_MMAP_THRESHOLD={mmap_threshold} ({'ok' if ok_mmap else 'refused'}), "
+        f"M_TRIM_THRESHOLD={trim_threshold} ({'ok' if ok_trim else 'refused'})"
+    )
+    return AllocatorTuning(ok_mmap and ok_trim, detail)
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (other work on the machine skews timings)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _blas_info() -> dict[str, Any]:
+    """NumPy's BLAS: threadpoolctl's live view if installed, else the build config."""
+    info: dict[str, Any] = {}
+    try:
+        cfg = np.show_config(mode="dicts")  # NumPy >= 1.26 returns, does not print
+        blas = cfg["Build Dependencies"]["blas"]
+        info["build"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration")}
+    except Exception as err:  # older NumPy, odd builds: report, never fail
+        info["build"] = f"unavailable ({type(err).__name__})"
+    try:
+        from threadpoolctl import threadpool_info  # type: ignore[import-not-found]
+
+        info["threadpools"] = [
+            {k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+            for p in threadpool_info()
+        ]
+    except ImportError:
+        info["threadpools"] = "threadpoolctl not installed"
+    except Exception as err:
+        info["threadpools"] = f"unavailable ({type(err).__name__})"
+    return info
+
+
+def environment_report(**extra: Any) -> dict[str, Any]:
+    """NumPy/BLAS build, Python, CPUs, thread and allocator env vars, plus ``extra``."""
+    report: dict[str, Any] = {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "numpy": np.__version__,
+        "blas": _blas_info(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": cpu_count(),
+        "thread_env": {k: os.environ.get(k) for k in THREAD_ENV_VARS},
+        "allocator_env": {k: os.environ.get(k) for k in ALLOCATOR_ENV_VARS},
+        "loadavg": load_average(),
+    }
+    report.update(extra)
+    return report
+
+
+def format_environment(report: dict[str, Any]) -> str:
+    """The report as ``key: value`` lines (nested dicts as compact JSON)."""
+    lines = []
+    for key, value in report.items():
+        shown = value if isinstance(value, str | int | float) else json.dumps(value)
+        lines.append(f"- {key}: {shown}")
+    return "\n".join(lines)
+
+
+def summarize_ms(samples_s: Sequence[float]) -> dict[str, Any]:
+    """Median / min / max in milliseconds, and the raw samples, from times in seconds."""
+    ms = [s * 1e3 for s in samples_s]
+    return {
+        "median_ms": statistics.median(ms),
+        "min_ms": min(ms),
+        "max_ms": max(ms),
+        "samples_ms": ms,
+    }
+
+
+def time_call(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``(fn(), seconds)`` by ``time.perf_counter``."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def gemm_peak(n: int = 1024, repeats: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """The machine's float32 GEMM rate: median time of an ``(n, n) @ (n, n)`` matmul.
+
+    Returns ``{"n", "median_ms", "gflops", ...}`` with ``gflops = 2 n^3 / median``.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    for _ in range(warmup):
+        np.matmul(a, b, out=out)
+    samples = [time_call(lambda: np.matmul(a, b, out=out))[1] for _ in range(max(1, repeats))]
+    stats = summarize_ms(samples)
+    stats["n"] = n
+    stats["gflops"] = 2.0 * n**3 / (stats["median_ms"] * 1e-3) / 1e9
+    return stats
+
+
+def run_worker(script: Path, spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+    """Run ``python script --worker JSON`` in a fresh process; return the JSON it prints last.
+
+    A fresh interpreter per configuration keeps one configuration's allocator state
+    from skewing the next. Raises ``RuntimeError`` with the worker's stderr on failure.
+    """
+    cmd = [sys.executable, str(script), "--worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"worker {spec} failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}"
+        )
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 2
+) -> str:
+    """A GitHub Markdown table; the first ``text_columns`` left-aligned, the rest right."""
+    align = ["---" if i < text_columns else "---:" for i in range(len(headers))]
+    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON to a temporary file next to ``path``, then rename it."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
