@@ -16,8 +16,6 @@ warm-up, medians, and ratios only between numbers measured in one run.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import platform
@@ -27,11 +25,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fcnn.runtime import AllocatorTuning, tune_allocator
 
 __all__ = [
     "THREAD_ENV_VARS",
@@ -48,10 +47,6 @@ __all__ = [
     "write_json_atomic",
 ]
 
-# mallopt parameter numbers from glibc's <malloc.h>.
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-
 THREAD_ENV_VARS = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -61,48 +56,6 @@ THREAD_ENV_VARS = (
     "NUMEXPR_NUM_THREADS",
 )
 ALLOCATOR_ENV_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
-
-
-@dataclass(frozen=True)
-class AllocatorTuning:
-    """What ``tune_allocator`` did: ``applied`` and a one-line ``detail``."""
-
-    applied: bool
-    detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30) -> AllocatorTuning:
-    """Raise glibc's mmap and trim thresholds (``mallopt``) so freed arrays are reused.
-
-    Call it explicitly from an entry point, never on import. Skipped (with the reason
-    in the result) on platforms without glibc; never raises. Both values must fit a C
-    ``int``. glibc may refuse a threshold (``mallopt`` returns 0): that is reported.
-    """
-    if not sys.platform.startswith("linux"):
-        return AllocatorTuning(False, f"skipped: not glibc (platform {sys.platform})")
-    try:
-        glibc = os.confstr("CS_GNU_LIBC_VERSION")
-    except (AttributeError, ValueError, OSError):
-        glibc = None
-    if not glibc:
-        return AllocatorTuning(False, "skipped: the C library is not glibc")
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError) as err:
-        return AllocatorTuning(False, f"skipped: no mallopt ({err})")
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    ok_mmap = mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1
-    ok_trim = mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1
-    detail = (
-        f"{glibc}: M_MMAP_THRESHOLD={mmap_threshold} ({'ok' if ok_mmap else 'refused'}), "
-        f"M_TRIM_THRESHOLD={trim_threshold} ({'ok' if ok_trim else 'refused'})"
-    )
-    return AllocatorTuning(ok_mmap and ok_trim, detail)
 
 
 def cpu_count() -> int:
