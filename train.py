@@ -1,80 +1,340 @@
-"""Train a small CNN: ``python train.py`` (vertical vs horizontal lines, a few seconds).
+"""Train a CNN with fcnn.
 
-Real datasets (MNIST, CIFAR-10, the embedded digits) come with the full command line.
+    python train.py                                   # embedded digits, offline, about a minute
+    python train.py --dataset mnist --epochs 12       # full MNIST (downloaded once)
+    python train.py --dataset lines --model small     # synthetic lines, a few seconds
+    python train.py --save runs/model.npz --metrics runs/metrics.csv --plot runs/curves.png
+    python train.py --resume runs/model.npz --epochs 20   # continue exactly where it stopped
+
+Exit status: 0 on success, 1 when the loss becomes NaN/inf or data or a checkpoint
+cannot be read (one clear message, no traceback), 2 for bad flags, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
+import math
+import os
 import sys
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 import fcnn
-from fcnn.data import make_lines
+from fcnn.data import DATASETS, DatasetNotFoundError, channel_stats, limit_train, load_dataset
+from fcnn.data import normalize as normalize_images
+from fcnn.io import (
+    CheckpointError,
+    check_params_match,
+    generator_state,
+    load_checkpoint,
+    restore_generator,
+    save_checkpoint,
+)
+from fcnn.models import MODELS, describe_model, model_from_description
+from fcnn.optim import Schedule
+from fcnn.plots import MissingExtraError, plot_history, require_matplotlib
+from fcnn.runtime import tune_allocator
+
+# The hyperparameters a run is made of. They are saved in every checkpoint; on
+# --resume they come from the checkpoint, and a flag that contradicts it is an error.
+DEFAULTS: dict[str, Any] = {
+    "dataset": DATASETS[0],
+    "model": "default",
+    "epochs": 10,
+    "optimizer": "adam",
+    "lr": None,  # per optimizer: see DEFAULT_LR
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "schedule": "cosine",
+    "batch_size": 64,
+    "seed": 0,
+    "limit_train": None,
+    "impl": "im2col",
+}
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+# What each dataset changes in the defaults (a flag still wins over these).
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits-sample": {},
+    "mnist": {"epochs": 12},
+    "lines": {"model": "small", "optimizer": "sgd", "epochs": 3},
+    "cifar10": {"epochs": 20},
+}
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
-def default_cnn(num_classes: int, impl: str = "im2col") -> fcnn.Layer:
-    """conv 8 -> relu -> pool -> conv 16 -> relu -> pool -> dense."""
-    return fcnn.sequential(
-        fcnn.Conv2d(8, 3, padding=1, impl=impl),
-        fcnn.Relu(),
-        fcnn.MaxPool2d(2),
-        fcnn.Conv2d(16, 3, padding=1, impl=impl),
-        fcnn.Relu(),
-        fcnn.MaxPool2d(2),
-        fcnn.Flatten(),
-        fcnn.Dense(num_classes),
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--dataset", choices=["lines"], default="lines")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-size", type=int, default=2000)
-    p.add_argument("--test-size", type=int, default=500)
-    p.add_argument("--impl", choices=["naive", "im2col", "strided"], default="im2col")
+    add = p.add_argument
+    # Every default is None here so that --resume can tell a given flag from a default.
+    add("--dataset", choices=DATASETS, help=f"default {DEFAULTS['dataset']} (embedded, offline)")
+    add("--model", choices=sorted(MODELS), help="default: default")
+    add(
+        "--epochs",
+        type=int,
+        help="total epochs, counting resumed ones (default 10; mnist 12, lines 3, cifar10 20)",
+    )
+    add("--batch-size", type=int, help="default 64")
+    add("--optimizer", choices=["sgd", "adam", "adamw"], help="default adam")
+    add("--lr", type=float, help="peak learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
+    add("--momentum", type=float, help="sgd only (Nesterov off), default 0.9")
+    add("--weight-decay", type=float, help="L2 for sgd/adam, decoupled for adamw; weights only")
+    add("--schedule", choices=["constant", "cosine"], help="default cosine over all epochs")
+    add("--seed", type=int, help="seeds data order, init and subsets (default 0)")
+    add("--data-dir", help="where mnist/cifar10 files are looked for and downloaded to")
+    add("--limit-train", type=int, metavar="N", help="train on a random N-sample subset")
+    add("--impl", choices=["naive", "im2col", "strided"], help="convolution implementation")
+    add("--save", metavar="PATH", help="checkpoint written after every epoch (atomically)")
+    add("--resume", metavar="PATH", help="continue a run from its checkpoint")
+    add("--metrics", metavar="PATH", help="per-epoch metrics: .csv, else JSON lines")
+    add("--plot", metavar="PATH", help="PNG of loss and accuracy curves (needs matplotlib)")
+    add("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "train_size", "test_size"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("epochs", "batch_size", "limit_train"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("lr", "momentum", "weight_decay"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            p.error(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    rng = np.random.default_rng(args.seed)
-    data_rng, init_rng, train_rng = rng.spawn(3)
-    x_train, y_train = make_lines(args.train_size, data_rng)
-    x_test, y_test = make_lines(args.test_size, data_rng)
-
-    model = default_cnn(num_classes=2, impl=args.impl)
-    params, state, _ = fcnn.init(model, init_rng, x_train.shape[1:])
-    opt = fcnn.sgd(args.lr, momentum=args.momentum)
-    ts = fcnn.TrainState(params, state, opt.init(params))
-    step = fcnn.make_step(model, opt)
-
-    for epoch in range(1, args.epochs + 1):
-        t0 = time.perf_counter()
-        try:
-            ts, train_loss = fcnn.train_epoch(
-                step, ts, x_train, y_train, args.batch_size, train_rng
+def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
+    """The run's hyperparameters: flags over defaults, or the checkpoint's on resume."""
+    if saved is None:
+        defaults = {**DEFAULTS, **PRESETS[args.dataset or DEFAULTS["dataset"]]}
+        config = {
+            k: (v if getattr(args, k) is None else getattr(args, k)) for k, v in defaults.items()
+        }
+        if config["lr"] is None:
+            config["lr"] = DEFAULT_LR[config["optimizer"]]
+        return config
+    config = dict(saved)
+    for key in DEFAULTS:
+        given = getattr(args, key)
+        if key == "epochs":
+            config["epochs"] = given or saved["epochs"]  # a resumed run may be extended
+            continue
+        if given is not None and given != saved.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise CheckpointError(
+                f"{flag} {given} contradicts the checkpoint being resumed ({saved.get(key)}); "
+                f"leave it out to continue the same run"
             )
-        except fcnn.NonFiniteLossError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        test_loss, test_acc = fcnn.evaluate(model, ts.params, ts.state, x_test, y_test)
-        print(
-            f"epoch {epoch}/{args.epochs}  train loss {train_loss:.4f}  "
-            f"test loss {test_loss:.4f}  test acc {100 * test_acc:.2f}%  "
-            f"({time.perf_counter() - t0:.1f}s)"
+    return config
+
+
+def make_schedule(config: dict[str, Any], total_steps: int) -> Schedule:
+    """The learning rate per step: cosine from ``lr`` to 0 over the run, or constant."""
+    lr = float(config["lr"])
+    if config["schedule"] == "cosine":
+        return fcnn.cosine_decay(lr, max(total_steps, 1))
+    return fcnn.constant(lr)
+
+
+def make_optimizer(config: dict[str, Any], schedule: Schedule) -> fcnn.Optimizer:
+    """The optimizer the config names, following ``schedule``."""
+    wd = float(config["weight_decay"])
+    if config["optimizer"] == "sgd":
+        return fcnn.sgd(schedule, momentum=float(config["momentum"]), weight_decay=wd)
+    if config["optimizer"] == "adam":
+        return fcnn.adam(schedule, weight_decay=wd)
+    return fcnn.adamw(schedule, weight_decay=wd)
+
+
+def write_metrics(path: str, history: list[dict[str, Any]]) -> None:
+    """Rewrite the whole metrics file (CSV for ``.csv``, else JSON lines) atomically."""
+    buf = io.StringIO()
+    if path.endswith(".csv"):
+        writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+    else:
+        buf.writelines(json.dumps(row) + "\n" for row in history)
+    tmp = f"{path}.{os.getpid()}.tmp"  # same folder, so the rename is atomic
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def progress_bar(total: int, desc: str, quiet: bool) -> Any:
+    """A tqdm bar that stays silent when stderr is not a terminal; None without tqdm."""
+    if quiet:
+        return None
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None)
+
+
+def make_dirs(*paths: str | None) -> None:
+    for path in paths:
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    tune_allocator()  # keep freed temporaries in the heap: see fcnn/runtime.py
+    say: Callable[[str], None] = (lambda _: None) if args.quiet else print
+    try:
+        return run(args, say)
+    except (DatasetNotFoundError, CheckpointError, MissingExtraError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    saved = ckpt.meta.get("config") if ckpt is not None else None
+    if ckpt is not None and not isinstance(saved, dict):
+        raise CheckpointError(f"{args.resume}: has no training config; was it written by train.py?")
+    config = resolve_config(args, saved)
+    epochs = int(config["epochs"])
+    save_path = args.save or args.resume
+    make_dirs(save_path, args.metrics, args.plot)
+    if args.plot:
+        require_matplotlib()  # fail before training, not after
+
+    ds = load_dataset(config["dataset"], args.data_dir, seed=config["seed"])
+    ds = limit_train(ds, config["limit_train"], config["seed"])
+    rng = np.random.default_rng(config["seed"])
+    init_rng, train_rng = rng.spawn(2)
+    if ckpt is None:
+        mean, std = channel_stats(ds.x_train)
+    else:
+        mean = np.asarray(ckpt.meta["normalization"]["mean"], np.float32)
+        std = np.asarray(ckpt.meta["normalization"]["std"], np.float32)
+    x_train = normalize_images(ds.x_train, mean, std)
+    x_test = normalize_images(ds.x_test, mean, std)
+    in_shape = tuple(int(d) for d in x_train.shape[1:])
+
+    desc = describe_model(config["model"], len(ds.classes), config["impl"])
+    model = model_from_description(desc)
+    params, state, _ = fcnn.init(model, init_rng, in_shape)
+    steps_per_epoch = math.ceil(len(x_train) / config["batch_size"])
+    schedule = make_schedule(config, epochs * steps_per_epoch)
+    opt = make_optimizer(config, schedule)
+    ts = fcnn.TrainState(params, state, opt.init(params))
+    history: list[dict[str, Any]] = []
+    start = 0
+    if ckpt is not None:
+        check_params_match(params, ckpt.params, "params")
+        check_params_match(state, ckpt.state, "state")
+        if ckpt.opt_state is None:
+            raise CheckpointError(f"{args.resume}: has no optimizer state to resume from")
+        check_params_match(ts.opt_state, ckpt.opt_state, "optimizer state")
+        ts = fcnn.TrainState(ckpt.params, ckpt.state, ckpt.opt_state)
+        train_rng = restore_generator(ckpt.meta["rng"])
+        history = list(ckpt.meta.get("history", []))
+        start = int(ckpt.meta["epoch"])
+        say(f"resuming {args.resume} after epoch {start}")
+    n_params = sum(a.size for a in fcnn.tree_leaves(ts.params))
+    say(
+        f"{config['model']} ({n_params:,} params) on {ds.name}: {len(x_train):,} train / "
+        f"{len(x_test):,} test images {in_shape}, {config['optimizer']} lr {config['lr']:g} "
+        f"({config['schedule']}), batch {config['batch_size']}, {epochs} epochs"
+    )
+    if start >= epochs:
+        say(f"nothing to do: the checkpoint already has {start} of {epochs} epochs")
+        return 0
+
+    step = fcnn.make_step(model, opt)
+    meta = {
+        "model": desc,
+        "input_shape": list(in_shape),
+        "classes": list(ds.classes),
+        "dataset": config["dataset"],
+        "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+        "config": config,
+    }
+    last_saved = f"{save_path} (epoch {start})" if args.resume else None
+    epoch, batch = start, 0
+    try:
+        for epoch in range(start + 1, epochs + 1):
+            bar = progress_bar(steps_per_epoch, f"epoch {epoch}/{epochs}", args.quiet)
+
+            def on_batch(i: int, loss: float, bar: Any = bar) -> None:
+                nonlocal batch
+                batch = i + 1
+                if bar is not None:
+                    bar.update(1)
+                    if i % 20 == 0:
+                        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+            t0 = time.perf_counter()
+            try:
+                ts, train_loss = fcnn.train_epoch(
+                    step, ts, x_train, ds.y_train, config["batch_size"], train_rng, on_batch
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
+            train_s = time.perf_counter() - t0
+            test_loss, test_acc = fcnn.evaluate(model, ts.params, ts.state, x_test, ds.y_test)
+            row = {
+                "epoch": epoch,
+                "train_loss": round(train_loss, 6),
+                "test_loss": round(test_loss, 6),
+                "test_acc": round(test_acc, 6),
+                "lr": float(f"{schedule(epoch * steps_per_epoch - 1):.6g}"),  # the last step's
+                "train_seconds": round(train_s, 2),
+                "samples_per_second": round(len(x_train) / train_s, 1),
+            }
+            history.append(row)
+            say(
+                f"epoch {epoch}/{epochs}  train loss {train_loss:.4f}  test loss {test_loss:.4f}  "
+                f"test acc {100 * test_acc:.2f}%  ({train_s:.1f}s, {len(x_train) / train_s:.0f}/s)"
+            )
+            if save_path:
+                meta_now = {
+                    **meta,
+                    "epoch": epoch,
+                    "rng": generator_state(train_rng),
+                    "history": history,
+                }
+                save_checkpoint(
+                    save_path,
+                    params=ts.params,
+                    state=ts.state,
+                    opt_state=ts.opt_state,
+                    meta=meta_now,
+                )
+                last_saved = f"{save_path} (epoch {epoch})"
+            if args.metrics:
+                write_metrics(args.metrics, history)
+            if args.plot:
+                plot_history(history, args.plot, title=f"{config['model']} on {ds.name}")
+    except fcnn.NonFiniteLossError as err:
+        kept = (
+            f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was saved"
         )
+        print(f"error: epoch {epoch}, batch {batch + 1}: {err}; {kept}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        kept = f"resume from {last_saved}" if last_saved else "no checkpoint was saved (use --save)"
+        print(f"\ninterrupted during epoch {epoch}; {kept}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    final = history[-1]
+    print(
+        f"done: test accuracy {100 * final['test_acc']:.2f}% after {epochs} epochs "
+        f"({sum(r['train_seconds'] for r in history):.1f}s of training)"
+    )
     return 0
 
 

@@ -41,6 +41,7 @@ from .losses import (
 )
 from .model import backward, forward, init, loss_and_grad, predict, sequential
 from .optim import Optimizer, adam, adamw, apply_updates, constant, sgd
+from .schedules import clip_by_global_norm, cosine_decay, linear_warmup, step_decay
 from .training import NonFiniteLossError, TrainState, evaluate, make_step, train_epoch
 from .tree import (
     TreeMismatchError,
@@ -85,9 +86,11 @@ __all__ = [
     "avg_pool2d_bwd",
     "avg_pool2d_fwd",
     "backward",
+    "clip_by_global_norm",
     "constant",
     "conv2d_bwd",
     "conv2d_fwd",
+    "cosine_decay",
     "dense_bwd",
     "dense_fwd",
     "evaluate",
@@ -97,6 +100,7 @@ __all__ = [
     "forward",
     "global_norm",
     "init",
+    "linear_warmup",
     "log_softmax",
     "loss_and_grad",
     "make_step",
@@ -115,6 +119,7 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_cross_entropy_bwd",
     "softmax_cross_entropy_fwd",
+    "step_decay",
     "train_epoch",
     "tree_leaves",
     "tree_map",

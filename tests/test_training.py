@@ -61,6 +61,7 @@ def test_training_learns_the_lines(rng: np.random.Generator) -> None:
     assert acc >= 0.98 > acc0
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
 def test_non_finite_loss_stops_without_applying_the_step(rng: np.random.Generator) -> None:
     x, y = make_lines(64, rng)
     _model, ts, step = tiny_setup(1e12)
@@ -71,25 +72,16 @@ def test_non_finite_loss_stops_without_applying_the_step(rng: np.random.Generato
     assert all(np.all(np.isfinite(p)) for p in fcnn.tree_leaves(ts.params))
 
 
-def test_train_py_runs_and_reaches_full_accuracy() -> None:
+def test_train_py_reaches_full_accuracy_on_lines() -> None:
+    """The core issue's promise: the lines set is learned perfectly in a few seconds."""
     out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            "--epochs",
-            "2",
-            "--train-size",
-            "800",
-            "--test-size",
-            "200",
-        ],
+        [sys.executable, str(ROOT / "train.py"), "--dataset", "lines", "--quiet"],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     ).stdout
-    last = out.strip().splitlines()[-1]
-    assert "epoch 2/2" in last and "test acc 100.00%" in last, out
+    assert "done: test accuracy 100.00% after 3 epochs" in out, out
 
 
 def test_train_py_rejects_bad_flags() -> None:

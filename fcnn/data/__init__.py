@@ -12,11 +12,14 @@ from .cifar10 import CIFAR10_CLASSES, load_cifar10
 from .dataset import Dataset, channel_stats, normalize
 from .digits import DIGITS_CLASSES, load_digits_sample
 from .download import DATA_DIR_ENV, DatasetNotFoundError, data_home
+from .images import load_image
 from .lines import LINES_CLASSES, make_lines
 from .mnist import MNIST_CLASSES, load_mnist
+from .registry import DATASETS, limit_train, load_dataset
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "DATASETS",
     "DATA_DIR_ENV",
     "DIGITS_CLASSES",
     "LINES_CLASSES",
@@ -26,8 +29,11 @@ __all__ = [
     "channel_stats",
     "data_home",
     "iterate_batches",
+    "limit_train",
     "load_cifar10",
+    "load_dataset",
     "load_digits_sample",
+    "load_image",
     "load_mnist",
     "make_lines",
     "normalize",

@@ -1,0 +1,369 @@
+"""Image files (PNG, JPEG, ...) as model inputs, prepared the way the training data was.
+
+``load_image(source, input_shape)`` decodes a file or its bytes and returns one
+sample ``(C, H, W)`` float32 in ``[0, 1]``, ready for ``Trained.predict_proba(x[None])``.
+It is two steps, both public so that a server can run them separately::
+
+    pixels = decode_image(data, channels=1, max_pixels=4_000_000)   # (C, H0, W0) float32
+    x = prepare_image(pixels, (1, 28, 28))                           # (C, H, W)   float32
+
+**Decoding** (``decode_image``; needs Pillow, ``pip install "fcnn[images]"``, imported
+only when called). Only the formats in ``IMAGE_FORMATS`` are tried. The header is read
+first and an image of more than ``max_pixels`` pixels is refused with a ``ValueError``
+before its pixel data is decompressed (a guard against decompression bombs). The EXIF
+orientation of photos is applied; transparent pixels are composited onto white (a
+drawing on a transparent canvas is dark ink on a light page); 16-bit images keep their
+full range. ``C = 1`` gives luma (ITU-R 601-2, as Pillow's ``"L"`` mode), ``C = 3`` RGB.
+
+**Preparing** (pure NumPy, no Pillow):
+
+- ``C = 1`` (``prepare_gray``), MNIST's convention. MNIST digits are light on a dark
+  background, fitted into a 20×20 box (aspect ratio kept) and centred by their centre
+  of mass in 28×28. So: when the background is light (the median of the one-pixel
+  border is above 0.5) the image is inverted; the background level is mapped to 0 and
+  the brightest pixel to 1 (a photo of paper is not black); the digit, the bounding box
+  of the pixels above ``INK_THRESHOLD``, is resized to fit a box of ``DIGIT_BOX`` (20/28)
+  of the output size keeping its aspect ratio, and pasted so that its centre of mass
+  lies at row ``H / 2``, column ``W / 2`` (pixel indices; MNIST's training digits
+  average (14.0, 14.0) in 28×28), so an MNIST digit comes back (nearly) unchanged.
+  An image without contrast (less than ``MIN_CONTRAST`` between background and
+  brightest pixel) comes back all zeros.
+- ``C = 3`` (``prepare_rgb``): a plain resize of the whole picture to ``(H, W)``, as
+  CIFAR-10's whole-scene images; no inversion.
+
+Resizing (``resize``) is antialiased linear interpolation, separable: each axis is a
+``(n_out, n_in)`` matrix of triangle-filter weights of radius ``max(n_in / n_out, 1)``
+input pixels around each output pixel's centre, rows normalised to sum to 1, so the
+output stays in ``[0, 1]`` and an unchanged size is the identity::
+
+    y = R_h @ x @ R_w.T        R_h: (H, H0), x: (..., H0, W0), R_w: (W, W0) -> y: (..., H, W)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DIGIT_BOX",
+    "IMAGE_FORMATS",
+    "INK_THRESHOLD",
+    "MIN_CONTRAST",
+    "ImageSource",
+    "decode_image",
+    "load_image",
+    "prepare_gray",
+    "prepare_image",
+    "prepare_rgb",
+    "resize",
+]
+
+ImageSource = str | os.PathLike[str] | bytes | bytearray
+
+# 50 megapixels: any phone photo, yet a bounded amount of memory (200 MB as float32 gray).
+DEFAULT_MAX_PIXELS = 50_000_000
+# Pillow plugins tried when decoding; others (EPS runs Ghostscript, ...) are never used.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")
+DIGIT_BOX = 20 / 28  # MNIST: a 20×20 box in a 28×28 image
+INK_THRESHOLD = 0.2  # after levelling: brighter pixels belong to the digit
+MIN_CONTRAST = 0.1  # brightest pixel minus background below this: nothing drawn
+
+_PILLOW_HINT = 'reading image files needs Pillow: pip install "fcnn[images]"'
+# What Pillow raises on corrupt or hostile data, besides its own error classes.
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    MemoryError,
+)
+
+FloatArray = NDArray[np.floating[Any]]
+
+
+# --- pure array steps ------------------------------------------------------------------------
+
+
+def _check_pixels(where: str, x: Any, ndim: int, layout: str) -> None:
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+        got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"{where}: expected a floating-point array {layout}, got {got}")
+    if x.ndim != ndim or 0 in x.shape:
+        raise ValueError(f"{where}: expected a non-empty array {layout}, got shape {x.shape}")
+    if not np.all(np.isfinite(x)) or float(x.min()) < 0.0 or float(x.max()) > 1.0:
+        raise ValueError(f"{where}: pixel values must be finite and in [0, 1]")
+
+
+def _check_size(where: str, size: Sequence[int]) -> tuple[int, int]:
+    if (
+        len(size) != 2
+        or not all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in size)
+        or min(size) < 1
+    ):
+        raise ValueError(f"{where}: size must be two positive ints (H, W), got {tuple(size)!r}")
+    return int(size[0]), int(size[1])
+
+
+def _resample_matrix(n_in: int, n_out: int, dtype: np.dtype[Any]) -> FloatArray:
+    """``(n_out, n_in)`` antialiased linear-interpolation weights; rows sum to 1.
+
+    Pixel ``j`` of the input covers ``[j, j + 1)``; output pixel ``i`` is centred at
+    ``(i + 0.5) * n_in / n_out`` in input coordinates. The triangle filter's radius is
+    one output pixel when shrinking (so every input pixel is averaged in) and one input
+    pixel when enlarging (plain linear interpolation).
+    """
+    scale = n_in / n_out
+    radius = max(scale, 1.0)
+    centres = (np.arange(n_out, dtype=np.float64) + 0.5) * scale
+    positions = np.arange(n_in, dtype=np.float64) + 0.5
+    weights = np.maximum(0.0, 1.0 - np.abs(positions[None, :] - centres[:, None]) / radius)
+    # The nearest input pixel is at most 0.5 away and radius >= 1, so no row is all zero.
+    weights /= weights.sum(axis=1, keepdims=True)
+    return weights.astype(dtype)
+
+
+def resize(x: FloatArray, size: Sequence[int]) -> FloatArray:
+    """``x: (..., H0, W0)`` resized to ``(..., H, W)`` with ``size = (H, W)``; dtype kept.
+
+    Antialiased linear interpolation (see the module docstring); a new array, and
+    values stay within ``[x.min(), x.max()]``.
+    """
+    if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"resize: expected a floating-point array, got {type(x).__name__}")
+    if x.ndim < 2 or 0 in x.shape[-2:]:
+        raise ValueError(f"resize: expected x of shape (..., H0, W0), got {x.shape}")
+    h, w = _check_size("resize", size)
+    rows = _resample_matrix(x.shape[-2], h, x.dtype)
+    cols = _resample_matrix(x.shape[-1], w, x.dtype)
+    out: FloatArray = np.matmul(np.matmul(rows, x), cols.T)
+    return out
+
+
+def _border(x: FloatArray) -> FloatArray:
+    """The one-pixel frame of ``x: (H, W)`` as a flat array (corners counted twice)."""
+    return np.concatenate([x[0, :], x[-1, :], x[:, 0], x[:, -1]])
+
+
+def prepare_gray(
+    gray: FloatArray, size: Sequence[int] = (28, 28), *, invert: bool | None = None
+) -> NDArray[np.float32]:
+    """A grayscale picture of a digit, ``gray: (H0, W0)`` in [0, 1], as MNIST draws it.
+
+    Returns ``(H, W)`` float32 in [0, 1] with ``size = (H, W)``: light on dark, the
+    digit fitted into ``round(DIGIT_BOX * H) × round(DIGIT_BOX * W)`` with its aspect
+    ratio kept and centred by its centre of mass (details in the module docstring).
+    ``invert``: ``None`` inverts when the border is light (median > 0.5), ``True`` /
+    ``False`` force it. Raises ``ValueError`` for a non-float, empty or non-2-D array,
+    or values outside [0, 1].
+    """
+    _check_pixels("prepare_gray", gray, 2, "(H0, W0)")
+    h, w = _check_size("prepare_gray", size)
+    x = gray.astype(np.float32)  # a copy: nothing below writes into the argument
+    background = float(np.median(_border(x)))
+    if invert is None:
+        invert = background > 0.5
+    if invert:
+        x = np.float32(1.0) - x
+        background = 1.0 - background
+    peak = float(x.max())
+    canvas = np.zeros((h, w), dtype=np.float32)
+    if peak - background < MIN_CONTRAST:
+        return canvas
+    x = np.clip((x - np.float32(background)) / np.float32(peak - background), 0.0, 1.0)
+
+    ink_rows = np.flatnonzero((x > INK_THRESHOLD).any(axis=1))
+    ink_cols = np.flatnonzero((x > INK_THRESHOLD).any(axis=0))
+    digit = x[ink_rows[0] : ink_rows[-1] + 1, ink_cols[0] : ink_cols[-1] + 1]
+
+    box_h, box_w = max(1, round(DIGIT_BOX * h)), max(1, round(DIGIT_BOX * w))
+    scale = min(box_h / digit.shape[0], box_w / digit.shape[1])
+    dh = min(box_h, max(1, round(digit.shape[0] * scale)))
+    dw = min(box_w, max(1, round(digit.shape[1] * scale)))
+    patch = resize(digit, (dh, dw))
+
+    # Place the patch so its centre of mass is at the canvas centre, inside the canvas.
+    mass = float(patch.sum())
+    com_r = float(patch.sum(axis=1) @ np.arange(dh)) / mass
+    com_c = float(patch.sum(axis=0) @ np.arange(dw)) / mass
+    top = min(max(int(np.floor(h / 2 - com_r + 0.5)), 0), h - dh)
+    left = min(max(int(np.floor(w / 2 - com_c + 0.5)), 0), w - dw)
+    canvas[top : top + dh, left : left + dw] = patch
+    return canvas
+
+
+def prepare_rgb(rgb: FloatArray, size: Sequence[int] = (32, 32)) -> NDArray[np.float32]:
+    """A colour picture ``rgb: (3, H0, W0)`` in [0, 1] resized to ``(3, H, W)`` float32.
+
+    A plain resize of the whole picture (``size = (H, W)``), aspect ratio not kept,
+    no inversion. Raises ``ValueError`` like ``prepare_gray``.
+    """
+    _check_pixels("prepare_rgb", rgb, 3, "(3, H0, W0)")
+    if rgb.shape[0] != 3:
+        raise ValueError(f"prepare_rgb: expected (3, H0, W0), got shape {rgb.shape}")
+    out = np.clip(resize(rgb.astype(np.float32), size), 0.0, 1.0)
+    return out.astype(np.float32, copy=False)
+
+
+def _check_input_shape(where: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(input_shape)
+    if (
+        len(shape) != 3
+        or not all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in shape)
+        or shape[0] not in (1, 3)
+        or min(shape) < 1
+    ):
+        raise ValueError(
+            f"{where}: input_shape must be (C, H, W) with C = 1 (grayscale) or 3 (RGB) "
+            f"and positive H, W; got {shape!r}"
+        )
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+def prepare_image(
+    pixels: FloatArray, input_shape: Sequence[int], *, invert: bool | None = None
+) -> NDArray[np.float32]:
+    """Decoded ``pixels: (C, H0, W0)`` in [0, 1] as one model input ``(C, H, W)`` float32.
+
+    ``input_shape = (C, H, W)``: ``C = 1`` runs ``prepare_gray`` (with ``invert``),
+    ``C = 3`` runs ``prepare_rgb`` (``invert`` must then be ``None``). Raises
+    ``ValueError`` when the channels differ from ``C`` or the pixels are malformed.
+    """
+    c, h, w = _check_input_shape("prepare_image", input_shape)
+    _check_pixels("prepare_image", pixels, 3, "(C, H0, W0)")
+    if pixels.shape[0] != c:
+        raise ValueError(
+            f"prepare_image: pixels have {pixels.shape[0]} channels, input_shape {(c, h, w)} "
+            f"wants {c}"
+        )
+    if c == 1:
+        return prepare_gray(pixels[0], (h, w), invert=invert)[None]
+    if invert is not None:
+        raise ValueError("prepare_image: invert applies to grayscale (C = 1) inputs only")
+    return prepare_rgb(pixels, (h, w))
+
+
+# --- decoding (Pillow) --------------------------------------------------------------------
+
+
+def _pillow() -> tuple[Any, Any]:
+    """Pillow's ``Image`` and ``ImageOps`` modules, or an ``ImportError`` saying how to get them."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError as err:
+        raise ImportError(_PILLOW_HINT) from err
+    return Image, ImageOps
+
+
+def _to_array(im: Image.Image, channels: int, image_mod: Any) -> NDArray[np.float32]:
+    """A decoded Pillow image as ``(channels, H0, W0)`` float32 in [0, 1]."""
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        # Pillow's convert("L") clips 16-bit values at 255 instead of scaling them.
+        full = 1.0 if im.mode == "F" else 65535.0
+        gray = np.clip(np.asarray(im, dtype=np.float64) / full, 0.0, 1.0).astype(np.float32)
+        return np.repeat(gray[None], channels, axis=0)
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = image_mod.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = image_mod.alpha_composite(white, rgba).convert("RGB")
+    if im.mode != "L" or channels == 3:
+        im = im.convert("RGB")  # every decoded mode converts to RGB, not all of them to L
+    if channels == 1:
+        im = im.convert("L")
+    arr = np.asarray(im, dtype=np.uint8)
+    scaled = arr.astype(np.float32) / np.float32(255.0)
+    out: NDArray[np.float32] = (
+        scaled[None] if channels == 1 else np.ascontiguousarray(scaled.transpose(2, 0, 1))
+    )
+    return out
+
+
+def decode_image(
+    source: ImageSource,
+    channels: int = 1,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] = IMAGE_FORMATS,
+) -> NDArray[np.float32]:
+    """Decode an image file (a path) or its bytes into ``(channels, H0, W0)`` float32 in [0, 1].
+
+    ``channels``: 1 (luma) or 3 (RGB). Raises ``ValueError`` when the data is not an
+    image in one of ``formats``, is corrupt or truncated, or has more than
+    ``max_pixels`` pixels (checked from the header, before the pixel data is
+    decompressed); ``FileNotFoundError`` (an ``OSError``) when a path cannot be
+    opened; ``ImportError`` when Pillow is not installed.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"decode_image: channels must be 1 or 3, got {channels!r}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"decode_image: max_pixels must be a positive int, got {max_pixels!r}")
+    image_mod, ops_mod = _pillow()
+    if isinstance(source, bytes | bytearray):
+        where = f"image data ({len(source)} bytes)"
+        stream: Any = io.BytesIO(bytes(source))
+    elif isinstance(source, str | os.PathLike):
+        where = f"image {os.fspath(source)!r}"
+        stream = open(source, "rb")  # noqa: SIM115 (closed below); OSError propagates as is
+    else:
+        raise TypeError(
+            f"decode_image: source must be a path or bytes, got {type(source).__name__}"
+        )
+    with stream:
+        try:
+            im = image_mod.open(stream, formats=list(formats))
+        except image_mod.UnidentifiedImageError as err:
+            raise ValueError(
+                f"{where}: not a readable image (supported formats: {', '.join(formats)})"
+            ) from err
+        except (image_mod.DecompressionBombError, *_DECODE_ERRORS) as err:
+            raise ValueError(f"{where}: cannot be decoded ({err})") from err
+        with im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ValueError(
+                    f"{where}: {width}×{height} = {width * height} pixels is more than the "
+                    f"limit of {max_pixels}"
+                )
+            if width * height == 0:
+                raise ValueError(f"{where}: the image is empty ({width}×{height})")
+            try:
+                im.load()
+                oriented = ops_mod.exif_transpose(im)
+                return _to_array(oriented, channels, image_mod)
+            except (image_mod.DecompressionBombError, *_DECODE_ERRORS) as err:
+                raise ValueError(f"{where}: cannot be decoded ({err})") from err
+
+
+def load_image(
+    source: ImageSource,
+    input_shape: Sequence[int],
+    *,
+    invert: bool | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> NDArray[np.float32]:
+    """An image file (a path) or its bytes as one model input ``(C, H, W)`` float32 in [0, 1].
+
+    ``input_shape = (C, H, W)`` with ``C = 1`` (grayscale, MNIST's convention: light
+    backgrounds are inverted unless ``invert`` says otherwise, the digit is fitted into
+    a 20/28 box and centred) or ``C = 3`` (RGB, resized whole). ``decode_image`` then
+    ``prepare_image``; raises what they raise: ``ValueError`` for undecodable data or
+    more than ``max_pixels`` pixels, ``OSError`` for an unreadable path, ``ImportError``
+    without Pillow (``pip install "fcnn[images]"``).
+    """
+    c, h, w = _check_input_shape("load_image", input_shape)
+    if c == 3 and invert is not None:
+        raise ValueError("load_image: invert applies to grayscale (C = 1) inputs only")
+    pixels = decode_image(source, c, max_pixels=max_pixels)
+    return prepare_image(pixels, (c, h, w), invert=invert)

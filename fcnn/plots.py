@@ -1,0 +1,80 @@
+"""Training curves as a PNG (matplotlib, an optional extra: ``pip install "fcnn[plot]"``).
+
+``history`` is the list of per-epoch records ``train.py`` writes to its metrics
+file and checkpoints: dicts with ``epoch``, ``train_loss``, ``test_loss`` and
+``test_acc`` (a fraction in [0, 1])::
+
+    plot_history(history, "runs/curves.png", title="default on mnist")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["MissingExtraError", "plot_history", "require_matplotlib"]
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message says which extra to install."""
+
+
+def require_matplotlib() -> Any:
+    """Import matplotlib with the non-interactive Agg backend, or raise ``MissingExtraError``."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise MissingExtraError(
+            'plotting needs matplotlib: pip install "fcnn[plot]" (or pip install matplotlib)'
+        ) from err
+    matplotlib.use("Agg")
+    return matplotlib
+
+
+def plot_history(
+    history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = ""
+) -> None:
+    """Write loss (train and test) and test accuracy per epoch to the PNG ``path``, atomically.
+
+    Raises ``ValueError`` when ``history`` is empty or a record lacks a key, and
+    ``MissingExtraError`` when matplotlib is not installed.
+    """
+    if not history:
+        raise ValueError("plot_history: history is empty; nothing to plot")
+    keys = ("epoch", "train_loss", "test_loss", "test_acc")
+    for i, row in enumerate(history):
+        missing = [k for k in keys if k not in row]
+        if missing:
+            raise ValueError(f"plot_history: record {i} lacks {missing}")
+    require_matplotlib()
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    try:
+        ax_loss.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
+        ax_loss.plot(epochs, [row["test_loss"] for row in history], "s-", label="test")
+        ax_loss.set_xlabel("epoch")
+        ax_loss.set_ylabel("cross-entropy loss")
+        ax_loss.set_yscale("log")
+        ax_loss.legend()
+        ax_loss.grid(True, alpha=0.3)
+        ax_acc.plot(epochs, [100 * row["test_acc"] for row in history], "s-", color="C1")
+        ax_acc.set_xlabel("epoch")
+        ax_acc.set_ylabel("test accuracy (%)")
+        ax_acc.grid(True, alpha=0.3)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        target = os.fspath(path)
+        tmp = f"{target}.{os.getpid()}.tmp"  # same folder, so the rename is atomic
+        try:
+            fig.savefig(tmp, format="png", dpi=110)
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    finally:
+        plt.close(fig)

@@ -1,0 +1,248 @@
+"""Classify images with a checkpoint written by ``train.py``.
+
+    python inference_example.py --checkpoint runs/mnist.npz digit.png photo.jpg
+    python inference_example.py --checkpoint runs/mnist.npz --samples 16 --show preds.png
+
+With image files (PNG, JPEG, BMP, GIF, WebP, PPM; needs Pillow: ``pip install "fcnn[images]"``)
+each is read as the model's input: for a grayscale model it is inverted when its
+background is light, and the digit is fitted into the middle of the frame as MNIST's
+are (``fcnn.data.images``). Without files, ``--samples N`` test images of the dataset
+the checkpoint was trained on are classified (``fcnn.data.registry.load_dataset``:
+``--data-dir`` locates MNIST or CIFAR-10, the embedded digits need nothing, lines are
+generated from ``--seed``, which also picks the samples).
+Prints the ``--top`` classes with their probabilities for each input; ``--show PATH``
+also saves a PNG grid of the inputs with predicted (and true) labels (needs matplotlib:
+``pip install "fcnn[plot]"``). Errors print a message (no traceback) to stderr, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fcnn.data.images import load_image
+from fcnn.data.registry import load_dataset
+from fcnn.io import CheckpointError
+from fcnn.models import Trained, load_trained
+
+DEFAULT_SAMPLES = 8
+GRID_COLUMNS = 8
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr (exit status 1)."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What to classify: ``x: (N, C, H, W)`` float32 in [0, 1], a name per input and,
+    for dataset samples, the true class names (``None`` for files)."""
+
+    x: NDArray[np.float32]
+    names: tuple[str, ...]
+    truth: tuple[str, ...] | None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    summary, _, details = (__doc__ or "").partition("\n\n")
+    p = argparse.ArgumentParser(
+        description=summary,
+        epilog=details,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify")
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="written by train.py")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"classify N random test samples of the checkpoint's dataset "
+        f"(the default, with N = {DEFAULT_SAMPLES}, when no image is given)",
+    )
+    p.add_argument("--top", type=int, default=3, metavar="K", help="classes shown per input")
+    p.add_argument("--show", metavar="PATH", help="save a PNG grid of the inputs and predictions")
+    p.add_argument("--data-dir", metavar="DIR", help="dataset folder (MNIST, CIFAR-10)")
+    p.add_argument("--seed", type=int, default=0, help="picks (or generates) the samples")
+    args = p.parse_args(argv)
+    if args.images and args.samples is not None:
+        p.error("give image files or --samples, not both")
+    if args.samples is not None and args.samples < 1:
+        p.error("--samples must be >= 1")
+    if args.top < 1:
+        p.error("--top must be >= 1")
+    if not args.images and args.samples is None:
+        args.samples = DEFAULT_SAMPLES
+    return args
+
+
+def load_model(path: str) -> Trained:
+    try:
+        return load_trained(path)
+    except FileNotFoundError:
+        raise CliError(f"checkpoint {path!r} not found") from None
+    except CheckpointError as err:
+        raise CliError(str(err)) from None
+    except OSError as err:
+        raise CliError(f"cannot read checkpoint {path!r}: {err.strerror or err}") from None
+
+
+def read_images(paths: Sequence[str], trained: Trained) -> Inputs:
+    """The files as ``(N, C, H, W)`` inputs for ``trained``."""
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(path, trained.input_shape))
+        except ImportError as err:
+            raise CliError(str(err)) from None
+        except ValueError as err:
+            raise CliError(str(err)) from None
+        except OSError as err:
+            raise CliError(f"cannot read image {path!r}: {err.strerror or err}") from None
+    return Inputs(np.stack(images), tuple(paths), None)
+
+
+def read_samples(
+    trained: Trained, n: int, data_dir: str | None, rng: np.random.Generator, seed: int
+) -> Inputs:
+    """``n`` test samples of the checkpoint's dataset, drawn with ``rng`` without replacement.
+
+    The lines dataset is generated with the seed the model was trained with (from the
+    checkpoint's training config), else ``seed``, so its test split is the one held out.
+    """
+    config = trained.meta.get("config")
+    if isinstance(config, dict) and isinstance(config.get("seed"), int):
+        seed = config["seed"]
+    dataset = trained.meta.get("dataset")
+    if not isinstance(dataset, str):
+        raise CliError("the checkpoint does not name its dataset; give image files instead")
+    try:
+        ds = load_dataset(dataset, data_dir, seed=seed)
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot load samples of the {dataset!r} dataset: {err}") from None
+    if ds.input_shape != trained.input_shape:
+        raise CliError(
+            f"the {dataset} images are {ds.input_shape}; the checkpoint wants {trained.input_shape}"
+        )
+    idx = rng.choice(ds.x_test.shape[0], size=min(n, ds.x_test.shape[0]), replace=False)
+    return Inputs(
+        x=ds.x_test[idx].astype(np.float32),
+        names=tuple(f"test #{i}" for i in idx),
+        truth=tuple(ds.classes[int(label)] for label in ds.y_test[idx]),
+    )
+
+
+def top_classes(probs: NDArray[np.floating[Any]], k: int) -> NDArray[np.int64]:
+    """Indices ``(N, k)`` of the ``k`` most probable classes of ``probs: (N, K)``, best first;
+    ties go to the lower index."""
+    order: NDArray[np.int64] = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return order
+
+
+def report(inputs: Inputs, probs: NDArray[np.floating[Any]], classes: Sequence[str], k: int) -> str:
+    """One line per input: its name, the top ``k`` classes with probabilities, the truth."""
+    top = top_classes(probs, k)
+    width = max(len(name) for name in inputs.names)
+    lines = []
+    for i, name in enumerate(inputs.names):
+        guesses = "  ".join(f"{classes[j]} {probs[i, j]:6.1%}" for j in top[i])
+        line = f"{name:<{width}}  {guesses}"
+        if inputs.truth is not None:
+            verdict = "ok" if classes[top[i, 0]] == inputs.truth[i] else "WRONG"
+            line += f"   (true {inputs.truth[i]}: {verdict})"
+        lines.append(line)
+    if inputs.truth is not None:
+        right = sum(classes[top[i, 0]] == t for i, t in enumerate(inputs.truth))
+        lines.append(f"{right}/{len(inputs.truth)} correct")
+    return "\n".join(lines)
+
+
+def _figure_class() -> Any:
+    """matplotlib's ``Figure`` (no pyplot, so no global figure state), imported lazily."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise CliError('--show needs matplotlib: pip install "fcnn[plot]"') from None
+    return Figure
+
+
+def save_grid(
+    path: str, inputs: Inputs, probs: NDArray[np.floating[Any]], classes: Sequence[str]
+) -> None:
+    """A PNG grid of the inputs titled with the predicted (and true) class, written atomically."""
+    n = inputs.x.shape[0]
+    cols = min(n, GRID_COLUMNS)
+    rows = math.ceil(n / cols)
+    fig = _figure_class()(figsize=(1.6 * cols, 1.9 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    best = probs.argmax(axis=1)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        image = np.clip(inputs.x[i], 0.0, 1.0)  # generated lines carry noise outside [0, 1]
+        if image.shape[0] == 1:
+            ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0)
+        else:
+            ax.imshow(image.transpose(1, 2, 0))
+        title = f"{classes[best[i]]} ({probs[i, best[i]]:.0%})"
+        color = "black"
+        if inputs.truth is not None:
+            title += f"\ntrue {inputs.truth[i]}"
+            color = "green" if classes[best[i]] == inputs.truth[i] else "red"
+        ax.set_title(title, fontsize=9, color=color)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                fig.savefig(f, format="png", dpi=100)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as err:
+        raise CliError(f"cannot write {path!r}: {err.strerror or err}") from None
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.show:
+        _figure_class()  # fail before any work when matplotlib is missing
+    trained = load_model(args.checkpoint)
+    rng = np.random.default_rng(args.seed)
+    if args.images:
+        inputs = read_images(args.images, trained)
+    else:
+        inputs = read_samples(trained, args.samples, args.data_dir, rng, args.seed)
+    probs = trained.predict_proba(inputs.x)
+    k = min(args.top, len(trained.classes))
+    print(report(inputs, probs, trained.classes, k))
+    if args.show:
+        save_grid(args.show, inputs, probs, trained.classes)
+        print(f"saved {args.show}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""train.py end to end, in-process and small: every dataset, checkpoints, resume, guards."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fcnn
+import fcnn.data.registry as registry
+from fcnn.data.cifar10 import TEST_BATCH, TRAIN_BATCHES, load_cifar10
+from fcnn.io import load_checkpoint
+from fcnn.models import load_trained
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+FAST = ["--model", "small", "--limit-train", "256", "--batch-size", "64", "--quiet"]
+
+
+def run(*argv: str) -> int:
+    return train.main(list(argv))
+
+
+def same_tree(a: Any, b: Any) -> bool:
+    la, lb = fcnn.flatten_dict(a), fcnn.flatten_dict(b)
+    return la.keys() == lb.keys() and all(np.array_equal(la[k], lb[k]) for k in la)
+
+
+def without_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    drop = {"train_seconds", "samples_per_second"}
+    return [{k: v for k, v in row.items() if k not in drop} for row in history]
+
+
+def test_default_dataset_trains_and_writes_everything(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    ckpt, metrics, plot = tmp_path / "m.npz", tmp_path / "sub" / "m.csv", tmp_path / "c.png"
+    code = run(
+        *FAST,
+        "--epochs",
+        "2",
+        "--save",
+        str(ckpt),
+        "--metrics",
+        str(metrics),
+        "--plot",
+        str(plot),
+        "--limit-train",
+        "1024",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.003",
+    )
+    assert code == 0
+    rows = list(csv.DictReader(metrics.open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[1]["test_acc"]) > 0.5  # 10 classes: far above chance after 64 steps
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trained = load_trained(ckpt)
+    assert trained.meta["dataset"] == "digits-sample" and trained.meta["epoch"] == 2
+    assert trained.classes == tuple("0123456789") and trained.input_shape == (1, 28, 28)
+    probs = trained.predict_proba(np.zeros((3, 1, 28, 28), np.float32))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_lines_jsonl_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = tmp_path / "m.jsonl"
+    assert run("--dataset", "lines", *FAST, "--epochs", "2", "--metrics", str(metrics)) == 0
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"train_loss", "test_loss", "test_acc", "lr"}
+    assert "done: test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist not present")
+def test_mnist_from_data_dir(tmp_path: Path) -> None:
+    ckpt = tmp_path / "m.npz"
+    args = ("--dataset", "mnist", "--data-dir", str(SHARED_MNIST.parent), *FAST, "--epochs", "1")
+    assert run(*args, "--save", str(ckpt)) == 0
+    assert load_checkpoint(ckpt).meta["dataset"] == "mnist"
+
+
+def test_cifar10_from_a_small_local_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records = 8
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name in (*TRAIN_BATCHES, TEST_BATCH):
+        images = rng.integers(0, 256, size=(records, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=records, dtype=np.uint8)
+        data = b"".join(bytes([int(y)]) + x.tobytes() for x, y in zip(images, labels, strict=True))
+        (folder / name).write_bytes(data)
+    # The real batches hold 10,000 records each; the loader's test hook takes 8.
+    monkeypatch.setattr(registry, "load_cifar10", partial(load_cifar10, _records_per_batch=records))
+    ckpt = tmp_path / "c.npz"
+    code = run(
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path),
+        "--model",
+        "small",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--save",
+        str(ckpt),
+    )
+    assert code == 0
+    meta = load_checkpoint(ckpt).meta
+    assert meta["input_shape"] == [3, 32, 32] and len(meta["normalization"]["mean"]) == 3
+
+
+def test_same_seed_same_result(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    for path in (a, b):
+        assert (
+            run("--dataset", "lines", *FAST, "--epochs", "2", "--seed", "7", "--save", str(path))
+            == 0
+        )
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    assert same_tree(ca.params, cb.params)
+    assert without_timing(ca.meta["history"]) == without_timing(cb.meta["history"])
+    c = tmp_path / "c.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "2", "--seed", "8", "--save", str(c)) == 0
+    assert not same_tree(ca.params, load_checkpoint(c).params)
+
+
+def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the n-th call of fcnn.train_epoch raise KeyboardInterrupt (as Ctrl-C would)."""
+    real = fcnn.train_epoch
+    calls: list[int] = []
+
+    def train_epoch(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fcnn, "train_epoch", train_epoch)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_equals_uninterrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
+) -> None:
+    whole, part = tmp_path / "whole.npz", tmp_path / "part.npz"
+    common = ("--dataset", "lines", *FAST, "--optimizer", optimizer, "--epochs", "3")
+    assert run(*common, "--save", str(whole)) == 0
+    with monkeypatch.context() as m:
+        interrupt_at_epoch(m, 2)
+        assert run(*common, "--save", str(part)) == 130
+    assert load_checkpoint(part).meta["epoch"] == 1
+    assert run("--resume", str(part), "--quiet") == 0
+    cw, cp = load_checkpoint(whole), load_checkpoint(part)
+    assert cp.meta["epoch"] == 3
+    assert same_tree(cw.params, cp.params)
+    assert cw.opt_state is not None and cp.opt_state is not None
+    assert same_tree(cw.opt_state, cp.opt_state)
+    assert without_timing(cw.meta["history"]) == without_timing(cp.meta["history"])
+
+
+def test_resume_refuses_a_contradicting_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
+    assert run("--resume", str(ckpt), "--epochs", "2", "--lr", "0.5") == 1
+    assert "--lr 0.5 contradicts the checkpoint" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_file_that_is_not_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bogus = tmp_path / "bogus.npz"
+    np.savez(bogus, x=np.zeros(3))
+    assert run("--resume", str(bogus)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "bogus.npz" in err and "Traceback" not in err
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
+    before = ckpt.read_bytes()
+    code = run(
+        "--dataset",
+        "lines",
+        *FAST,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1e12",
+        "--epochs",
+        "3",
+        "--save",
+        str(ckpt),
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "training loss is nan" in err or "training loss is inf" in err
+    assert ckpt.read_bytes() == before
+
+
+def test_ctrl_c_stops_cleanly_after_saving_finished_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    interrupt_at_epoch(monkeypatch, 2)
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "3", "--save", str(ckpt)) == 130
+    assert "interrupted during epoch 2; resume from" in capsys.readouterr().err
+    assert load_checkpoint(ckpt).meta["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--epochs", "0"],
+        ["--batch-size", "-1"],
+        ["--lr", "nan"],
+        ["--dataset", "imagenet"],
+        ["--model", "huge"],
+        ["--limit-train", "0"],
+    ],
+)
+def test_bad_flags_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        train.parse_args(argv)
+    assert info.value.code == 2
+
+
+def test_plot_without_matplotlib_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code = run("--dataset", "lines", *FAST, "--epochs", "1", "--plot", str(tmp_path / "p.png"))
+    assert code == 1
+    assert 'pip install "fcnn[plot]"' in capsys.readouterr().err
