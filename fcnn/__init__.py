@@ -16,6 +16,25 @@ from .layers.activation import Relu, ReluCache, relu_bwd, relu_fwd
 from .layers.base import Context, Layer, pair_layer
 from .layers.conv import Conv2d, Conv2dCache, Conv2dCfg, conv2d_bwd, conv2d_fwd
 from .layers.dense import Dense, DenseCache, dense_bwd, dense_fwd
+from .layers.dropout import (
+    Dropout,
+    DropoutCache,
+    DropoutCfg,
+    SpatialDropout2d,
+    dropout_bwd,
+    dropout_fwd,
+    spatial_dropout2d_fwd,
+)
+from .layers.norm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNormCache,
+    BatchNormCfg,
+    batch_norm1d_bwd,
+    batch_norm1d_fwd,
+    batch_norm2d_bwd,
+    batch_norm2d_fwd,
+)
 from .layers.pool import (
     AvgPool2d,
     AvgPool2dCache,
@@ -42,6 +61,7 @@ from .losses import (
 from .model import backward, forward, init, loss_and_grad, predict, sequential
 from .optim import Optimizer, adam, adamw, apply_updates, constant, sgd
 from .schedules import clip_by_global_norm, cosine_decay, linear_warmup, step_decay
+from .summarize import summary
 from .training import NonFiniteLossError, TrainState, evaluate, make_step, train_epoch
 from .tree import (
     TreeMismatchError,
@@ -60,12 +80,19 @@ __version__ = "0.1.0"
 __all__ = [
     "AvgPool2d",
     "AvgPool2dCache",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNormCache",
+    "BatchNormCfg",
     "Context",
     "Conv2d",
     "Conv2dCache",
     "Conv2dCfg",
     "Dense",
     "DenseCache",
+    "Dropout",
+    "DropoutCache",
+    "DropoutCfg",
     "Flatten",
     "FlattenCache",
     "Layer",
@@ -77,6 +104,7 @@ __all__ = [
     "Pool2dCfg",
     "Relu",
     "ReluCache",
+    "SpatialDropout2d",
     "TrainState",
     "TreeMismatchError",
     "__version__",
@@ -86,6 +114,10 @@ __all__ = [
     "avg_pool2d_bwd",
     "avg_pool2d_fwd",
     "backward",
+    "batch_norm1d_bwd",
+    "batch_norm1d_fwd",
+    "batch_norm2d_bwd",
+    "batch_norm2d_fwd",
     "clip_by_global_norm",
     "constant",
     "conv2d_bwd",
@@ -93,6 +125,8 @@ __all__ = [
     "cosine_decay",
     "dense_bwd",
     "dense_fwd",
+    "dropout_bwd",
+    "dropout_fwd",
     "evaluate",
     "flatten_bwd",
     "flatten_dict",
@@ -119,7 +153,9 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_cross_entropy_bwd",
     "softmax_cross_entropy_fwd",
+    "spatial_dropout2d_fwd",
     "step_decay",
+    "summary",
     "train_epoch",
     "tree_leaves",
     "tree_map",

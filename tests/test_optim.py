@@ -506,6 +506,42 @@ def test_default_decay_mask() -> None:
         assert not default_decay_mask(path), path
 
 
+@pytest.mark.parametrize(
+    ("name", "shape", "weights"),
+    [
+        ("bn", (1, 28, 28), {"conv1/w", "conv2/w", "dense1/w", "dense2/w"}),
+        (
+            "cifar",
+            (3, 32, 32),
+            {f"block{i}/conv{j}/w" for i in (1, 2, 3) for j in (1, 2)} | {"dense1/w"},
+        ),
+    ],
+)
+def test_weight_decay_mask_skips_batch_norm_and_biases(
+    rng: np.random.Generator, name: str, shape: tuple[int, ...], weights: set[str]
+) -> None:
+    """With zero gradients, weight decay moves exactly the conv and dense weights of a real
+    model with batch norm: never a bias, gamma or beta (all made non-zero here)."""
+    from fcnn.model import init
+    from fcnn.models import build_model
+
+    params, _, _ = init(build_model(name, 10), rng, shape, np.float64)
+    params = tree_map(lambda a: rng.standard_normal(a.shape), params)
+    paths = set(tree_paths(params))
+    assert {p for p in paths if p.endswith(("/gamma", "/beta", "/b"))} == paths - weights
+    assert {p for p in paths if default_decay_mask(p)} == weights
+    zero = tree_map(np.zeros_like, params)
+    for opt in (
+        sgd(LR, weight_decay=WD),
+        sgd(LR, momentum=MOM, nesterov=True, weight_decay=WD),
+        adam(LR, weight_decay=WD),
+        adamw(LR, weight_decay=WD),
+    ):
+        updates, _ = opt.update(zero, opt.init(params), params)
+        moved = {k for k, u in flatten_dict(updates).items() if np.any(u != 0)}
+        assert moved == weights
+
+
 # --- bad arguments ------------------------------------------------------------------------
 
 

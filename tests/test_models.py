@@ -1,0 +1,222 @@
+"""The model registry's batch-norm models: architecture, counts, gradients through the whole
+model, and train.py training, saving, loading and resuming them exactly."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fcnn
+import fcnn.data.registry as registry
+from fcnn.data.cifar10 import TEST_BATCH, TRAIN_BATCHES, load_cifar10
+from fcnn.gradcheck import check_layer
+from fcnn.io import load_checkpoint
+from fcnn.models import MODELS, build_model, describe_model, load_trained, model_from_description
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import train  # noqa: E402
+
+Arr = np.ndarray[Any, Any]
+
+
+def types(spec: Any) -> list[Any]:
+    """The layer types of a Sequential spec, nested blocks as lists."""
+    return [types(e) if e["type"] == "Sequential" else e["type"] for e in spec["layers"]]
+
+
+def count(tree: Any) -> int:
+    return sum(a.size for a in fcnn.tree_leaves(tree))
+
+
+def same_tree(a: Any, b: Any) -> bool:
+    la, lb = fcnn.flatten_dict(a), fcnn.flatten_dict(b)
+    return la.keys() == lb.keys() and all(np.array_equal(la[k], lb[k]) for k in la)
+
+
+# --- the registry -------------------------------------------------------------------------
+
+
+def test_registry_has_the_new_models_and_keeps_the_old() -> None:
+    assert {"small", "default", "bn", "cifar"} <= set(MODELS)
+    params, _, _ = fcnn.init(build_model("default", 10), np.random.default_rng(0), (1, 28, 28))
+    assert count(params) == 421_642
+    params, _, _ = fcnn.init(build_model("small", 10), np.random.default_rng(0), (1, 28, 28))
+    assert count(params) == 9_098
+
+
+def test_bn_architecture() -> None:
+    model = build_model("bn", 10)
+    conv_bn = ["Conv2d", "BatchNorm2d", "Relu", "MaxPool2d"]
+    head = ["Flatten", "Dense", "BatchNorm1d", "Relu", "Dropout", "Dense"]
+    assert types(model.spec) == conv_bn * 2 + head
+    params, state, out = fcnn.init(model, np.random.default_rng(0), (1, 28, 28))
+    assert out == (10,) and count(params) == 422_090 and count(state) == 448
+    assert params["conv1"]["w"].shape == (32, 1, 3, 3) and params["dense1"]["w"].shape == (
+        3136,
+        128,
+    )
+    assert set(state) == {"bn1", "bn2", "bn3"} and state["bn2"]["var"].shape == (64,)
+    assert [layer.spec.get("rate") for layer in model.children if layer.kind == "dropout"] == [0.4]
+
+
+def test_cifar_architecture() -> None:
+    model = build_model("cifar", 10)
+    block = ["Conv2d", "BatchNorm2d", "Relu"] * 2 + ["MaxPool2d"]
+    assert types(model.spec) == [block, block, block, "Flatten", "Dropout", "Dense"]
+    params, state, out = fcnn.init(model, np.random.default_rng(0), (3, 32, 32))
+    assert out == (10,) and count(params) == 308_394 and count(state) == 896
+    assert params["block3"]["conv2"]["w"].shape == (128, 128, 3, 3)
+    assert params["dense1"]["w"].shape == (128 * 4 * 4, 10)
+    assert set(state["block1"]) == {"bn1", "bn2"}
+
+
+@pytest.mark.parametrize("name", ["bn", "cifar"])
+def test_description_round_trips(name: str) -> None:
+    desc = describe_model(name, 7, "strided")
+    assert json.loads(json.dumps(desc)) == desc
+    assert model_from_description(desc).spec == build_model(name, 7, "strided").spec
+    assert desc["spec"]["layers"][0]["layers" if name == "cifar" else "impl"] is not None
+
+
+@pytest.mark.parametrize(("name", "shape"), [("bn", (1, 28, 28)), ("cifar", (3, 32, 32))])
+def test_forward_train_and_eval(name: str, shape: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(0)
+    model = build_model(name, 10)
+    params, state, _ = fcnn.init(model, rng, shape)
+    x = rng.standard_normal((3, *shape)).astype(np.float32)
+    y, _, s_train = fcnn.forward(model, params, state, x, fcnn.Context(train=True, rng=rng))
+    assert y.shape == (3, 10) and y.dtype == np.float32
+    assert not same_tree(s_train, state)  # the running statistics moved
+    assert all(a.dtype == np.float32 for a in fcnn.tree_leaves(s_train))
+    e1, _, s_eval = fcnn.forward(model, params, state, x)
+    e2 = fcnn.predict(model, params, state, x, batch_size=1)
+    assert same_tree(s_eval, state)
+    np.testing.assert_allclose(e1, e2, rtol=1e-5, atol=1e-5)  # eval: batch size does not matter
+
+
+@pytest.mark.parametrize(("name", "shape"), [("bn", (1, 8, 8)), ("cifar", (3, 8, 8))])
+def test_whole_model_gradient_in_train_mode(name: str, shape: tuple[int, ...]) -> None:
+    """Directional check (float64, random dy, dropout masks fixed by check_layer)."""
+    rng = np.random.default_rng(1)
+    model = build_model(name, 3)
+    params, state, _ = fcnn.init(model, rng, shape, np.float64)
+    x = rng.standard_normal((6, *shape))
+    ctx = fcnn.Context(train=True, rng=np.random.default_rng(2))
+    for _ in range(3):
+        report = check_layer(model, params, state, x, ctx, rng=rng, directional=True)
+        assert report.ok(1e-6), report
+
+
+# --- train.py with the batch-norm model ---------------------------------------------------
+
+BN = [
+    "--model",
+    "bn",
+    "--dataset",
+    "lines",
+    "--limit-train",
+    "128",
+    "--batch-size",
+    "32",
+    "--quiet",
+]
+
+
+def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the n-th call of fcnn.train_epoch raise KeyboardInterrupt (as Ctrl-C would)."""
+    real = fcnn.train_epoch
+    calls: list[int] = []
+
+    def train_epoch(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fcnn, "train_epoch", train_epoch)
+
+
+def without_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    drop = {"train_seconds", "samples_per_second"}
+    return [{k: v for k, v in row.items() if k not in drop} for row in history]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", pytest.param("adamw", marks=pytest.mark.slow)])
+def test_bn_model_trains_saves_loads_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: str
+) -> None:
+    whole, part = tmp_path / "whole.npz", tmp_path / "part.npz"
+    common = (*BN, "--optimizer", optimizer, "--weight-decay", "1e-3", "--epochs", "2")
+    assert train.main([*common, "--save", str(whole)]) == 0
+    with monkeypatch.context() as m:
+        interrupt_at_epoch(m, 2)
+        assert train.main([*common, "--save", str(part)]) == 130
+    assert load_checkpoint(part).meta["epoch"] == 1
+    assert train.main(["--resume", str(part), "--quiet"]) == 0
+    cw, cp = load_checkpoint(whole), load_checkpoint(part)
+    assert cp.meta["epoch"] == 2
+    assert same_tree(cw.params, cp.params)
+    assert same_tree(cw.state, cp.state)  # running statistics, bit for bit
+    assert cw.opt_state is not None and cp.opt_state is not None
+    assert same_tree(cw.opt_state, cp.opt_state)
+    assert without_timing(cw.meta["history"]) == without_timing(cp.meta["history"])
+
+    history = cw.meta["history"]
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]  # it learns
+    assert history[-1]["test_acc"] > 0.6  # two classes
+    assert set(cw.state) == {"bn1", "bn2", "bn3"}
+    initial = {"mean": 0.0, "var": 1.0}
+    for path, value in fcnn.flatten_dict(cw.state).items():
+        assert not np.allclose(value, initial[path.rsplit("/", 1)[-1]]), path
+
+    trained = load_trained(whole)
+    x = np.random.default_rng(0).uniform(0, 1, (5, 1, 28, 28)).astype(np.float32)
+    p1, p2 = trained.predict_proba(x), trained.predict_proba(x[:2], batch_size=1)
+    np.testing.assert_allclose(p1.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(p1[:2], p2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(p1, trained.predict_proba(x))  # eval is deterministic
+
+
+def test_bn_model_dropout_seed_matters(tmp_path: Path) -> None:
+    """Same seed, same run (masks included); another seed, another run."""
+    paths = [tmp_path / f"{i}.npz" for i in range(3)]
+    for path, seed in zip(paths, ["1", "1", "2"], strict=True):
+        argv = [*BN, "--limit-train", "64", "--epochs", "1", "--seed", seed, "--save", str(path)]
+        assert train.main(argv) == 0
+    a, b, c = (load_checkpoint(p) for p in paths)
+    assert same_tree(a.params, b.params) and same_tree(a.state, b.state)
+    assert not same_tree(a.params, c.params)
+
+
+def test_cifar_model_runs_on_a_small_local_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = 8
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name in (*TRAIN_BATCHES, TEST_BATCH):
+        images = rng.integers(0, 256, size=(records, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=records, dtype=np.uint8)
+        data = b"".join(bytes([int(y)]) + x.tobytes() for x, y in zip(images, labels, strict=True))
+        (folder / name).write_bytes(data)
+    monkeypatch.setattr(registry, "load_cifar10", partial(load_cifar10, _records_per_batch=records))
+    ckpt = tmp_path / "c.npz"
+    argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path), "--model", "cifar"]
+    assert (
+        train.main([*argv, "--epochs", "1", "--batch-size", "16", "--quiet", "--save", str(ckpt)])
+        == 0
+    )
+    trained = load_trained(ckpt)
+    assert trained.input_shape == (3, 32, 32) and set(trained.state) == {
+        "block1",
+        "block2",
+        "block3",
+    }
