@@ -1,0 +1,551 @@
+"""Export a model to ONNX: ``to_onnx`` and ``python -m fcnn.export CHECKPOINT``.
+
+Needs the ``onnx`` package (``pip install "fcnn[onnx]"``, which also installs
+onnxruntime to run the result). The graph is built from the layers' ``spec``
+dicts and the params/state trees, one standard ONNX operator per layer::
+
+    Conv2d      -> Conv                 pads [top, left, bottom, right], OIHW weights as is
+    Relu        -> Relu
+    MaxPool2d   -> MaxPool              padded cells never win (fcnn pads with -inf)
+    AvgPool2d   -> AveragePool          count_include_pad=1 (fcnn divides by KH * KW)
+    Flatten     -> Flatten              axis=1, C order like fcnn
+    Dense       -> Gemm                 y = x @ w + b with w: (D_in, D_out), transB=0
+    BatchNorm2d -> BatchNormalization   eval mode: running mean/var from ``state``, epsilon=eps
+    BatchNorm1d -> BatchNormalization   on (N, C) inputs
+    Dropout, SpatialDropout2d           omitted (identity at inference)
+    Sequential  -> its children in order; names nest like params ("block1/conv2")
+
+The graph has one input ``"input"`` of shape ``(N, C, H, W)`` float32 with a
+dynamic batch dimension ``N`` and one output ``"logits"`` ``(N, K)`` (or
+``"probabilities"`` with ``softmax=True``). Weights are stored as float32.
+
+**Normalisation.** By default the input is what the network itself sees: images
+already normalised with the training statistics, ``(x - mean) / std`` with
+``meta["normalization"]`` of the checkpoint. Pass ``normalization=(mean, std)``
+to bake that step into the graph as a leading ``Sub``/``Div`` pair; the input is
+then raw ``[0, 1]`` images, exactly what ``Trained.predict_proba`` takes. The
+command line does that by default (``--no-normalization`` turns it off).
+
+The opset is explicit (``OPSET``, 17 by default) and the model's IR version is
+the lowest that opset needs (8 for opset 17), so any recent onnxruntime loads
+it. The written model passes ``onnx.checker.check_model(..., full_check=True)``.
+A layer that cannot be exported raises ``ExportError`` naming its path and type.
+
+    to_onnx(model, params, state, (1, 28, 28), "model.onnx")
+    python -m fcnn.export runs/model.npz -o model.onnx --verify
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+try:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError as _err:  # pragma: no cover - exercised only without the extra
+    raise ImportError('ONNX export needs the onnx package: pip install "fcnn[onnx]"') from _err
+
+from .layers.base import Array, Layer, Params, State
+from .model import predict
+
+__all__ = [
+    "EXPORTABLE",
+    "INPUT_NAME",
+    "OPSET",
+    "ExportError",
+    "build_onnx",
+    "main",
+    "run_onnx",
+    "to_onnx",
+]
+
+OPSET = 17
+MIN_OPSET = 15  # BatchNormalization's current form (training_mode attribute, typed stats)
+INPUT_NAME = "input"
+BATCH_DIM = "N"
+
+Nodes = list[onnx.NodeProto]
+Inits = list[onnx.TensorProto]
+# A converter: (spec, params, state, input name, layer path) -> (nodes, initializers, output name)
+Converter = Callable[[Mapping[str, Any], Params, State, str, str], tuple[Nodes, Inits, str]]
+
+
+class ExportError(ValueError):
+    """A model, its params or its options cannot be written as ONNX."""
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _leaf(tree: Mapping[str, Any], key: str, what: str, path: str) -> NDArray[np.float32]:
+    """``tree[key]`` as a float32 array, or an ``ExportError`` naming the layer."""
+    if not isinstance(tree, Mapping) or key not in tree:
+        have = sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+        raise ExportError(f"{path}: {what} has no {key!r} (has {have})")
+    return np.asarray(tree[key], dtype=np.float32)
+
+
+def _init(name: str, array: ArrayLike) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.ascontiguousarray(np.asarray(array, dtype=np.float32)), name)
+
+
+def _pads(spec: Mapping[str, Any]) -> list[int]:
+    """fcnn's ``[[top, bottom], [left, right]]`` as ONNX's ``[top, left, bottom, right]``."""
+    (top, bottom), (left, right) = spec["padding"]
+    return [int(top), int(left), int(bottom), int(right)]
+
+
+def _ints(value: Any) -> list[int]:
+    return [int(v) for v in value]
+
+
+# --- one converter per layer type ----------------------------------------------------------
+
+
+def _conv2d(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    w, b = _leaf(params, "w", "params", path), _leaf(params, "b", "params", path)
+    node = helper.make_node(
+        "Conv",
+        [x, f"{path}/w", f"{path}/b"],
+        [path],
+        name=path,
+        kernel_shape=list(w.shape[2:]),
+        strides=_ints(spec["stride"]),
+        pads=_pads(spec),
+        dilations=[1, 1],
+        group=1,
+    )
+    return [node], [_init(f"{path}/w", w), _init(f"{path}/b", b)], path
+
+
+def _dense(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    w, b = _leaf(params, "w", "params", path), _leaf(params, "b", "params", path)
+    node = helper.make_node(
+        "Gemm", [x, f"{path}/w", f"{path}/b"], [path], name=path, transA=0, transB=0
+    )
+    return [node], [_init(f"{path}/w", w), _init(f"{path}/b", b)], path
+
+
+def _pool(op: str, **extra: Any) -> Converter:
+    def convert(
+        spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+    ) -> tuple[Nodes, Inits, str]:
+        node = helper.make_node(
+            op,
+            [x],
+            [path],
+            name=path,
+            kernel_shape=_ints(spec["window"]),
+            strides=_ints(spec["stride"]),
+            pads=_pads(spec),
+            ceil_mode=0,
+            **extra,
+        )
+        return [node], [], path
+
+    return convert
+
+
+def _simple(op: str, **attrs: Any) -> Converter:
+    def convert(
+        spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+    ) -> tuple[Nodes, Inits, str]:
+        return [helper.make_node(op, [x], [path], name=path, **attrs)], [], path
+
+    return convert
+
+
+def _batch_norm(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    names = [f"{path}/gamma", f"{path}/beta", f"{path}/mean", f"{path}/var"]
+    arrays = [
+        _leaf(params, "gamma", "params", path),
+        _leaf(params, "beta", "params", path),
+        _leaf(state, "mean", "state", path),
+        _leaf(state, "var", "state", path),
+    ]
+    node = helper.make_node(
+        "BatchNormalization",
+        [x, *names],
+        [path],
+        name=path,
+        epsilon=float(spec["eps"]),
+        # Unused in eval mode. ONNX weighs the running value by momentum, fcnn (like
+        # PyTorch) the batch statistic, hence 1 - m.
+        momentum=1.0 - float(spec.get("momentum", 0.1)),
+        training_mode=0,
+    )
+    return [node], [_init(n, a) for n, a in zip(names, arrays, strict=True)], path
+
+
+def _identity(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    return [], [], x
+
+
+_CONVERTERS: dict[str, Converter] = {
+    "Conv2d": _conv2d,
+    "Relu": _simple("Relu"),
+    "MaxPool2d": _pool("MaxPool"),
+    "AvgPool2d": _pool("AveragePool", count_include_pad=1),
+    "Flatten": _simple("Flatten", axis=1),
+    "Dense": _dense,
+    "BatchNorm2d": _batch_norm,
+    "BatchNorm1d": _batch_norm,
+    "Dropout": _identity,
+    "SpatialDropout2d": _identity,
+}
+
+EXPORTABLE: tuple[str, ...] = ("Sequential", *_CONVERTERS)
+
+
+def _convert(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    """Nodes and initializers computing ``spec``'s layer on the tensor named ``x``."""
+    kind = spec.get("type") if isinstance(spec, Mapping) else None
+    where = path or "model"
+    if kind == "Sequential":
+        nodes: Nodes = []
+        inits: Inits = []
+        for child in spec["layers"]:
+            name = str(child["name"])
+            sub = f"{path}/{name}" if path else name
+            child_params = params.get(name, {}) if isinstance(params, Mapping) else {}
+            child_state = state.get(name, {}) if isinstance(state, Mapping) else {}
+            n, i, x = _convert(child, child_params, child_state, x, sub)
+            nodes += n
+            inits += i
+        return nodes, inits, x
+    if not isinstance(kind, str) or kind not in _CONVERTERS:
+        what = f"a {kind!r} layer" if isinstance(kind, str) else "a layer without a spec type"
+        raise ExportError(
+            f"{where}: cannot export {what} to ONNX; exportable layer types: "
+            f"{', '.join(EXPORTABLE)}"
+        )
+    try:
+        return _CONVERTERS[kind](spec, params, state, x, where)
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, ExportError):
+            raise
+        raise ExportError(f"{where}: malformed {kind} spec {dict(spec)!r} ({err!r})") from err
+
+
+def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(input_shape)
+    if not shape or not all(
+        isinstance(d, int | np.integer) and not isinstance(d, bool) and d >= 1 for d in shape
+    ):
+        raise ExportError(
+            f"input_shape must be the per-sample shape, e.g. (C, H, W), of positive ints; "
+            f"got {shape!r}"
+        )
+    return tuple(int(d) for d in shape)
+
+
+def _normalization_nodes(
+    normalization: tuple[ArrayLike, ArrayLike], shape: tuple[int, ...]
+) -> tuple[Nodes, Inits, str]:
+    """``(x - mean) / std`` per channel (axis 1) as ``Sub`` and ``Div`` nodes."""
+    mean = np.asarray(normalization[0], dtype=np.float32).reshape(-1)
+    std = np.asarray(normalization[1], dtype=np.float32).reshape(-1)
+    c = shape[0]
+    if mean.shape != (c,) or std.shape != (c,):
+        raise ExportError(
+            f"normalization must be (mean, std) with {c} values each (one per channel), "
+            f"got {mean.shape[0]} and {std.shape[0]}"
+        )
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise ExportError("normalization: means must be finite and stds finite and positive")
+    bshape = (1, c) + (1,) * (len(shape) - 1)
+    inits = [
+        _init("normalization/mean", mean.reshape(bshape)),
+        _init("normalization/std", std.reshape(bshape)),
+    ]
+    nodes = [
+        helper.make_node(
+            "Sub",
+            [INPUT_NAME, "normalization/mean"],
+            ["normalization/centred"],
+            name="normalization/sub",
+        ),
+        helper.make_node(
+            "Div",
+            ["normalization/centred", "normalization/std"],
+            ["normalization"],
+            name="normalization/div",
+        ),
+    ]
+    return nodes, inits, "normalization"
+
+
+# --- public ------------------------------------------------------------------------------
+
+
+def build_onnx(
+    model: Layer,
+    params: Params,
+    state: State,
+    input_shape: Sequence[int],
+    *,
+    normalization: tuple[ArrayLike, ArrayLike] | None = None,
+    softmax: bool = False,
+    opset: int = OPSET,
+    metadata: Mapping[str, str] | None = None,
+    graph_name: str = "fcnn",
+) -> onnx.ModelProto:
+    """The ONNX model of ``model`` with ``params``/``state``, checked, not written.
+
+    ``input_shape``: per sample, e.g. ``(1, 28, 28)``; the graph input is
+    ``(N, *input_shape)`` float32 with a dynamic ``N``. ``normalization=(mean, std)``
+    (one value per channel) prepends ``(x - mean) / std``; ``softmax=True`` appends
+    a ``Softmax`` (output ``"probabilities"`` instead of ``"logits"``). ``metadata``
+    is stored as the model's ``metadata_props``. Raises ``ExportError`` for a layer
+    that cannot be exported, params that do not fit the model (checked by running
+    fcnn once on zeros) or an opset outside ``[MIN_OPSET, onnx's newest]``.
+    """
+    if not isinstance(model, Layer):
+        raise ExportError(f"model must be a fcnn Layer, got {type(model).__name__}")
+    shape = _check_input_shape(input_shape)
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ExportError(f"opset must be an int in [{MIN_OPSET}, {newest}], got {opset!r}")
+    # Refuse unexportable layers before running anything, then let fcnn itself check
+    # that params and state fit the model (its errors name the layer) and give the
+    # output shape.
+    nodes, inits, x = (
+        ([], [], INPUT_NAME)
+        if normalization is None
+        else _normalization_nodes(normalization, shape)
+    )
+    layer_nodes, layer_inits, out = _convert(model.spec, params, state, x, "")
+    try:
+        probe = np.zeros((1, *shape), dtype=np.float32)
+        out_shape = tuple(int(d) for d in predict(model, params, state, probe).shape[1:])
+    except (ValueError, TypeError) as err:
+        raise ExportError(f"the params and state do not fit the model: {err}") from err
+    nodes += layer_nodes
+    inits += layer_inits
+    out_name = "probabilities" if softmax else "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", [out], [out_name], name="softmax", axis=-1))
+    elif out == INPUT_NAME:
+        nodes.append(helper.make_node("Identity", [out], [out_name], name="output"))
+    else:
+        # Rename the last node's output rather than adding an Identity.
+        last = nodes[-1]
+        last.output[list(last.output).index(out)] = out_name
+    graph = helper.make_graph(
+        nodes,
+        graph_name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, *shape])],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [BATCH_DIM, *out_shape])],
+        inits,
+    )
+    opset_imports = [helper.make_opsetid("", opset)]
+    onnx_model = helper.make_model(
+        graph,
+        opset_imports=opset_imports,
+        ir_version=helper.find_min_ir_version_for(opset_imports),
+        producer_name="fcnn",
+        producer_version=_fcnn_version(),
+        doc_string=(
+            "input: raw [0, 1] images, normalised inside the graph"
+            if normalization is not None
+            else "input: images normalised with the training statistics, (x - mean) / std"
+        ),
+    )
+    if metadata:
+        helper.set_model_props(onnx_model, {str(k): str(v) for k, v in metadata.items()})
+    try:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise ExportError(f"the exported graph does not pass the ONNX checker: {err}") from err
+    return onnx_model
+
+
+def to_onnx(
+    model: Layer,
+    params: Params,
+    state: State,
+    input_shape: Sequence[int],
+    path: str | os.PathLike[str],
+    *,
+    normalization: tuple[ArrayLike, ArrayLike] | None = None,
+    softmax: bool = False,
+    opset: int = OPSET,
+    metadata: Mapping[str, str] | None = None,
+) -> onnx.ModelProto:
+    """Write ``model`` with ``params``/``state`` to ``path`` as an ONNX file; return the model.
+
+    See ``build_onnx`` for the options and errors. The file is written atomically
+    (a temporary name in the same folder, then a rename).
+    """
+    onnx_model = build_onnx(
+        model,
+        params,
+        state,
+        input_shape,
+        normalization=normalization,
+        softmax=softmax,
+        opset=opset,
+        metadata=metadata,
+    )
+    _write_atomic(os.fspath(path), onnx_model.SerializeToString())
+    return onnx_model
+
+
+def run_onnx(model: onnx.ModelProto | str | os.PathLike[str], x: Array) -> Array:
+    """Run an exported model on ``x: (N, *input_shape)`` float32; returns its only output.
+
+    Uses onnxruntime (CPU) when it is installed, else ONNX's reference evaluator.
+    """
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
+    feed = {proto.graph.input[0].name: np.ascontiguousarray(x, dtype=np.float32)}
+    try:
+        ort: Any = importlib.import_module("onnxruntime")
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+
+        outputs: Any = ReferenceEvaluator(proto).run(None, feed)
+        out: Array = np.asarray(outputs[0])
+        return out
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    result: Array = np.asarray(session.run(None, feed)[0])
+    return result
+
+
+def _fcnn_version() -> str:
+    from . import __version__
+
+    return str(__version__)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fcnn.export",
+        description="Convert a checkpoint written by train.py to an ONNX model.",
+    )
+    p.add_argument("checkpoint", help="the .npz checkpoint written by train.py --save")
+    p.add_argument(
+        "-o", "--output", help="the .onnx file to write (default: the checkpoint's name + .onnx)"
+    )
+    p.add_argument(
+        "--no-normalization",
+        action="store_true",
+        help="do not bake the training normalisation into the graph: its input is then "
+        "(x - mean) / std with the checkpoint's statistics, not raw [0, 1] images",
+    )
+    p.add_argument("--softmax", action="store_true", help="output probabilities instead of logits")
+    p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="run the exported model (onnxruntime, else ONNX's reference evaluator) on random "
+        "inputs and compare with fcnn",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fcnn.export CHECKPOINT [-o OUT] ...``; returns the exit status."""
+    from .io import CheckpointError
+    from .losses import softmax as softmax_fn
+    from .models import load_trained
+
+    args = _parser().parse_args(argv)
+    output = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
+    try:
+        trained = load_trained(args.checkpoint)
+        norm = None if args.no_normalization else (trained.mean, trained.std)
+        metadata = {
+            "classes": json.dumps(list(trained.classes)),
+            "input_shape": json.dumps(list(trained.input_shape)),
+            "normalization": json.dumps(
+                {"mean": trained.mean.tolist(), "std": trained.std.tolist()}
+            ),
+            "normalization_in_graph": json.dumps(norm is not None),
+            "dataset": json.dumps(trained.meta.get("dataset")),
+            "model": json.dumps(trained.meta.get("model")),
+        }
+        onnx_model = to_onnx(
+            trained.model,
+            trained.params,
+            trained.state,
+            trained.input_shape,
+            output,
+            normalization=norm,
+            softmax=args.softmax,
+            opset=args.opset,
+            metadata=metadata,
+        )
+    except (CheckpointError, ExportError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out = onnx_model.graph.output[0].name
+    print(
+        f"wrote {output}: opset {args.opset}, IR version {onnx_model.ir_version}, "
+        f"input {INPUT_NAME!r} (N, {', '.join(map(str, trained.input_shape))}) "
+        f"{'raw [0, 1] images' if norm is not None else 'normalised images'}, "
+        f"output {out!r} (N, {len(trained.classes)})"
+    )
+    if args.verify:
+        rng = np.random.default_rng(0)
+        x = rng.random((8, *trained.input_shape), dtype=np.float32)
+        want = trained.predict_proba(x)
+        xin = (
+            x
+            if norm is not None
+            else (x - trained.mean[:, None, None]) / trained.std[:, None, None]
+        )
+        got = run_onnx(onnx_model, xin.astype(np.float32))
+        if not args.softmax:
+            got = softmax_fn(got)
+        diff = float(np.max(np.abs(got - want)))
+        ok = diff <= 1e-5
+        print(
+            f"verify: max |probability difference| on 8 random images = {diff:.2e} "
+            f"({'ok' if ok else 'MISMATCH'})"
+        )
+        if not ok:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,602 @@
+"""An HTTP inference server for a trained checkpoint: ``python -m fcnn.serve --checkpoint M.npz``.
+
+Needs the ``serve`` extra (``pip install "fcnn[serve]"``: FastAPI, uvicorn,
+python-multipart, Pillow). The checkpoint is loaded once, when the app is built;
+every request then runs ``Trained.predict_proba``, which normalises with the
+training statistics stored in the checkpoint. Endpoints::
+
+    GET  /health          {"status": "ok"}
+    GET  /metadata        model description, classes, input shape, normalisation,
+                          dataset, fcnn version and the request limits
+    POST /predict         multipart upload, field "file": one PNG or JPEG image
+                          -> {"index", "label", "probability", "probabilities"}
+    POST /predict/array   JSON body: an array (N, C, H, W) of raw pixels in [0, 1]
+                          -> {"predictions": [{"index", "label", ...}, ...]}
+    GET  /docs            the OpenAPI page (/openapi.json is the schema)
+
+``probabilities[k]`` belongs to ``classes[k]`` of ``/metadata``; ``label`` is
+``classes[index]``. An uploaded image is prepared like the training data
+(``fcnn.data.images``): converted to the model's channels (grayscale for MNIST-style
+models), inverted when its background is light, the digit fitted and centred,
+resized to the model's input. A batch sent to ``/predict/array`` is answered in
+one forward pass.
+
+Bad input gets a 4xx with ``{"detail": "<what was wrong>"}``, never a 500:
+
+- 400: not an image, a corrupt or truncated image, an empty upload, a body that is
+  not JSON (or nested too deeply), an invalid Content-Length;
+- 413: a body over the byte limit (refused from its Content-Length before it is
+  read, and counted while it streams when there is none), an image with more
+  pixels than ``max_pixels`` (read from its header, before decompression:
+  decompression bombs), more than ``max_batch`` images in one request;
+- 415: an image in another format than PNG or JPEG, a body that is not JSON;
+- 422: a JSON array that is not ``(N, C, H, W)`` with the model's input shape,
+  or holds non-numbers, non-finite values or values outside [0, 1]; a missing
+  ``file`` field.
+
+Build an app in code (tests do) with ``create_app(trained_or_path, ServeLimits(...))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+import numpy as np
+
+try:
+    from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, RedirectResponse
+    from PIL import Image
+    from pydantic import BaseModel, Field
+    from starlette.concurrency import run_in_threadpool
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+except ImportError as _err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"the inference server needs FastAPI, python-multipart and Pillow ({_err.name} is "
+        'missing): pip install "fcnn[serve]"'
+    ) from _err
+
+from .data.images import decode_image, prepare_image
+from .layers.base import Array
+from .models import Trained, load_trained
+
+__all__ = ["SUPPORTED_FORMATS", "ServeLimits", "create_app", "main"]
+
+# Uploads accepted by /predict, by Pillow format name.
+SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG")
+# Leading bytes of image formats, to tell "unsupported format" (415) from "not an image" (400).
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"qoif", "QOI"),
+    (b"<svg", "SVG"),
+)
+_MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around an uploaded file
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Per-request limits. Each must be a positive int.
+
+    ``max_image_bytes``: an uploaded image file (the multipart body may be 64 KiB
+    more); ``max_json_bytes``: the body of ``/predict/array``; ``max_pixels``: an
+    image's width × height, read from its header before decompression;
+    ``max_batch``: images in one ``/predict/array`` request; ``max_concurrency``:
+    predictions computed at the same time (more requests wait for a turn, which
+    bounds the memory that decoding large images takes).
+    """
+
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_json_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 16_000_000
+    max_batch: int = 64
+    max_concurrency: int = 2
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ServeLimits.{name} must be a positive int, got {value!r}")
+
+
+# --- response models (they also document the API on /docs) --------------------------------
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Prediction(BaseModel):
+    index: int = Field(description="the predicted class's index into /metadata's classes")
+    label: str = Field(description="the predicted class's name, classes[index]")
+    probability: float = Field(description="the predicted class's probability")
+    probabilities: list[float] = Field(
+        description="every class's probability, in the order of /metadata's classes; sum 1"
+    )
+
+
+class Predictions(BaseModel):
+    predictions: list[Prediction]
+
+
+class Metadata(BaseModel):
+    fcnn_version: str
+    model: dict[str, Any] = Field(description="the checkpoint's model description")
+    classes: list[str]
+    input_shape: list[int] = Field(description="per image: [C, H, W]")
+    normalization: dict[str, list[float]] = Field(
+        description="per-channel mean and std, applied by the server to raw [0, 1] pixels"
+    )
+    dataset: str | None
+    epoch: int | None
+    limits: dict[str, int]
+
+
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorDetail, "description": text}
+    for code, text in (
+        (400, "not an image / not JSON / corrupt input"),
+        (413, "over a size limit (body bytes, image pixels or images per request)"),
+        (415, "unsupported image format or content type"),
+        (422, "wrong array shape, non-finite or out-of-range values, missing field"),
+    )
+}
+
+_ARRAY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Images (N, C, H, W) as nested arrays of raw pixels in [0, 1], "
+        "in the model's input shape (see /metadata), at most max_batch of them.",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "array",
+                        "items": {
+                            "type": "array",
+                            "items": {"type": "array", "items": {"type": "number"}},
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+# --- request body limit (pure ASGI, so it runs before anything reads the body) -------------
+
+
+class _BodyLimit:
+    """Refuse bodies over ``limit_for(path)`` bytes with a 413.
+
+    A declared ``Content-Length`` over the limit is answered at once, unread; a body
+    without one (chunked) is counted as it arrives and reading stops at the limit.
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(str(scope.get("path", "")))
+        too_large = f"request body is larger than the limit of {limit} bytes"
+        declared = [v for k, v in scope.get("headers", []) if k.lower() == b"content-length"]
+        if declared:
+            try:
+                length = int(declared[0])
+                if length < 0 or len(set(declared)) > 1:
+                    raise ValueError
+            except ValueError:
+                await _send_error(send, 400, "invalid Content-Length header")
+                return
+            if length > limit:
+                await _send_error(send, 413, too_large)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, too_large)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except HTTPException as err:  # raised while reading, outside any route's handler
+            if started:
+                raise
+            await _send_error(send, err.status_code, str(err.detail))
+
+
+async def _send_error(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+# --- request handling (plain functions, run in worker threads) ---------------------------
+
+
+def _sniff(data: bytes) -> str | None:
+    """The image format ``data`` starts like, or ``None``."""
+    for magic, fmt in _SIGNATURES:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return "HEIF/AVIF"
+    if len(data) >= 2 and data[0:1] == b"P" and data[1:2] in b"123456":
+        return "PNM"
+    return None
+
+
+def _image_to_input(
+    data: bytes, content_type: str | None, input_shape: tuple[int, int, int], limits: ServeLimits
+) -> Array:
+    """Uploaded bytes -> one model input ``(C, H, W)`` float32 in [0, 1], or an HTTPException."""
+    if not data:
+        raise HTTPException(400, "the uploaded file is empty")
+    fmt = _sniff(data)
+    if fmt is None:
+        declared = (content_type or "").split(";")[0].strip().lower()
+        if declared.startswith("image/") and declared not in ("image/png", "image/jpeg"):
+            raise HTTPException(415, f"unsupported image type {declared}; send a PNG or JPEG image")
+        raise HTTPException(400, "the uploaded file is not an image; send a PNG or JPEG image")
+    if fmt not in SUPPORTED_FORMATS:
+        raise HTTPException(415, f"unsupported image format {fmt}; send a PNG or JPEG image")
+    # The header alone gives the size: refuse huge images before decompressing anything.
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            width, height = im.size
+    except Image.DecompressionBombError as err:
+        raise HTTPException(
+            413, f"the image has too many pixels (limit {limits.max_pixels}): {err}"
+        ) from err
+    except Exception as err:  # Pillow raises many kinds on hostile headers
+        raise HTTPException(
+            400, f"the file starts like a {fmt} image but its header is corrupt or truncated"
+        ) from err
+    if width * height > limits.max_pixels:
+        raise HTTPException(
+            413,
+            f"the image is {width}×{height} = {width * height} pixels, more than the "
+            f"limit of {limits.max_pixels}",
+        )
+    try:
+        pixels = decode_image(data, input_shape[0], max_pixels=limits.max_pixels, formats=[fmt])
+    except ValueError as err:
+        raise HTTPException(400, f"the {fmt} image cannot be decoded: {err}") from err
+    try:
+        return prepare_image(pixels, input_shape)
+    except ValueError as err:  # pragma: no cover - decode_image gives valid pixels
+        raise HTTPException(422, f"the image cannot be prepared: {err}") from err
+
+
+def _array_to_batch(body: bytes, input_shape: tuple[int, int, int], limits: ServeLimits) -> Array:
+    """A JSON body -> images ``(N, C, H, W)`` float32 in [0, 1], or an HTTPException."""
+    expected = f"(N, {', '.join(map(str, input_shape))})"
+    if not body:
+        raise HTTPException(400, f"the body is empty; send a JSON array of images {expected}")
+    try:
+        obj = json.loads(body)
+    except RecursionError as err:
+        raise HTTPException(400, "the JSON body is nested too deeply") from err
+    except ValueError as err:
+        raise HTTPException(400, f"the body is not valid JSON ({err})") from err
+    if not isinstance(obj, list) or not obj:
+        got = "an empty array" if obj == [] else f"a JSON {type(obj).__name__}"
+        raise HTTPException(422, f"expected a non-empty JSON array of images {expected}, got {got}")
+    if len(obj) > limits.max_batch:
+        raise HTTPException(
+            413, f"{len(obj)} images in one request; the limit is {limits.max_batch}"
+        )
+    try:
+        arr = np.array(obj, dtype=np.float64)
+    except (ValueError, TypeError, RecursionError, OverflowError) as err:
+        raise HTTPException(
+            422,
+            f"expected a JSON array of numbers shaped {expected}: the array is ragged or "
+            f"holds non-numbers ({err})",
+        ) from err
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != input_shape:
+        raise HTTPException(
+            422, f"expected images shaped {expected}, got an array shaped {tuple(arr.shape)}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise HTTPException(422, "the array holds NaN, infinite or null values")
+    if float(arr.min()) < 0.0 or float(arr.max()) > 1.0:
+        raise HTTPException(
+            422,
+            "pixel values must be raw intensities in [0, 1] (the server normalises them); "
+            f"got values in [{float(arr.min()):g}, {float(arr.max()):g}]",
+        )
+    return arr.astype(np.float32)
+
+
+def _predictions(trained: Trained, x: Array) -> list[Prediction]:
+    """One forward pass over ``x: (N, C, H, W)``; a ``Prediction`` per image."""
+    probs = trained.predict_proba(x, batch_size=max(1, len(x)))
+    out = []
+    for row in probs:
+        k = int(np.argmax(row))
+        out.append(
+            Prediction(
+                index=k,
+                label=trained.classes[k],
+                probability=float(row[k]),
+                probabilities=[float(p) for p in row],
+            )
+        )
+    return out
+
+
+# --- the app -------------------------------------------------------------------------------
+
+
+def create_app(
+    source: Trained | str | os.PathLike[str], limits: ServeLimits | None = None
+) -> FastAPI:
+    """A FastAPI app serving ``source``: a ``Trained`` model or a checkpoint path.
+
+    A path is loaded here, once (``load_trained``; it raises ``CheckpointError`` or
+    ``OSError``). ``limits`` defaults to ``ServeLimits()``.
+    """
+    from . import __version__
+
+    trained = source if isinstance(source, Trained) else load_trained(source)
+    lim = ServeLimits() if limits is None else limits
+    if not isinstance(lim, ServeLimits):
+        raise TypeError(f"create_app: limits must be a ServeLimits, got {type(lim).__name__}")
+    shape = trained.input_shape
+    turns = threading.BoundedSemaphore(lim.max_concurrency)
+
+    def in_turn(fn: Callable[[], list[Prediction]]) -> Awaitable[list[Prediction]]:
+        def run() -> list[Prediction]:
+            with turns:
+                return fn()
+
+        return run_in_threadpool(run)
+
+    meta = trained.meta
+    model_desc = meta.get("model")
+    metadata = Metadata(
+        fcnn_version=str(__version__),
+        model=dict(model_desc) if isinstance(model_desc, dict) else {"spec": trained.model.spec},
+        classes=list(trained.classes),
+        input_shape=list(shape),
+        normalization={"mean": trained.mean.tolist(), "std": trained.std.tolist()},
+        dataset=meta.get("dataset") if isinstance(meta.get("dataset"), str) else None,
+        epoch=meta.get("epoch") if isinstance(meta.get("epoch"), int) else None,
+        limits=asdict(lim),
+    )
+    name = (model_desc or {}).get("name", "model") if isinstance(model_desc, dict) else "model"
+    app = FastAPI(
+        title="fcnn inference server",
+        version=str(__version__),
+        description=f"Classifies {'×'.join(map(str, shape))} images with the {name!s} model "
+        f"into {len(trained.classes)} classes.",
+    )
+
+    json_limit = lim.max_json_bytes
+    upload_limit = lim.max_image_bytes + _MULTIPART_SLACK
+    small_limit = 64 * 1024
+
+    def limit_for(path: str) -> int:
+        return {"/predict": upload_limit, "/predict/array": json_limit}.get(path, small_limit)
+
+    app.add_middleware(_BodyLimit, limit_for=limit_for)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    @app.get("/health", response_model=Health, summary="Liveness check")
+    async def health() -> Health:
+        return Health(status="ok")
+
+    @app.get("/metadata", response_model=Metadata, summary="The model and the request limits")
+    async def get_metadata() -> Metadata:
+        return metadata
+
+    @app.post(
+        "/predict",
+        response_model=Prediction,
+        responses=_ERRORS,
+        summary="Classify one uploaded PNG or JPEG image",
+    )
+    async def predict_image(
+        file: Annotated[UploadFile, File(description="a PNG or JPEG image")],
+    ) -> Prediction:
+        data = await file.read(lim.max_image_bytes + 1)
+        if len(data) > lim.max_image_bytes:
+            raise HTTPException(
+                413, f"the image file is larger than the limit of {lim.max_image_bytes} bytes"
+            )
+
+        def work() -> list[Prediction]:
+            x = _image_to_input(data, file.content_type, shape, lim)
+            return _predictions(trained, x[None])
+
+        return (await in_turn(work))[0]
+
+    @app.post(
+        "/predict/array",
+        response_model=Predictions,
+        responses=_ERRORS,
+        openapi_extra=_ARRAY_BODY,
+        summary="Classify a batch of images sent as a JSON array (N, C, H, W)",
+    )
+    async def predict_array(request: Request) -> Predictions:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+            raise HTTPException(415, f"send the images as application/json, not {ctype}")
+        body = await request.body()  # bounded by the body limit
+
+        def work() -> list[Prediction]:
+            return _predictions(trained, _array_to_batch(body, shape, lim))
+
+        return Predictions(predictions=await in_turn(work))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own checks (a missing "file" field): one readable line, like ours.
+        parts = [
+            f"{'/'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in err.errors()
+        ]
+        detail = "; ".join(parts) or "invalid request"
+        if request.url.path == "/predict":
+            detail += "; upload the image as the multipart/form-data field 'file'"
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(MemoryError)
+    async def out_of_memory(request: Request, err: MemoryError) -> JSONResponse:
+        return JSONResponse({"detail": "not enough memory for this request"}, status_code=503)
+
+    return app
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in [0, 65535], got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = ServeLimits()
+    p = argparse.ArgumentParser(
+        prog="python -m fcnn.serve",
+        description="Serve a checkpoint written by train.py over HTTP (see /docs).",
+    )
+    p.add_argument("--checkpoint", required=True, help="the .npz checkpoint to serve")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default %(default)s)"
+    )
+    p.add_argument("--port", type=_port, default=8000, help="port (default %(default)s)")
+    p.add_argument(
+        "--max-image-bytes",
+        type=_positive,
+        default=d.max_image_bytes,
+        help="largest uploaded image file (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-json-bytes",
+        type=_positive,
+        default=d.max_json_bytes,
+        help="largest /predict/array body (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive,
+        default=d.max_pixels,
+        help="largest image in pixels, width × height (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=_positive,
+        default=d.max_batch,
+        help="most images in one /predict/array request (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=_positive,
+        default=d.max_concurrency,
+        help="predictions computed at the same time (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fcnn.serve --checkpoint M.npz [--host H] [--port P] ...``; the exit status."""
+    from .io import CheckpointError
+    from .runtime import tune_allocator
+
+    args = _parser().parse_args(argv)
+    tune_allocator()
+    try:
+        import uvicorn
+    except ImportError:
+        print('error: the server needs uvicorn: pip install "fcnn[serve]"', file=sys.stderr)
+        return 1
+    limits = ServeLimits(
+        max_image_bytes=args.max_image_bytes,
+        max_json_bytes=args.max_json_bytes,
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+        max_concurrency=args.max_concurrency,
+    )
+    try:
+        app = create_app(args.checkpoint, limits)
+    except (CheckpointError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
