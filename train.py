@@ -28,6 +28,7 @@ import numpy as np
 import fcnn
 from fcnn.data import DATASETS, DatasetNotFoundError, channel_stats, limit_train, load_dataset
 from fcnn.data import normalize as normalize_images
+from fcnn.data.augment import random_shift
 from fcnn.io import (
     CheckpointError,
     check_params_match,
@@ -56,12 +57,13 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "limit_train": None,
     "impl": "im2col",
+    "augment": 0,
 }
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 # What each dataset changes in the defaults (a flag still wins over these).
 PRESETS: dict[str, dict[str, Any]] = {
-    "digits-sample": {},
-    "mnist": {"epochs": 12},
+    "digits-sample": {"augment": 2},
+    "mnist": {"epochs": 12, "augment": 2},
     "lines": {"model": "small", "optimizer": "sgd", "epochs": 3},
     "cifar10": {"epochs": 20},
 }
@@ -91,12 +93,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--data-dir", help="where mnist/cifar10 files are looked for and downloaded to")
     add("--limit-train", type=int, metavar="N", help="train on a random N-sample subset")
     add("--impl", choices=["naive", "im2col", "strided"], help="convolution implementation")
+    add(
+        "--augment",
+        type=int,
+        metavar="PIXELS",
+        help="shift training images by up to PIXELS each way (default 2 for digits, else 0)",
+    )
     add("--save", metavar="PATH", help="checkpoint written after every epoch (atomically)")
     add("--resume", metavar="PATH", help="continue a run from its checkpoint")
     add("--metrics", metavar="PATH", help="per-epoch metrics: .csv, else JSON lines")
     add("--plot", metavar="PATH", help="PNG of loss and accuracy curves (needs matplotlib)")
     add("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     args = p.parse_args(argv)
+    if args.augment is not None and args.augment < 0:
+        p.error(f"--augment must be >= 0, got {args.augment}")
     for name in ("epochs", "batch_size", "limit_train"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -118,7 +128,7 @@ def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None) -> di
         if config["lr"] is None:
             config["lr"] = DEFAULT_LR[config["optimizer"]]
         return config
-    config = dict(saved)
+    config = {**DEFAULTS, **saved}  # keys added since the checkpoint keep their defaults
     for key in DEFAULTS:
         given = getattr(args, key)
         if key == "epochs":
@@ -255,6 +265,13 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         return 0
 
     step = fcnn.make_step(model, opt)
+    augment = None
+    if config["augment"]:
+        background = (-mean / std).astype(np.float32)  # where a pixel of 0 lands after normalize
+
+        def augment(xb: Any, g: np.random.Generator) -> Any:
+            return random_shift(xb, int(config["augment"]), g, fill=background)
+
     meta = {
         "model": desc,
         "input_shape": list(in_shape),
@@ -280,7 +297,14 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
             t0 = time.perf_counter()
             try:
                 ts, train_loss = fcnn.train_epoch(
-                    step, ts, x_train, ds.y_train, config["batch_size"], train_rng, on_batch
+                    step,
+                    ts,
+                    x_train,
+                    ds.y_train,
+                    config["batch_size"],
+                    train_rng,
+                    on_batch,
+                    augment,
                 )
             finally:
                 if bar is not None:

@@ -65,16 +65,19 @@ def train_epoch(
     batch_size: int,
     rng: np.random.Generator,
     on_batch: Callable[[int, float], None] | None = None,
+    augment: Callable[[Array, np.random.Generator], Array] | None = None,
 ) -> tuple[TrainState, float]:
     """One pass over ``(x, y)`` in shuffled batches; returns the new state and the mean loss.
 
-    ``rng`` shuffles and is handed to the layers (dropout) through the context.
+    ``rng`` shuffles, is handed to the layers (dropout) through the context, and
+    to ``augment(x_batch, rng) -> x_batch`` when given (e.g. ``random_shift``).
     ``on_batch(batch_index, loss)`` is called after every step (progress bars).
     """
     ctx = Context(train=True, rng=rng)
     total, count = 0.0, 0
     for i, idx in enumerate(iterate_batches(len(x), batch_size, rng)):
-        ts, lv = step(ts, x[idx], y[idx], ctx)
+        xb = x[idx] if augment is None else augment(x[idx], rng)
+        ts, lv = step(ts, xb, y[idx], ctx)
         total += lv * len(idx)
         count += len(idx)
         if on_batch is not None:

@@ -67,6 +67,7 @@ def test_default_dataset_trains_and_writes_everything(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     trained = load_trained(ckpt)
     assert trained.meta["dataset"] == "digits-sample" and trained.meta["epoch"] == 2
+    assert trained.meta["config"]["augment"] == 2  # the digits preset shifts images
     assert trained.classes == tuple("0123456789") and trained.input_shape == (1, 28, 28)
     probs = trained.predict_proba(np.zeros((3, 1, 28, 28), np.float32))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
@@ -233,6 +234,7 @@ def test_ctrl_c_stops_cleanly_after_saving_finished_epochs(
         ["--dataset", "imagenet"],
         ["--model", "huge"],
         ["--limit-train", "0"],
+        ["--augment", "-1"],
     ],
 )
 def test_bad_flags_exit_2(argv: list[str]) -> None:
