@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import read_only_view
 
 from fcnn.gradcheck import check_layer, check_pair
 from fcnn.layers.base import Context
@@ -34,15 +35,6 @@ FWDS: list[tuple[Fwd, tuple[int, ...]]] = [
     (spatial_dropout2d_fwd, (4, 6, 3, 5)),
 ]
 IDS = ["elementwise-4d", "elementwise-2d", "spatial"]
-
-
-def read_only_view(a: Arr) -> Arr:
-    """A non-contiguous, read-only view holding the values of ``a``."""
-    wide = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), dtype=a.dtype)
-    wide[..., ::2] = a
-    view = wide[..., ::2]
-    view.flags.writeable = False
-    return view
 
 
 def fixed_mask(fwd: Fwd, seed: int) -> Callable[[Any, Arr, DropoutCfg], tuple[Arr, DropoutCache]]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import read_only_view
 
 from fcnn.gradcheck import check_pair
 from fcnn.layers.activation import Relu, ReluCache, relu_bwd, relu_fwd
@@ -27,16 +28,6 @@ def dense_params(rng: np.random.Generator, d_in: int, d_out: int, dtype: Any = n
         "w": rng.standard_normal((d_in, d_out)).astype(dtype),
         "b": rng.standard_normal(d_out).astype(dtype),
     }
-
-
-def read_only_view(a: Arr) -> Arr:
-    """A non-contiguous, read-only view holding the values of ``a``."""
-    wide = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), dtype=a.dtype)
-    wide[..., ::2] = a
-    view = wide[..., ::2]
-    view.flags.writeable = False
-    assert not view.flags.c_contiguous
-    return view
 
 
 # --- relu -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import interrupt_at_epoch, same_tree, without_timing
 
 import fcnn
 import fcnn.data.registry as registry
@@ -33,11 +34,6 @@ def types(spec: Any) -> list[Any]:
 
 def count(tree: Any) -> int:
     return sum(a.size for a in fcnn.tree_leaves(tree))
-
-
-def same_tree(a: Any, b: Any) -> bool:
-    la, lb = fcnn.flatten_dict(a), fcnn.flatten_dict(b)
-    return la.keys() == lb.keys() and all(np.array_equal(la[k], lb[k]) for k in la)
 
 
 # --- the registry -------------------------------------------------------------------------
@@ -127,25 +123,6 @@ BN = [
     "32",
     "--quiet",
 ]
-
-
-def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    """Make the n-th call of fcnn.train_epoch raise KeyboardInterrupt (as Ctrl-C would)."""
-    real = fcnn.train_epoch
-    calls: list[int] = []
-
-    def train_epoch(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == n:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fcnn, "train_epoch", train_epoch)
-
-
-def without_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    drop = {"train_seconds", "samples_per_second"}
-    return [{k: v for k, v in row.items() if k not in drop} for row in history]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", pytest.param("adamw", marks=pytest.mark.slow)])

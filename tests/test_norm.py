@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import read_only_view
 
 from fcnn.gradcheck import check_layer, check_pair
 from fcnn.layers.base import Context
@@ -64,15 +65,6 @@ def axes_of(x: Arr) -> tuple[int, ...]:
 
 def bcast(v: Arr, x: Arr) -> Arr:
     return v.reshape((1, -1) + (1,) * (x.ndim - 2))
-
-
-def read_only_view(a: Arr) -> Arr:
-    """A non-contiguous, read-only view holding the values of ``a``."""
-    wide = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), dtype=a.dtype)
-    wide[..., ::2] = a
-    view = wide[..., ::2]
-    view.flags.writeable = False
-    return view
 
 
 # --- gradients ----------------------------------------------------------------------------

@@ -7,12 +7,11 @@ import json
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from helpers import interrupt_at_epoch, same_tree, without_timing
 
-import fcnn
 import fcnn.data.registry as registry
 from fcnn.data.cifar10 import TEST_BATCH, TRAIN_BATCHES, load_cifar10
 from fcnn.io import load_checkpoint
@@ -28,16 +27,6 @@ FAST = ["--model", "small", "--limit-train", "256", "--batch-size", "64", "--qui
 
 def run(*argv: str) -> int:
     return train.main(list(argv))
-
-
-def same_tree(a: Any, b: Any) -> bool:
-    la, lb = fcnn.flatten_dict(a), fcnn.flatten_dict(b)
-    return la.keys() == lb.keys() and all(np.array_equal(la[k], lb[k]) for k in la)
-
-
-def without_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    drop = {"train_seconds", "samples_per_second"}
-    return [{k: v for k, v in row.items() if k not in drop} for row in history]
 
 
 def test_default_dataset_trains_and_writes_everything(tmp_path: Path) -> None:
@@ -134,20 +123,6 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
     c = tmp_path / "c.npz"
     assert run("--dataset", "lines", *FAST, "--epochs", "2", "--seed", "8", "--save", str(c)) == 0
     assert not same_tree(ca.params, load_checkpoint(c).params)
-
-
-def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    """Make the n-th call of fcnn.train_epoch raise KeyboardInterrupt (as Ctrl-C would)."""
-    real = fcnn.train_epoch
-    calls: list[int] = []
-
-    def train_epoch(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == n:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fcnn, "train_epoch", train_epoch)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

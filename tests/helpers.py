@@ -1,0 +1,47 @@
+"""Helpers shared by several test modules (imported as ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fcnn
+
+Arr = np.ndarray[Any, Any]
+
+
+def read_only_view(a: Arr) -> Arr:
+    """A non-contiguous, read-only view holding the values of ``a``."""
+    wide = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), dtype=a.dtype)
+    wide[..., ::2] = a
+    view = wide[..., ::2]
+    view.flags.writeable = False
+    return view
+
+
+def same_tree(a: Any, b: Any) -> bool:
+    """Two trees with the same "/"-paths and bit-identical leaves."""
+    la, lb = fcnn.flatten_dict(a), fcnn.flatten_dict(b)
+    return la.keys() == lb.keys() and all(np.array_equal(la[k], lb[k]) for k in la)
+
+
+def without_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """train.py's per-epoch records without the wall-clock fields (which never repeat)."""
+    drop = {"train_seconds", "samples_per_second"}
+    return [{k: v for k, v in row.items() if k not in drop} for row in history]
+
+
+def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Make the n-th call of fcnn.train_epoch raise KeyboardInterrupt (as Ctrl-C would)."""
+    real = fcnn.train_epoch
+    calls: list[int] = []
+
+    def train_epoch(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fcnn, "train_epoch", train_epoch)
