@@ -41,6 +41,7 @@ __all__ = [
     "gemm_peak",
     "load_average",
     "markdown_table",
+    "openblas_runtime",
     "run_worker",
     "summarize_ms",
     "tune_allocator",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 THREAD_ENV_VARS = (
+    "OPENBLAS_CORETYPE",
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
     "MKL_NUM_THREADS",
@@ -73,8 +75,45 @@ def load_average() -> list[float] | None:
         return None
 
 
+def openblas_runtime() -> dict[str, Any] | str:
+    """The OpenBLAS NumPy loaded, asked directly: its core type, config and threads.
+
+    The core type is the kernel set OpenBLAS picked for this CPU at run time (a CPU
+    newer than the OpenBLAS release may get an older one: ``OPENBLAS_CORETYPE``
+    overrides it). A string saying why when NumPy's BLAS is not a bundled OpenBLAS.
+    """
+    import ctypes
+    import glob
+
+    base = Path(np.__file__).resolve().parent
+    paths = sorted(glob.glob(str(base.parent / "numpy.libs" / "*openblas*")))
+    paths += sorted(glob.glob(str(base / ".dylibs" / "*openblas*")))
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)  # already loaded by NumPy: the same handle
+        except OSError:
+            continue
+        names = (("scipy_openblas_", "64_"), ("scipy_openblas_", ""), ("openblas_", ""))
+        for prefix, suffix in names:
+            try:
+                corename = getattr(lib, f"{prefix}get_corename{suffix}")
+                config = getattr(lib, f"{prefix}get_config{suffix}")
+                threads = getattr(lib, f"{prefix}get_num_threads{suffix}")
+            except AttributeError:
+                continue
+            corename.restype = config.restype = ctypes.c_char_p
+            threads.restype = ctypes.c_int
+            return {
+                "library": Path(path).name,
+                "corename": corename().decode(),
+                "config": config().decode(),
+                "num_threads": int(threads()),
+            }
+    return "unavailable (no bundled OpenBLAS found)"
+
+
 def _blas_info() -> dict[str, Any]:
-    """NumPy's BLAS: threadpoolctl's live view if installed, else the build config."""
+    """NumPy's BLAS: the build config, the loaded OpenBLAS and threadpoolctl's view."""
     info: dict[str, Any] = {}
     try:
         cfg = np.show_config(mode="dicts")  # NumPy >= 1.26 returns, does not print
@@ -82,6 +121,10 @@ def _blas_info() -> dict[str, Any]:
         info["build"] = {k: blas.get(k) for k in ("name", "version", "openblas configuration")}
     except Exception as err:  # older NumPy, odd builds: report, never fail
         info["build"] = f"unavailable ({type(err).__name__})"
+    try:
+        info["openblas"] = openblas_runtime()
+    except Exception as err:  # a diagnostic: report, never fail
+        info["openblas"] = f"unavailable ({type(err).__name__})"
     try:
         from threadpoolctl import threadpool_info  # type: ignore[import-not-found]
 

@@ -16,8 +16,11 @@ What it does, in order:
    reference entry) and exits 1 if one does not. PyTorch joins the check when importable.
 3. Times each (shape, impl) in a fresh subprocess (``--worker``, JSON over stdout):
    float32, ``conv2d_fwd`` and ``conv2d_bwd`` timed separately inside one
-   fwd-then-bwd loop, after warm-up; medians are reported. Forward extra memory is
-   the tracemalloc peak of one untimed forward (the cache included) minus the output.
+   fwd-then-bwd loop, after warm-up; medians are reported. ``x`` is C-ordered NCHW
+   (as at a network's input, so im2col's move to its batch-last layout is timed);
+   ``dy`` comes in y's memory layout, as a network's next layer hands it back.
+   Forward extra memory is the tracemalloc peak of one untimed forward (the cache
+   included) minus the output.
 4. Measures the float32 GEMM rate (median time of a 1024^3 matmul) in its own
    subprocess before and after the convolutions, keeps the faster, and reports
    im2col's forward+backward rate on the (64, 32, 14, 14) case as a fraction of it.
@@ -208,15 +211,21 @@ def _torch_pair(
 def _fcnn_pair(
     case: Case, impl: str, params: dict[str, np.ndarray], x: np.ndarray, dy: np.ndarray
 ) -> tuple[Callable[[], Any], Callable[[Any], dict[str, np.ndarray]]]:
-    """Forward / backward closures through the public ``conv2d_fwd`` / ``conv2d_bwd``."""
+    """Forward / backward closures through the public ``conv2d_fwd`` / ``conv2d_bwd``.
+
+    ``dy`` is handed to backward in y's memory layout (batch-last for im2col), as the
+    next layer of a network hands it back (``np.empty_like`` keeps the layout).
+    """
     cfg = case.cfg(impl)
+    dy_like = np.empty_like(conv2d_fwd(params, x, cfg)[0])
+    dy_like[...] = dy
 
     def fwd() -> Any:
         return conv2d_fwd(params, x, cfg)
 
     def bwd(out: Any) -> dict[str, np.ndarray]:
         y, cache = out
-        dx, grads = conv2d_bwd(cache, dy)
+        dx, grads = conv2d_bwd(cache, dy_like)
         return {"y": y, "dx": dx, "dw": grads["w"], "db": grads["b"]}
 
     return fwd, bwd

@@ -1,4 +1,4 @@
-"""benchmarks/conv_bench.py: the agreement check, the FLOP formula, the plan and a quick run.
+"""benchmarks/: conv_bench (agreement, FLOPs, plan, quick run) and train_bench (same network, rows).
 
 No timing assertions: machines are noisy. Only the structure of the results is checked.
 """
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import fcnn
 import fcnn.layers.conv as conv_layer
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -21,6 +22,7 @@ sys.path.insert(0, str(BENCH))
 
 import _common  # noqa: E402
 import conv_bench  # noqa: E402
+import train_bench  # noqa: E402
 
 SMALL = conv_bench.Case("small", (3, 2, 7, 6), 3, (3, 2), (2, 1), (1, 0))
 
@@ -198,3 +200,152 @@ def test_quick_run_writes_every_impl_and_shape(tmp_path: Path) -> None:
     assert data["gemm"]["gflops"] > 0
     assert data["peak_fraction"]["fraction"] > 0
     assert data["environment"]["numpy"] == np.__version__
+
+
+# --- benchmarks/train_bench.py ----------------------------------------------------------
+
+
+def test_train_plan_covers_models_batches_and_impls() -> None:
+    with_torch = train_bench.plan(["small", "default"], [64, 128], torch=True)
+    assert len(with_torch) == 2 * 2 * 3
+    assert {c["impl"] for c in with_torch} == {"fcnn", "torch", "torch-cl"}
+    assert {c["impl"] for c in train_bench.plan(["small"], [64], torch=False)} == {"fcnn"}
+    assert train_bench.BATCHES == (64, 128) and set(train_bench.MODELS) == {"small", "default"}
+
+
+def test_torch_model_is_the_fcnn_network() -> None:
+    torch = pytest.importorskip("torch")
+    assert train_bench.check_equivalence(["small", "default"], torch) == []
+    spec = dict(train_bench.build_model("default", 10).spec)
+    module = train_bench.torch_model(torch, spec, (1, 28, 28))
+    n_torch = sum(p.numel() for p in module.parameters())
+    model = train_bench.build_model("default", 10)
+    params, _, _ = fcnn.init(model, np.random.default_rng(0), (1, 28, 28))
+    assert n_torch == sum(v.size for layer in params.values() for v in layer.values())
+
+
+def test_equivalence_check_fails_for_a_different_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    real = train_bench.torch_model
+
+    def without_first_relu(*args: Any) -> Any:
+        module = real(*args)
+        module[1] = torch.nn.Identity()
+        return module
+
+    monkeypatch.setattr(train_bench, "torch_model", without_first_relu)
+    failures = train_bench.check_equivalence(["small"], torch)
+    assert failures and all(f.startswith("small: ") for f in failures)
+
+
+def test_torch_model_rejects_what_torch_modules_cannot_express() -> None:
+    torch = pytest.importorskip("torch")
+    conv = {"type": "Conv2d", "out_channels": 2, "kernel_size": [3, 3], "stride": [1, 1]}
+    asymmetric = {"layers": [{**conv, "padding": [[1, 0], [1, 1]]}]}
+    with pytest.raises(ValueError, match="asymmetric padding"):
+        train_bench.torch_model(torch, asymmetric, (1, 8, 8))
+    with pytest.raises(ValueError, match="no PyTorch equivalent for BatchNorm2d"):
+        train_bench.torch_model(torch, {"layers": [{"type": "BatchNorm2d"}]}, (1, 8, 8))
+
+
+def test_train_main_exits_nonzero_when_the_networks_differ(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("torch")
+    monkeypatch.setattr(train_bench, "check_equivalence", lambda *a, **k: ["small: loss differs"])
+    monkeypatch.setattr(
+        train_bench, "tune_allocator", lambda: _common.AllocatorTuning(False, "test")
+    )
+    monkeypatch.setattr(train_bench, "run_worker", _no_worker)
+    assert train_bench.main(["--quick", "--models", "small"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def _step_result(model: str, batch: int, impl: str, ms: float) -> dict[str, Any]:
+    return {
+        "model": model,
+        "batch": batch,
+        "impl": impl,
+        "step_ms": ms,
+        "samples_per_s": batch / (ms * 1e-3),
+        "step_peak_mb": 10.0 if impl == "fcnn" else None,
+        "max_rss_mb": 100.0,
+    }
+
+
+def test_best_of_rounds_ratios_table_and_targets() -> None:
+    runs = [
+        _step_result("small", 64, "fcnn", 4.0),
+        _step_result("small", 64, "fcnn", 2.0),  # the faster round wins
+        _step_result("small", 64, "torch", 3.0),
+        _step_result("small", 64, "torch-cl", 1.0),
+        _step_result("default", 64, "fcnn", 16.0),
+    ]
+    results = train_bench.best_of_rounds(runs)
+    assert len(results) == 4
+    fast = next(r for r in results if r["impl"] == "fcnn" and r["model"] == "small")
+    assert fast["step_ms"] == 2.0 and fast["rounds_step_ms"] == [4.0, 2.0]
+    train_bench.add_ratios(results)
+    assert fast["ratio_vs_torch"] == pytest.approx(1.5)
+    assert fast["ratio_vs_torch_cl"] == pytest.approx(0.5)
+    assert all(r["ratio_vs_torch"] is None for r in results if r["impl"] != "fcnn")
+    table = train_bench.results_table(results)
+    assert "| small | 64 | 32000 | 21333 | 64000 | 1.50 | 0.50 |" in table
+    assert "| default | 64 | 4000 | n/a | n/a | n/a | n/a |" in table
+    lines = train_bench.targets(results, {"seconds": 12.5})
+    assert "small net, batch 64: fcnn / torch NCHW = 1.50 (>= 1.0): met" in lines
+    assert "small net, batch 64: fcnn / torch channels_last = 0.50 (>= 0.7): NOT met" in lines
+    assert any("15.0 s estimated" in t and "12.5 s measured" in t and ": met" in t for t in lines)
+
+
+def test_epoch_worker_runs_train_epoch() -> None:
+    out = train_bench.worker({"kind": "epoch", "model": "small", "batch": 32, "size": 80})
+    assert out["size"] == 80 and out["seconds"] > 0 and np.isfinite(out["mean_loss"])
+    assert out["max_rss_mb"] > 0
+
+
+def _check_train_json(data: dict[str, Any], models: list[str], batches: list[int]) -> None:
+    torch = conv_bench._import_torch() is not None
+    expected = {
+        (c["model"], c["batch"], c["impl"]) for c in train_bench.plan(models, batches, torch)
+    }
+    got = {(r["model"], r["batch"], r["impl"]) for r in data["results"]}
+    assert got == expected
+    for r in data["results"]:
+        assert r["samples_per_s"] > 0 and r["step_ms"] > 0 and np.isfinite(r["final_loss"])
+        assert r["max_rss_mb"] > 0 and r["allocator"]
+        if r["impl"] == "fcnn":
+            assert r["step_peak_mb"] > 0
+            assert (r["ratio_vs_torch"] is not None) == torch
+    assert data["environment"]["numpy"] == np.__version__
+    assert data["quick"] and data["epoch"] is None and data["targets"] is not None
+
+
+def test_train_quick_run_writes_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    cmd = [sys.executable, str(BENCH / "train_bench.py"), "--quick", "--json", str(out)]
+    cmd += ["--models", "small", "--batches", "16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "| model | batch | fcnn samples/s |" in proc.stdout
+    _check_train_json(json.loads(out.read_text()), ["small"], [16])
+
+
+@pytest.mark.slow
+def test_train_full_quick_run_writes_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    cmd = [sys.executable, str(BENCH / "train_bench.py"), "--quick", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "## Targets" in proc.stdout
+    _check_train_json(json.loads(out.read_text()), ["small", "default"], [64, 128])
+
+
+def test_environment_reports_the_loaded_openblas_core() -> None:
+    runtime = _common.openblas_runtime()
+    blas = _common.environment_report()["blas"]
+    assert blas["openblas"] == runtime
+    if isinstance(runtime, dict):  # NumPy's wheels bundle OpenBLAS
+        assert runtime["corename"] and runtime["num_threads"] >= 1
+        assert runtime["corename"] in runtime["config"] or "DYNAMIC_ARCH" in runtime["config"]
+    assert "OPENBLAS_CORETYPE" in _common.environment_report()["thread_env"]

@@ -15,6 +15,7 @@ import fcnn.layers.conv as conv_module
 from fcnn.gradcheck import check_pair
 from fcnn.layers.base import Context
 from fcnn.layers.conv import Conv2d, Conv2dCache, Conv2dCfg, conv2d_bwd, conv2d_fwd
+from fcnn.ops.layout import batch_last, nchw_view
 
 IMPLS = ["naive", "im2col", "strided"]
 
@@ -446,3 +447,65 @@ def test_matches_torch(rng: np.random.Generator, impl: str) -> None:
         np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-10, atol=1e-10)
         np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+# --- the batch-last memory layout of the im2col kernel -----------------------------------
+
+
+def test_im2col_output_is_an_nchw_view_of_batch_last_memory(rng: np.random.Generator) -> None:
+    params, x = make(rng, 3, 2, 4, 6, 5, 3, 3)
+    y, cache = conv2d_fwd(params, x, Conv2dCfg(1, 1))
+    assert y.shape == (3, 4, 6, 5)
+    assert np.shares_memory(batch_last(y), y)  # (F, OH, OW, N) memory: the GEMM's own output
+    dx, _ = conv2d_bwd(cache, np.ones_like(y))
+    assert dx.shape == x.shape and np.shares_memory(batch_last(dx), dx)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_any_memory_layout_of_x_and_dy_gives_the_same_result(
+    rng: np.random.Generator, impl: str
+) -> None:
+    params, x = make(rng, 2, 3, 4, 7, 6, 3, 2)
+    cfg = Conv2dCfg((2, 1), ((1, 0), (0, 1)), impl)
+    y, cache = conv2d_fwd(params, x, cfg)
+    dy = rng.standard_normal(y.shape)
+    dx, grads = conv2d_bwd(cache, dy)
+    for x_in, dy_in in [
+        (nchw_view(batch_last(x)), dy),
+        (x, nchw_view(batch_last(dy))),
+        (nchw_view(batch_last(x)), nchw_view(batch_last(dy))),
+        (x, np.asfortranarray(dy)),
+    ]:
+        y2, cache2 = conv2d_fwd(params, x_in, cfg)
+        dx2, grads2 = conv2d_bwd(cache2, dy_in)
+        np.testing.assert_allclose(y2, y, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(dx2, dx, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(grads2["w"], grads["w"], rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(grads2["b"], grads["b"], rtol=1e-13, atol=1e-13)
+
+
+def test_a_chain_of_layers_gradchecks_through_batch_last_activations(
+    rng: np.random.Generator,
+) -> None:
+    # conv -> maxpool -> conv: the inner activations and gradients stay batch-last.
+    from fcnn.layers.pool import Pool2dCfg, max_pool2d_bwd, max_pool2d_fwd
+
+    p1, x = make(rng, 2, 1, 3, 8, 8, 3, 3)
+    p2 = {"w": rng.standard_normal((2, 3, 2, 2)), "b": rng.standard_normal(2)}
+    c1, c2, pc = Conv2dCfg(1, 1), Conv2dCfg(1, 0), Pool2dCfg(2)
+
+    def fwd(params: dict[str, Any], x: Any, cfg: None) -> tuple[Any, Any]:
+        h, k1 = conv2d_fwd(params["c1"], x, c1)
+        h, kp = max_pool2d_fwd({}, h, pc)
+        h, k2 = conv2d_fwd(params["c2"], h, c2)
+        return h, (k1, kp, k2)
+
+    def bwd(cache: Any, dy: Any) -> tuple[Any, dict[str, Any]]:
+        k1, kp, k2 = cache
+        d, g2 = conv2d_bwd(k2, dy)
+        d, _ = max_pool2d_bwd(kp, d)
+        d, g1 = conv2d_bwd(k1, d)
+        return d, {"c1": g1, "c2": g2}
+
+    report = check_pair(fwd, bwd, {"c1": p1, "c2": p2}, x, None, rng=rng)
+    assert report.ok(1e-6), report

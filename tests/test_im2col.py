@@ -1,11 +1,12 @@
-"""im2col / col2im: column layout, exact adjointness, dtype, read-only and non-contiguous inputs."""
+"""im2col / col2im and the batch-last layout: column order, exact adjointness, dtype, views."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fcnn.ops.im2col import col2im, im2col
+from fcnn.ops.im2col import col2im, dy_matrix, im2col
+from fcnn.ops.layout import batch_last, nchw_view, padded_batch_last
 from fcnn.ops.shapes import Pad2d, conv_out_size
 
 # (N, C, H, W, KH, KW, stride, padding)
@@ -41,13 +42,13 @@ def test_im2col_columns_match_windows(
     x = rng.standard_normal((n, c, h, w))
     cols = im2col(x, kh, kw, stride, pad)
     oh, ow = _out(h, w, kh, kw, stride, pad)
-    assert cols.shape == (c * kh * kw, n * oh * ow)
+    assert cols.shape == (c * kh * kw, oh * ow * n)
     xpad = np.pad(x, ((0, 0), (0, 0), pad[0], pad[1]))
-    c6 = cols.reshape(c, kh, kw, n, oh, ow)
+    c6 = cols.reshape(c, kh, kw, oh, ow, n)  # columns are ordered (oh, ow, n): batch last
     for r in range(oh):
         for s in range(ow):
             win = xpad[:, :, r * stride[0] : r * stride[0] + kh, s * stride[1] : s * stride[1] + kw]
-            np.testing.assert_array_equal(c6[:, :, :, :, r, s], win.transpose(1, 2, 3, 0))
+            np.testing.assert_array_equal(c6[:, :, :, r, s, :], win.transpose(1, 2, 3, 0))
 
 
 @pytest.mark.parametrize(("n", "c", "h", "w", "kh", "kw", "stride", "pad"), SHAPES)
@@ -64,7 +65,7 @@ def test_col2im_is_the_exact_adjoint_of_im2col(
 ) -> None:
     x = rng.standard_normal((n, c, h, w))
     oh, ow = _out(h, w, kh, kw, stride, pad)
-    cols = rng.standard_normal((c * kh * kw, n * oh * ow))
+    cols = rng.standard_normal((c * kh * kw, oh * ow * n))
     lhs = float(np.vdot(im2col(x, kh, kw, stride, pad), cols))
     back = col2im(cols, x.shape, kh, kw, stride, pad)
     assert back.shape == x.shape
@@ -107,3 +108,69 @@ def test_read_only_and_non_contiguous_inputs(rng: np.random.Generator) -> None:
 def test_col2im_rejects_wrong_column_shape() -> None:
     with pytest.raises(ValueError, match=r"col2im: cols must have shape \(9, 16\), got \(9, 15\)"):
         col2im(np.zeros((9, 15)), (1, 1, 6, 6), 3, 3, (1, 1), ((0, 0), (0, 0)))
+
+
+# --- the batch-last layout --------------------------------------------------------------
+
+
+def test_batch_last_is_a_view_of_batch_last_memory_and_a_copy_otherwise(
+    rng: np.random.Generator,
+) -> None:
+    x = rng.standard_normal((3, 2, 4, 5))  # C-ordered NCHW
+    a = batch_last(x)
+    assert a.shape == (2, 4, 5, 3) and a.flags.c_contiguous
+    assert not np.shares_memory(a, x)
+    np.testing.assert_array_equal(a, x.transpose(1, 2, 3, 0))
+    y = nchw_view(a)
+    assert y.shape == x.shape and np.shares_memory(y, a)
+    np.testing.assert_array_equal(y, x)
+    assert np.shares_memory(batch_last(y), a)  # a chain of layers converts once
+
+
+def test_padded_batch_last(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((2, 3, 4, 5))
+    x.setflags(write=False)
+    pad: Pad2d = ((1, 0), (2, 1))
+    got = padded_batch_last(x, pad, -np.inf)
+    want = np.pad(x, ((0, 0), (0, 0), (1, 0), (2, 1)), constant_values=-np.inf)
+    np.testing.assert_array_equal(got, want.transpose(1, 2, 3, 0))
+    assert got.dtype == x.dtype
+    # No padding and batch-last memory: a view, never written.
+    bl = nchw_view(batch_last(x))
+    assert np.shares_memory(padded_batch_last(bl, ((0, 0), (0, 0))), bl)
+
+
+@pytest.mark.parametrize("batch_last_input", [False, True])
+def test_im2col_and_col2im_take_any_memory_layout(
+    rng: np.random.Generator, batch_last_input: bool
+) -> None:
+    x = rng.standard_normal((3, 2, 6, 5))
+    xin = nchw_view(batch_last(x)) if batch_last_input else x
+    pad: Pad2d = ((1, 1), (0, 2))
+    cols = im2col(xin, 3, 2, (2, 1), pad)
+    np.testing.assert_array_equal(cols, im2col(np.ascontiguousarray(x), 3, 2, (2, 1), pad))
+    back = col2im(cols, x.shape, 3, 2, (2, 1), pad)
+    # col2im hands back NCHW-shaped batch-last memory.
+    assert back.shape == x.shape and np.shares_memory(batch_last(back), back)
+
+
+def test_dy_matrix_is_in_column_order(rng: np.random.Generator) -> None:
+    dy = rng.standard_normal((3, 4, 2, 5))  # (N, F, OH, OW)
+    m = dy_matrix(dy)
+    assert m.shape == (4, 2 * 5 * 3)
+    np.testing.assert_array_equal(m.reshape(4, 2, 5, 3), dy.transpose(1, 2, 3, 0))
+    bl = nchw_view(batch_last(dy))
+    assert np.shares_memory(dy_matrix(bl), bl)  # free for batch-last gradients
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ones_row_appends_ones_after_the_same_columns(
+    rng: np.random.Generator, dtype: type[np.floating]
+) -> None:
+    x = rng.standard_normal((2, 3, 5, 4)).astype(dtype)
+    pad: Pad2d = ((1, 0), (2, 1))
+    plain = im2col(x, 2, 3, (2, 1), pad)
+    aug = im2col(x, 2, 3, (2, 1), pad, ones_row=True)
+    assert aug.shape == (plain.shape[0] + 1, plain.shape[1]) and aug.dtype == dtype
+    np.testing.assert_array_equal(aug[:-1], plain)
+    np.testing.assert_array_equal(aug[-1], np.ones(plain.shape[1], dtype))

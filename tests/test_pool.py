@@ -27,6 +27,7 @@ from fcnn.layers.pool import (
     max_pool2d_bwd,
     max_pool2d_fwd,
 )
+from fcnn.ops.layout import batch_last, nchw_view
 from fcnn.ops.shapes import Pad2d
 
 Arr = np.ndarray[Any, Any]
@@ -423,3 +424,104 @@ def test_matches_torch(rng: np.random.Generator, kind: str) -> None:
     ty.backward(torch.tensor(dy))
     np.testing.assert_allclose(y, ty.detach().numpy(), atol=1e-12)
     np.testing.assert_allclose(dx, tx.grad.numpy(), atol=1e-12)
+
+
+# --- the disjoint-window fast path and the batch-last layout -----------------------------
+
+# (N, C, H, W, window, stride): windows that share no cell, with and without an exact tiling.
+DISJOINT: list[tuple[int, int, int, int, Any, Any]] = [
+    (2, 3, 6, 8, 2, 2),  # the common 2x2 stride 2, tiles x exactly (no zero fill)
+    (1, 2, 7, 5, 2, 2),  # odd sizes: the last row and column belong to no window
+    (2, 1, 9, 9, 3, 3),
+    (1, 2, 8, 9, 2, 3),  # stride > window: gaps between windows
+    (2, 2, 6, 7, (2, 3), (2, 3)),  # non-square
+    (1, 2, 5, 8, (1, 2), (1, 2)),  # one row per window
+    (1, 1, 5, 5, 1, 1),  # 1x1 windows: dx == dy
+]
+
+
+@pytest.mark.parametrize(("n", "c", "h", "w", "window", "stride"), DISJOINT)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_disjoint_fast_path_matches_general_path(
+    rng: np.random.Generator,
+    n: int,
+    c: int,
+    h: int,
+    w: int,
+    window: Any,
+    stride: Any,
+    ties: bool,
+) -> None:
+    cfg = Pool2dCfg(window, stride)
+    # With ``ties`` most windows hold several equal maxima (zeros, as after a ReLU).
+    x = np.maximum(rng.integers(-3, 2, (n, c, h, w)), 0.0) if ties else rng.standard_normal(
+        (n, c, h, w)
+    )
+    y = ops_pool.max_pool2d_fwd(x, cfg.window, cfg.stride, cfg.padding)
+    dy = rng.standard_normal(y.shape)
+    for a in (x, y, dy):
+        a.setflags(write=False)  # read-only inputs work; nothing is written into them
+    fast = ops_pool._max_pool2d_bwd_disjoint(dy, x, y, cfg.window, cfg.stride)
+    general = ops_pool._max_pool2d_bwd_general(dy, x, y, cfg.window, cfg.stride, cfg.padding)
+    np.testing.assert_array_equal(fast, general)
+    _, dx_ref = naive_pool("max", x, dy, cfg.window, cfg.stride, cfg.padding)
+    np.testing.assert_array_equal(fast, dx_ref)
+
+
+def test_max_disjoint_ties_go_to_exactly_one_element(rng: np.random.Generator) -> None:
+    # All-zero 2x2 windows, as after a ReLU: each window's gradient lands on its first cell.
+    x = np.zeros((2, 3, 4, 6), dtype=np.float32)
+    x[0, 0, 2:, 2:4] = [[0.0, 5.0], [5.0, 5.0]]  # one window with a tied positive maximum
+    _, cache = max_pool2d_fwd({}, x, Pool2dCfg(2))
+    dy = rng.uniform(1.0, 2.0, (2, 3, 2, 3)).astype(np.float32)
+    dx, _ = max_pool2d_bwd(cache, dy)
+    assert dx.dtype == np.float32
+    blocks = dx.reshape(2, 3, 2, 2, 3, 2)
+    assert np.all(np.count_nonzero(blocks, axis=(3, 5)) == 1)  # exactly one cell per window
+    np.testing.assert_array_equal(blocks.sum(axis=(3, 5)), dy)
+    np.testing.assert_array_equal(dx[0, 0, 2:, :2], [[dy[0, 0, 1, 0], 0], [0, 0]])
+    np.testing.assert_array_equal(dx[0, 0, 2:, 2:4], [[0, dy[0, 0, 1, 1]], [0, 0]])
+
+
+def test_max_disjoint_path_is_taken_only_without_overlap_or_padding(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
+) -> None:
+    calls: list[str] = []
+    real = ops_pool._max_pool2d_bwd_disjoint
+
+    def spy(*args: Any) -> Any:
+        calls.append("fast")
+        return real(*args)
+
+    monkeypatch.setattr(ops_pool, "_max_pool2d_bwd_disjoint", spy)
+    x = rng.standard_normal((1, 1, 7, 6))
+    for cfg, fast in [
+        (Pool2dCfg(2), True),
+        (Pool2dCfg((3, 2)), True),
+        (Pool2dCfg(2, 3), True),  # gaps between windows
+        (Pool2dCfg(2, 1), False),  # overlapping
+        (Pool2dCfg(2, 2, 1), False),  # padded
+    ]:
+        calls.clear()
+        y, cache = max_pool2d_fwd({}, x, cfg)
+        max_pool2d_bwd(cache, np.ones_like(y))
+        assert calls == (["fast"] if fast else []), cfg
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("cfg", [Pool2dCfg(2), Pool2dCfg(3, 2, 1)], ids=["2x2", "3x3s2p1"])
+def test_outputs_are_batch_last_and_inputs_may_be_either_layout(
+    rng: np.random.Generator, kind: str, cfg: Pool2dCfg
+) -> None:
+    fwd, bwd = PAIRS[kind]
+    x = rng.standard_normal((3, 2, 7, 6))
+    x_bl = nchw_view(batch_last(x))  # NCHW shape, (C, H, W, N) memory
+    y, cache = fwd({}, x, cfg)
+    y_bl, cache_bl = fwd({}, x_bl, cfg)
+    np.testing.assert_array_equal(y, y_bl)
+    assert np.shares_memory(batch_last(y), y)  # y's memory is batch-last: no copy to get it
+    dy = rng.standard_normal(y.shape)
+    dx, _ = bwd(cache, dy)
+    dx_bl, _ = bwd(cache_bl, nchw_view(batch_last(dy)))
+    np.testing.assert_array_equal(dx, dx_bl)
+    assert np.shares_memory(batch_last(dx), dx)

@@ -13,7 +13,9 @@ When the stride does not divide ``H + pad - KH`` the last rows are touched by no
 window and get zero gradient. ``Conv2dCfg.impl`` picks the kernel: ``"im2col"``
 (default, columns + one matmul), ``"strided"`` (sliding-window view + tensordot,
 NumPy only) or ``"naive"`` (loops over output positions, the reference). All give
-the same results.
+the same results. ``"im2col"`` returns ``y`` and ``dx`` as NCHW-shaped views of
+batch-last ``(C, H, W, N)`` memory, which the next layer reads without a copy
+(see ``fcnn.ops.layout``); inputs may have any memory layout.
 """
 
 from __future__ import annotations
@@ -68,8 +70,9 @@ class Conv2dCfg:
 class Conv2dCache(NamedTuple):
     """What ``conv2d_bwd`` needs: the cfg, ``w``, the input shape and the impl's saved array.
 
-    ``saved`` is ``x`` for ``"naive"``, the columns (C*KH*KW, N*OH*OW) for
-    ``"im2col"`` and the read-only window view (N, C, OH, OW, KH, KW) for ``"strided"``.
+    ``saved`` is ``x`` for ``"naive"``, the columns (C*KH*KW + 1, OH*OW*N) (with a row
+    of ones for the bias) for ``"im2col"`` and the read-only window view
+    (N, C, OH, OW, KH, KW) for ``"strided"``.
     """
 
     cfg: Conv2dCfg

@@ -12,7 +12,9 @@ NCHW activations, no parameters (``params`` must be ``{}``)::
 Max pooling pads with ``-inf`` and sends each window's gradient to its first
 maximum (row-major window order); average pooling pads with zeros and divides by
 ``KH * KW`` (PyTorch's ``count_include_pad=True``). Overlapping windows accumulate;
-rows no window touches get zero gradient. The kernels live in ``fcnn.ops.pool``.
+rows no window touches get zero gradient. The kernels live in ``fcnn.ops.pool``;
+they return ``y`` and ``dx`` as NCHW-shaped views of batch-last ``(C, H, W, N)``
+memory (see ``fcnn.ops.layout``) and accept inputs in any memory layout.
 """
 
 from __future__ import annotations

@@ -3,19 +3,21 @@
 For ``x: (N, C, H, W)``, a kernel ``KH x KW``, stride ``(sh, sw)`` and padding
 ``((top, bottom), (left, right))``::
 
-    cols = im2col(x, KH, KW, stride, padding)           # (C*KH*KW, N*OH*OW)
+    cols = im2col(x, KH, KW, stride, padding)                 # (C*KH*KW, OH*OW*N)
     x_grad = col2im(cols, x.shape, KH, KW, stride, padding)   # (N, C, H, W)
 
     OH = (H + top + bottom - KH) // sh + 1              (shapes.conv_out_size)
     OW = (W + left + right - KW) // sw + 1
 
 Row ``(c, i, j)`` of the columns holds the input pixel at kernel offset ``(i, j)``
-of channel ``c`` for every window ``(n, oh, ow)``. Both functions loop over the
-kernel offsets only: each step copies (or adds) one strided slice of the padded
-input, so the inner runs are long and contiguous in the columns. ``col2im`` is
-the exact adjoint of ``im2col`` (``<im2col(x), c> == <x, col2im(c)>``): overlapping
-windows accumulate with ``+=`` and the padding is cropped at the end; rows no
-window touches get zero.
+of channel ``c`` for every window ``(oh, ow, n)``, batch innermost. Both functions
+work in the batch-last memory layout (``ops.layout``): the padded input is held as
+``(C, Hp, Wp, N)``, so each kernel offset is one strided slice whose inner runs are
+``OW * N`` (stride 1) or ``N`` elements long, and the loop runs over the kernel
+offsets only. ``col2im`` is the exact adjoint of ``im2col``
+(``<im2col(x), c> == <x, col2im(c)>``): overlapping windows accumulate with ``+=``,
+padding is cropped at the end and rows no window touches get zero. It returns an
+NCHW-shaped view of batch-last memory.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from typing import Any
 from numpy.typing import NDArray
 
 from ..backend import xp_of
+from .layout import batch_last, nchw_view, padded_batch_last
 from .shapes import Pad2d, conv_out_size
 
-__all__ = ["col2im", "im2col"]
+__all__ = ["col2im", "dy_matrix", "im2col"]
 
 Array = NDArray[Any]
 
@@ -42,28 +45,34 @@ def _out_hw(
     return oh, ow
 
 
-def im2col(x: Array, kh: int, kw: int, stride: tuple[int, int], padding: Pad2d) -> Array:
+def im2col(
+    x: Array,
+    kh: int,
+    kw: int,
+    stride: tuple[int, int],
+    padding: Pad2d,
+    ones_row: bool = False,
+) -> Array:
     """Columns of every convolution window.
 
-    x: (N, C, H, W) -> cols: (C*KH*KW, N*OH*OW), same dtype as ``x``; ``x`` is not written.
+    x: (N, C, H, W) -> cols: (C*KH*KW, OH*OW*N), same dtype as ``x``; ``x`` is not written.
+    With ``ones_row`` a last row of ones is appended, (C*KH*KW + 1, OH*OW*N), so that
+    a weight matrix with the bias as its last column adds the bias in the product.
     """
     xp = xp_of(x)
     n, c, h, w = x.shape
-    (top, bottom), (left, right) = padding
     sh, sw = stride
     oh, ow = _out_hw(h, w, kh, kw, stride, padding)
-    # Channel-first (C, N, Hp, Wp) so each copied slice lines up with a (N, OH, OW) block.
-    xt = x.transpose(1, 0, 2, 3)
-    if top or bottom or left or right:
-        xpad = xp.zeros((c, n, h + top + bottom, w + left + right), dtype=x.dtype)
-        xpad[:, :, top : top + h, left : left + w] = xt
-    else:
-        xpad = xt
-    cols: Array = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    xpad = padded_batch_last(x, padding)  # (C, Hp, Wp, N)
+    k = c * kh * kw
+    flat: Array = xp.empty((k + int(ones_row), oh * ow * n), dtype=x.dtype)
+    cols = flat[:k].reshape(c, kh, kw, oh, ow, n)
     for i in range(kh):
         for j in range(kw):
-            cols[:, i, j] = xpad[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
-    return cols.reshape(c * kh * kw, n * oh * ow)
+            cols[:, i, j] = xpad[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :]
+    if ones_row:
+        flat[k] = 1
+    return flat
 
 
 def col2im(
@@ -76,23 +85,32 @@ def col2im(
 ) -> Array:
     """Adjoint of ``im2col``: sum every column entry back onto its input pixel.
 
-    cols: (C*KH*KW, N*OH*OW) -> (N, C, H, W) with ``H, W`` from ``x_shape``, same dtype
-    as ``cols``. Padding rows are dropped; pixels no window touches are zero.
+    cols: (C*KH*KW, OH*OW*N) -> (N, C, H, W) with ``H, W`` from ``x_shape``, same dtype
+    as ``cols``, memory batch-last. Padding rows are dropped; pixels no window
+    touches are zero.
     """
     xp = xp_of(cols)
     n, c, h, w = (int(d) for d in x_shape)
     (top, bottom), (left, right) = padding
     sh, sw = stride
     oh, ow = _out_hw(h, w, kh, kw, stride, padding)
-    expected = (c * kh * kw, n * oh * ow)
+    expected = (c * kh * kw, oh * ow * n)
     if tuple(cols.shape) != expected:
         raise ValueError(f"col2im: cols must have shape {expected}, got {tuple(cols.shape)}")
-    c6 = cols.reshape(c, kh, kw, n, oh, ow)
-    acc = xp.zeros((c, n, h + top + bottom, w + left + right), dtype=cols.dtype)
+    c6 = cols.reshape(c, kh, kw, oh, ow, n)
+    acc = xp.zeros((c, h + top + bottom, w + left + right, n), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
             # Overlapping windows hit the same pixel from different offsets: accumulate.
-            acc[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw] += c6[:, i, j]
-    out = acc[:, :, top : top + h, left : left + w].transpose(1, 0, 2, 3)
-    dx: Array = xp.ascontiguousarray(out)
-    return dx
+            acc[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :] += c6[:, i, j]
+    if top or bottom or left or right:
+        acc = xp.ascontiguousarray(acc[:, top : top + h, left : left + w, :])
+    return nchw_view(acc)
+
+
+def dy_matrix(dy: Array) -> Array:
+    """An output gradient dy: (N, F, OH, OW) as (F, OH*OW*N), the column order of ``im2col``.
+
+    A free view when dy's memory is batch-last, one transpose copy otherwise.
+    """
+    return batch_last(dy).reshape(dy.shape[1], -1)
