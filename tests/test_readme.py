@@ -1,4 +1,7 @@
-"""The README's Python examples run as written, in order, in one namespace."""
+"""The README's ```python examples run as written, in order, in one namespace.
+
+Examples that need files from an earlier command (checkpoints) are fenced as ```py.
+"""
 
 from __future__ import annotations
 
