@@ -255,3 +255,60 @@ def test_init_rejects_bad_arguments() -> None:
         fcnn.init(model, 0, (1, 10, 10))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="floating"):
         fcnn.init(model, np.random.default_rng(0), (1, 10, 10), dtype=np.int32)
+
+
+# --- param_grads: the backward without the input's gradient ---------------------------------
+
+
+def _param_grad_models() -> list[fcnn.Layer]:
+    from fcnn.layers.norm import BatchNorm2d
+    from fcnn.models import build_model
+
+    nested = fcnn.sequential(
+        fcnn.sequential(fcnn.Conv2d(3, 3, padding=1), fcnn.Relu(), name="stem"),
+        fcnn.MaxPool2d(2),
+        fcnn.Flatten(),
+        fcnn.Dense(4),
+    )
+    relu_first = fcnn.sequential(fcnn.Relu(), fcnn.Conv2d(2, 3, impl="strided"), fcnn.Flatten())
+    bn_first = fcnn.sequential(BatchNorm2d(), fcnn.Conv2d(2, 3, impl="naive"), fcnn.Flatten())
+    return [build_model("small", 4), build_model("bn", 4), nested, relu_first, bn_first]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_param_grads_equal_backward_grads(index: int) -> None:
+    model = _param_grad_models()[index]
+    rng = np.random.default_rng(index)
+    params, state, out_shape = fcnn.init(model, rng, (1, 12, 12))
+    x = rng.standard_normal((6, 1, 12, 12)).astype(np.float32)
+    y, cache, _ = fcnn.forward(model, params, state, x, fcnn.Context(train=True, rng=rng))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    _, full = fcnn.backward(model, cache, dy)
+    only = fcnn.model.param_grads(model, cache, dy)
+    assert fcnn.tree_paths(only) == fcnn.tree_paths(full) == fcnn.tree_paths(params)
+    for a, b in zip(fcnn.tree_leaves(only), fcnn.tree_leaves(full), strict=True):
+        assert a.dtype == b.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+
+
+def test_param_grads_skip_the_first_convolutions_col2im(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcnn.ops.conv_im2col as kernels
+
+    calls: list[tuple[int, ...]] = []
+    real = kernels.col2im
+
+    def counting_col2im(dcols: Any, x_shape: tuple[int, ...], *args: Any) -> Any:
+        calls.append(tuple(x_shape))
+        return real(dcols, x_shape, *args)
+
+    monkeypatch.setattr(kernels, "col2im", counting_col2im)
+    model = fcnn.sequential(fcnn.Conv2d(2, 3), fcnn.Relu(), fcnn.Conv2d(3, 3), fcnn.Flatten())
+    rng = np.random.default_rng(0)
+    params, state, _ = fcnn.init(model, rng, (1, 8, 8))
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    y, cache, _ = fcnn.forward(model, params, state, x)
+    fcnn.backward(model, cache, np.ones_like(y))
+    assert calls == [(2, 2, 6, 6), (2, 1, 8, 8)]
+    calls.clear()
+    fcnn.model.param_grads(model, cache, np.ones_like(y))
+    assert calls == [(2, 2, 6, 6)]  # the input's dx is never formed

@@ -33,6 +33,7 @@ __all__ = [
     "Context",
     "InitFn",
     "Layer",
+    "ParamGradsFn",
     "Params",
     "Shape",
     "State",
@@ -48,6 +49,7 @@ Shape = tuple[int, ...]
 InitFn = Callable[[np.random.Generator, Shape, DTypeLike], tuple[Params, State, Shape]]
 ApplyFn = Callable[[Params, State, Array, "Context"], tuple[Array, Any, State]]
 BackwardFn = Callable[[Any, Array], tuple[Array, Params]]
+ParamGradsFn = Callable[[Any, Array], Params]
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,9 @@ class Layer:
     ``kind`` is the stem of auto-generated names (``conv`` -> ``conv1``);
     ``spec`` is a JSON-able description of the constructor call (stored with
     checkpoints, read by exporters); ``children`` is non-empty for containers.
-    A ``Layer`` holds no arrays and never changes.
+    ``param_grads(cache, dy) -> grads``, when given, equals ``backward(cache, dy)[1]``
+    but skips ``dx``: the composer uses it for a model's first layer, whose input
+    needs no gradient. A ``Layer`` holds no arrays and never changes.
     """
 
     kind: str
@@ -80,6 +84,7 @@ class Layer:
     spec: Mapping[str, Any] = field(default_factory=dict)
     name: str | None = None
     children: tuple[Layer, ...] = ()
+    param_grads: ParamGradsFn | None = None
 
 
 def pair_layer(
@@ -90,14 +95,26 @@ def pair_layer(
     init: InitFn,
     spec: Mapping[str, Any],
     name: str | None = None,
+    param_grads: ParamGradsFn | None = None,
 ) -> Layer:
-    """Wrap a stateless pure pair ``fwd(params, x, cfg)`` / ``bwd(cache, dy)`` as a ``Layer``."""
+    """Wrap a stateless pure pair ``fwd(params, x, cfg)`` / ``bwd(cache, dy)`` as a ``Layer``.
+
+    ``param_grads(cache, dy)``: optional, ``bwd(cache, dy)[1]`` without computing ``dx``.
+    """
 
     def apply(params: Params, state: State, x: Array, ctx: Context) -> tuple[Array, Any, State]:
         y, cache = fwd(params, x, cfg)
         return y, cache, state
 
-    return Layer(kind=kind, init=init, apply=apply, backward=bwd, spec=dict(spec), name=name)
+    return Layer(
+        kind=kind,
+        init=init,
+        apply=apply,
+        backward=bwd,
+        spec=dict(spec),
+        name=name,
+        param_grads=param_grads,
+    )
 
 
 def reraise_with_path(name: str, err: Exception) -> NoReturn:

@@ -27,14 +27,21 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ..ops.conv_im2col import conv2d_im2col_bwd, conv2d_im2col_fwd
+from ..ops.conv_im2col import conv2d_im2col_bwd, conv2d_im2col_fwd, conv2d_im2col_param_grads
 from ..ops.conv_naive import conv2d_naive_bwd, conv2d_naive_fwd
 from ..ops.conv_strided import conv2d_strided_bwd, conv2d_strided_fwd
 from ..ops.shapes import Pad2d, conv_out_size, normalize_padding, positive_pair
 from ._checks import check_float, check_params, check_rank, check_same_dtype, check_shape_in
 from .base import Array, Layer, Params, Shape, State, pair_layer
 
-__all__ = ["Conv2d", "Conv2dCache", "Conv2dCfg", "conv2d_bwd", "conv2d_fwd"]
+__all__ = [
+    "Conv2d",
+    "Conv2dCache",
+    "Conv2dCfg",
+    "conv2d_bwd",
+    "conv2d_fwd",
+    "conv2d_param_grads",
+]
 
 _IMPLS = ("im2col", "naive", "strided")
 _OP = "conv2d"
@@ -139,6 +146,14 @@ def conv2d_fwd(params: Params, x: Array, cfg: Conv2dCfg) -> tuple[Array, Conv2dC
     return y, Conv2dCache(cfg, w, tuple(x.shape), tuple(y.shape), saved)
 
 
+def _check_dy(cache: Conv2dCache, dy: Array) -> None:
+    """``dy`` must be a float array shaped like ``y`` with the forward's dtype."""
+    check_float(dy, _OP, "dy")
+    if tuple(dy.shape) != cache.y_shape:
+        raise ValueError(f"{_OP}: dy must have the shape of y {cache.y_shape}, got {dy.shape}")
+    check_same_dtype(_OP, w=cache.w, dy=dy)
+
+
 def conv2d_bwd(cache: Conv2dCache, dy: Array) -> tuple[Array, Params]:
     """2-D convolution backward: gradients of ``sum(y * dy)``.
 
@@ -146,10 +161,7 @@ def conv2d_bwd(cache: Conv2dCache, dy: Array) -> tuple[Array, Params]:
     {"w": dw (F, C, KH, KW), "b": db (F,)}, all in that dtype.
     """
     cfg, w = cache.cfg, cache.w
-    check_float(dy, _OP, "dy")
-    if tuple(dy.shape) != cache.y_shape:
-        raise ValueError(f"{_OP}: dy must have the shape of y {cache.y_shape}, got {dy.shape}")
-    check_same_dtype(_OP, w=w, dy=dy)
+    _check_dy(cache, dy)
     if cfg.impl == "im2col":
         dx, dw, db = conv2d_im2col_bwd(dy, cache.saved, cache.x_shape, w, cfg.stride, cfg.padding)
     elif cfg.impl == "strided":
@@ -157,6 +169,19 @@ def conv2d_bwd(cache: Conv2dCache, dy: Array) -> tuple[Array, Params]:
     else:
         dx, dw, db = conv2d_naive_bwd(dy, cache.saved, w, cfg.stride, cfg.padding)
     return dx, {"w": dw, "b": db}
+
+
+def conv2d_param_grads(cache: Conv2dCache, dy: Array) -> Params:
+    """``conv2d_bwd(cache, dy)[1]`` without computing ``dx``: {"w": (F, C, KH, KW), "b": (F,)}.
+
+    The composer calls it for a model's first layer, whose input needs no
+    gradient. Only ``impl="im2col"`` has a cheaper path; the others run the full backward.
+    """
+    if cache.cfg.impl != "im2col":
+        return conv2d_bwd(cache, dy)[1]
+    _check_dy(cache, dy)
+    dw, db = conv2d_im2col_param_grads(dy, cache.saved, cache.w)
+    return {"w": dw, "b": db}
 
 
 def Conv2d(
@@ -204,4 +229,6 @@ def Conv2d(
         "padding": [list(cfg.padding[0]), list(cfg.padding[1])],
         "impl": cfg.impl,
     }
-    return pair_layer("conv", conv2d_fwd, conv2d_bwd, cfg, init, spec, name)
+    return pair_layer(
+        "conv", conv2d_fwd, conv2d_bwd, cfg, init, spec, name, param_grads=conv2d_param_grads
+    )

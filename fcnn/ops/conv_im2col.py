@@ -32,7 +32,7 @@ from .im2col import col2im, dy_matrix, im2col
 from .layout import nchw_view
 from .shapes import Pad2d, conv_out_size
 
-__all__ = ["conv2d_im2col_bwd", "conv2d_im2col_fwd"]
+__all__ = ["conv2d_im2col_bwd", "conv2d_im2col_fwd", "conv2d_im2col_param_grads"]
 
 Array = NDArray[Any]
 
@@ -71,10 +71,20 @@ def conv2d_im2col_bwd(
     """
     xp = xp_of(dy, cols, w)
     f, _, kh, kw = w.shape
-    dy2 = dy_matrix(dy)
-    dwb = xp.matmul(dy2, cols.T)  # (F, C*KH*KW + 1): db is the ones row's column
-    dw = xp.ascontiguousarray(dwb[:, :-1]).reshape(w.shape)
-    db = xp.ascontiguousarray(dwb[:, -1])
-    dcols = xp.matmul(w.reshape(f, -1).T, dy2)  # (C*KH*KW, OH*OW*N)
+    dw, db = conv2d_im2col_param_grads(dy, cols, w)
+    dcols = xp.matmul(w.reshape(f, -1).T, dy_matrix(dy))  # (C*KH*KW, OH*OW*N)
     dx = col2im(dcols, x_shape, kh, kw, stride, padding)
     return dx, dw, db
+
+
+def conv2d_im2col_param_grads(dy: Array, cols: Array, w: Array) -> tuple[Array, Array]:
+    """``(dw, db)`` alone, for a first layer whose input needs no gradient.
+
+    dy: (N, F, OH, OW), cols: (C*KH*KW + 1, OH*OW*N), w: (F, C, KH, KW)
+    -> dw: (F, C, KH, KW), db: (F,). Skipping ``dx`` saves a GEMM and a col2im.
+    """
+    xp = xp_of(dy, cols, w)
+    dwb = xp.matmul(dy_matrix(dy), cols.T)  # (F, C*KH*KW + 1): db is the ones row's column
+    dw = xp.ascontiguousarray(dwb[:, :-1]).reshape(w.shape)
+    db = xp.ascontiguousarray(dwb[:, -1])
+    return dw, db
