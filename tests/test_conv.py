@@ -214,7 +214,14 @@ def test_docstring_shows_shapes_and_formula() -> None:
 
 
 def test_public_names() -> None:
-    assert conv_module.__all__ == ["Conv2d", "Conv2dCache", "Conv2dCfg", "conv2d_bwd", "conv2d_fwd"]
+    assert conv_module.__all__ == [
+        "Conv2d",
+        "Conv2dCache",
+        "Conv2dCfg",
+        "conv2d_bwd",
+        "conv2d_fwd",
+        "conv2d_param_grads",
+    ]
 
 
 # --- the cfg --------------------------------------------------------------------------

@@ -279,7 +279,7 @@ def _param_grad_models() -> list[fcnn.Layer]:
 def test_param_grads_equal_backward_grads(index: int) -> None:
     model = _param_grad_models()[index]
     rng = np.random.default_rng(index)
-    params, state, out_shape = fcnn.init(model, rng, (1, 12, 12))
+    params, state, _ = fcnn.init(model, rng, (1, 12, 12))
     x = rng.standard_normal((6, 1, 12, 12)).astype(np.float32)
     y, cache, _ = fcnn.forward(model, params, state, x, fcnn.Context(train=True, rng=rng))
     dy = rng.standard_normal(y.shape).astype(np.float32)
