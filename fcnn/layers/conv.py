@@ -128,7 +128,9 @@ def conv2d_fwd(params: Params, x: Array, cfg: Conv2dCfg) -> tuple[Array, Conv2dC
         OH = (H + pad_top + pad_bottom - KH) // stride_h + 1
         OW = (W + pad_left + pad_right - KW) // stride_w + 1
 
-    x, w and b must share one floating dtype; y has that dtype. Raises
+    x, w and b must share one floating dtype; y has that dtype. With ``impl="im2col"``
+    y is an NCHW-shaped view of batch-last (F, OH, OW, N) memory, so it is not
+    C-contiguous (``np.ascontiguousarray(y)`` if you need that). Raises
     ``ValueError``/``TypeError`` starting with ``"conv2d: "`` on bad input.
     Returns ``(y, cache)``; pass the cache to ``conv2d_bwd``.
     """
