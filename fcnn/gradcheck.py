@@ -83,8 +83,9 @@ def numerical_grad(f: Callable[[Array], float], x: Array, eps: float = 1e-6) -> 
     ``f`` receives a private float64 copy that is perturbed in place and
     restored; the caller's ``x`` is never written.
     """
-    work = np.array(x, dtype=np.float64, copy=True)
-    grad = np.zeros_like(work)
+    # C order, whatever x's layout: reshape(-1) must be a view for the writes to land.
+    work = np.array(x, dtype=np.float64, order="C", copy=True)
+    grad = np.zeros_like(work, order="C")
     flat, gflat = work.reshape(-1), grad.reshape(-1)
     for i in range(flat.size):
         orig = flat[i]
@@ -101,7 +102,7 @@ def _to64(tree: Any) -> Any:
     """Copy a tree, casting floating leaves to float64 (integer leaves such as counters stay)."""
 
     def cast(a: Any) -> Any:
-        a = np.array(a, copy=True)
+        a = np.array(a, order="C", copy=True)
         return a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
 
     return tree_map(cast, tree)
@@ -161,7 +162,7 @@ def check_pair(
     ``params`` and ``x`` are copied to float64; ``dy`` is drawn from ``rng``.
     Report keys are ``"x"`` and the ``"/"``-joined param paths.
     """
-    p64, x64 = _to64(params), np.array(x, dtype=np.float64, copy=True)
+    p64, x64 = _to64(params), np.array(x, dtype=np.float64, order="C", copy=True)
     y, cache = fwd(p64, x64, cfg)
     dy = rng.standard_normal(np.shape(y))
     dx, grads = bwd(cache, dy)
@@ -217,7 +218,7 @@ def check_layer(
     forward pass, so dropout masks do not change between the finite differences.
     """
     ctx = ctx or Context()
-    p64, s64, x64 = _to64(params), _to64(state), np.array(x, dtype=np.float64, copy=True)
+    p64, s64, x64 = _to64(params), _to64(state), np.array(x, dtype=np.float64, order="C", copy=True)
 
     def run(p: Any, xx: Array) -> tuple[Any, Any]:
         c = Context(train=ctx.train, rng=copy.deepcopy(ctx.rng))

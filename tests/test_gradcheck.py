@@ -335,3 +335,20 @@ def test_check_layer_fails_a_wrong_layer(rng: np.random.Generator, name: str) ->
     report = check_layer(layer, params, state, x, rng=rng)
     assert report.errors[bad_leaf] > 1e-2, report
     assert not check_layer(layer, params, state, x, rng=rng, directional=True).ok(1e-3)
+
+
+def test_regression_non_contiguous_input_gave_zero_gradients(rng: np.random.Generator) -> None:
+    """numerical_grad copied x in its own memory order, so reshape(-1) was a copy and
+    every perturbation was lost: all-zero gradients for transposed or batch-last inputs."""
+    import fcnn
+
+    x = rng.standard_normal((3, 4)).T  # Fortran order
+    np.testing.assert_allclose(
+        numerical_grad(lambda v: float(np.sum(v**3)), x), 3 * x**2, rtol=1e-6
+    )
+    # The convolution's own output is batch-last memory: check_pair on it must still pass.
+    conv_params = {"w": rng.standard_normal((2, 1, 3, 3)), "b": np.zeros(2)}
+    y, _ = fcnn.conv2d_fwd(conv_params, rng.standard_normal((2, 1, 6, 6)), fcnn.Conv2dCfg())
+    assert not y.flags.c_contiguous
+    report = check_pair(fcnn.relu_fwd, fcnn.relu_bwd, {}, y, None, rng=rng)
+    assert report.ok(1e-6), report
