@@ -30,6 +30,7 @@ from fcnn.data import DATASETS, DatasetNotFoundError, channel_stats, limit_train
 from fcnn.data import normalize as normalize_images
 from fcnn.data.augment import random_shift
 from fcnn.io import (
+    Checkpoint,
     CheckpointError,
     check_params_match,
     generator_state,
@@ -192,36 +193,77 @@ def progress_bar(total: int, desc: str, quiet: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None)
 
 
-def make_dirs(*paths: str | None) -> None:
-    for path in paths:
-        if path:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tune_allocator()  # keep freed temporaries in the heap: see fcnn/runtime.py
     say: Callable[[str], None] = (lambda _: None) if args.quiet else print
     try:
         return run(args, say)
-    except (DatasetNotFoundError, CheckpointError, MissingExtraError, OSError) as err:
+    except (UsageError, DatasetNotFoundError, CheckpointError, MissingExtraError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # before training started; run() handles it during training
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+class UsageError(Exception):
+    """Something the user can fix (bad data files, an unwritable path): one line, exit 1."""
+
+
+def check_writable(path: str | None) -> None:
+    """Create ``path``'s folder and prove a file can be written there, before any training."""
+    if not path:
+        return
+    probe = f"{path}.{os.getpid()}.probe"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def read_resume(path: str) -> tuple[Checkpoint, dict[str, Any]]:
+    """A checkpoint written by train.py and its training config, or ``CheckpointError``."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt.meta
+    norm = meta.get("normalization")
+    problems = [
+        key
+        for key, ok in (
+            ("config", isinstance(meta.get("config"), dict)),
+            ("epoch", isinstance(meta.get("epoch"), int)),
+            ("rng", isinstance(meta.get("rng"), dict)),
+            ("normalization", isinstance(norm, dict) and {"mean", "std"} <= set(norm)),
+            ("history", isinstance(meta.get("history", []), list)),
+        )
+        if not ok
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path}: cannot resume: missing or malformed {problems}; was it written by train.py?"
+        )
+    if ckpt.opt_state is None:
+        raise CheckpointError(f"{path}: has no optimizer state to resume from")
+    return ckpt, meta["config"]
 
 
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
-    ckpt = load_checkpoint(args.resume) if args.resume else None
-    saved = ckpt.meta.get("config") if ckpt is not None else None
-    if ckpt is not None and not isinstance(saved, dict):
-        raise CheckpointError(f"{args.resume}: has no training config; was it written by train.py?")
+    ckpt, saved = read_resume(args.resume) if args.resume else (None, None)
     config = resolve_config(args, saved)
     epochs = int(config["epochs"])
     save_path = args.save or args.resume
-    make_dirs(save_path, args.metrics, args.plot)
+    for path in (save_path, args.metrics, args.plot):
+        check_writable(path)  # fail before training, not after the first epoch
     if args.plot:
-        require_matplotlib()  # fail before training, not after
+        require_matplotlib()
 
-    ds = load_dataset(config["dataset"], args.data_dir, seed=config["seed"])
+    try:
+        ds = load_dataset(config["dataset"], args.data_dir, seed=config["seed"])
+    except ValueError as err:  # a corrupt or truncated file; missing ones are DatasetNotFoundError
+        raise UsageError(str(err)) from None
     ds = limit_train(ds, config["limit_train"], config["seed"])
     rng = np.random.default_rng(config["seed"])
     init_rng, train_rng = rng.spawn(2)
@@ -234,10 +276,16 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     x_test = normalize_images(ds.x_test, mean, std)
     in_shape = tuple(int(d) for d in x_train.shape[1:])
 
-    desc = describe_model(config["model"], len(ds.classes), config["impl"])
-    model = model_from_description(desc)
-    params, state, _ = fcnn.init(model, init_rng, in_shape)
-    steps_per_epoch = math.ceil(len(x_train) / config["batch_size"])
+    try:
+        desc = describe_model(config["model"], len(ds.classes), config["impl"])
+        model = model_from_description(desc)
+        params, state, _ = fcnn.init(model, init_rng, in_shape)
+    except ValueError as err:
+        raise UsageError(f"model {config['model']!r} on {ds.name} {in_shape}: {err}") from None
+    # Batch norm cannot normalise a batch of one image: skip such a final batch.
+    drop_last = len(x_train) % config["batch_size"] == 1 and len(x_train) > 1
+    steps_per_epoch = len(x_train) // config["batch_size"]
+    steps_per_epoch += 0 if drop_last or len(x_train) % config["batch_size"] == 0 else 1
     schedule = make_schedule(config, epochs * steps_per_epoch)
     opt = make_optimizer(config, schedule)
     ts = fcnn.TrainState(params, state, opt.init(params))
@@ -246,8 +294,6 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     if ckpt is not None:
         check_params_match(params, ckpt.params, "params")
         check_params_match(state, ckpt.state, "state")
-        if ckpt.opt_state is None:
-            raise CheckpointError(f"{args.resume}: has no optimizer state to resume from")
         check_params_match(ts.opt_state, ckpt.opt_state, "optimizer state")
         ts = fcnn.TrainState(ckpt.params, ckpt.state, ckpt.opt_state)
         train_rng = restore_generator(ckpt.meta["rng"])
@@ -280,10 +326,11 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         "normalization": {"mean": mean.tolist(), "std": std.tolist()},
         "config": config,
     }
-    last_saved = f"{save_path} (epoch {start})" if args.resume else None
+    last_saved = f"{args.resume} (epoch {start})" if args.resume else None
     epoch, batch = start, 0
     try:
         for epoch in range(start + 1, epochs + 1):
+            batch = 0
             bar = progress_bar(steps_per_epoch, f"epoch {epoch}/{epochs}", args.quiet)
 
             def on_batch(i: int, loss: float, bar: Any = bar) -> None:
@@ -305,12 +352,18 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
                     train_rng,
                     on_batch,
                     augment,
+                    drop_last,
                 )
             finally:
                 if bar is not None:
                     bar.close()
             train_s = time.perf_counter() - t0
             test_loss, test_acc = fcnn.evaluate(model, ts.params, ts.state, x_test, ds.y_test)
+            if not math.isfinite(test_loss):  # the epoch's last updates broke the model
+                raise fcnn.NonFiniteLossError(
+                    f"test loss is {test_loss} after the epoch's updates; stopping "
+                    "(try a smaller learning rate)"
+                )
             row = {
                 "epoch": epoch,
                 "train_loss": round(train_loss, 6),

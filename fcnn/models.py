@@ -255,9 +255,14 @@ def load_trained(path: str | os.PathLike[str]) -> Trained:
             f"{os.fspath(path)}: normalization must have {input_shape[0]} means and "
             f"positive stds, got mean {mean.shape}, std {std.shape}"
         )
-    expected_params, expected_state, out_shape = init(
-        model, np.random.default_rng(0), input_shape
-    )
+    try:
+        expected_params, expected_state, out_shape = init(
+            model, np.random.default_rng(0), input_shape
+        )
+    except ValueError as err:
+        raise CheckpointError(
+            f"{os.fspath(path)}: the model does not fit input_shape {input_shape}: {err}"
+        ) from err
     if out_shape != (len(classes),):
         raise CheckpointError(
             f"{os.fspath(path)}: the model outputs {out_shape} but there are {len(classes)} classes"

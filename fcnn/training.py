@@ -66,16 +66,18 @@ def train_epoch(
     rng: np.random.Generator,
     on_batch: Callable[[int, float], None] | None = None,
     augment: Callable[[Array, np.random.Generator], Array] | None = None,
+    drop_last: bool = False,
 ) -> tuple[TrainState, float]:
     """One pass over ``(x, y)`` in shuffled batches; returns the new state and the mean loss.
 
     ``rng`` shuffles, is handed to the layers (dropout) through the context, and
     to ``augment(x_batch, rng) -> x_batch`` when given (e.g. ``random_shift``).
     ``on_batch(batch_index, loss)`` is called after every step (progress bars).
+    ``drop_last`` skips a final short batch (e.g. one image, which batch norm refuses).
     """
     ctx = Context(train=True, rng=rng)
     total, count = 0.0, 0
-    for i, idx in enumerate(iterate_batches(len(x), batch_size, rng)):
+    for i, idx in enumerate(iterate_batches(len(x), batch_size, rng, drop_last)):
         xb = x[idx] if augment is None else augment(x[idx], rng)
         ts, lv = step(ts, xb, y[idx], ctx)
         total += lv * len(idx)

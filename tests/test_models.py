@@ -197,3 +197,22 @@ def test_cifar_model_runs_on_a_small_local_copy(
         "block2",
         "block3",
     }
+
+
+def test_regression_load_trained_on_an_impossible_input_shape_was_a_value_error(
+    tmp_path: Any,
+) -> None:
+    from fcnn.io import CheckpointError, save_checkpoint
+
+    model = build_model("small", 10)
+    params, state, _ = fcnn.init(model, np.random.default_rng(0), (1, 28, 28))
+    meta = {
+        "model": describe_model("small", 10),
+        "input_shape": [1, 2, 2],
+        "classes": [str(i) for i in range(10)],
+        "normalization": {"mean": [0.1], "std": [0.3]},
+    }
+    path = tmp_path / "odd.npz"
+    save_checkpoint(path, params=params, state=state, meta=meta)
+    with pytest.raises(CheckpointError, match=r"does not fit input_shape \(1, 2, 2\)"):
+        load_trained(path)

@@ -7,14 +7,16 @@ import json
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from helpers import interrupt_at_epoch, same_tree, without_timing
 
+import fcnn
 import fcnn.data.registry as registry
 from fcnn.data.cifar10 import TEST_BATCH, TRAIN_BATCHES, load_cifar10
-from fcnn.io import load_checkpoint
+from fcnn.io import load_checkpoint, save_checkpoint
 from fcnn.models import load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,3 +227,76 @@ def test_plot_without_matplotlib_is_a_clear_error(
     code = run("--dataset", "lines", *FAST, "--epochs", "1", "--plot", str(tmp_path / "p.png"))
     assert code == 1
     assert 'pip install "fcnn[plot]"' in capsys.readouterr().err
+
+
+# --- regressions from review: every user error is one line and exit 1, never a traceback ----
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
+def test_regression_nan_test_loss_after_the_last_step_was_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One step per epoch: the step's own loss is finite, the params it leaves are not."""
+    code = run(
+        "--dataset", "lines", "--limit-train", "64", "--batch-size", "64", "--epochs", "3",
+        "--optimizer", "sgd", "--lr", "1e6", "--quiet", "--save", str(tmp_path / "m.npz"),
+    )  # fmt: skip
+    assert code == 1
+    assert "loss is" in capsys.readouterr().err
+
+
+def test_regression_batch_norm_crashed_on_a_final_batch_of_one(tmp_path: Path) -> None:
+    ckpt = tmp_path / "m.npz"
+    code = run(
+        "--dataset", "lines", "--model", "bn", "--limit-train", "65", "--batch-size", "64",
+        "--epochs", "1", "--quiet", "--save", str(ckpt), "--metrics", str(tmp_path / "m.csv"),
+    )  # fmt: skip
+    assert code == 0
+    assert load_checkpoint(ckpt).meta["epoch"] == 1
+
+
+def test_regression_corrupt_data_file_was_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "mnist").mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # fmt: skip
+        (tmp_path / "mnist" / f"{name}.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated")
+    assert run("--dataset", "mnist", "--data-dir", str(tmp_path), "--quiet") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "train-images-idx3-ubyte.gz" in err
+
+
+def test_unwritable_output_fails_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_training(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(fcnn, "train_epoch", no_training)
+    (tmp_path / "afile").write_text("not a folder")
+    target = tmp_path / "afile" / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--save", str(target)) == 1
+    assert f"cannot write {target}" in capsys.readouterr().err
+
+
+def test_regression_resume_then_save_elsewhere_named_a_missing_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, other = tmp_path / "first.npz", tmp_path / "other.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(first)) == 0
+    interrupt_at_epoch(monkeypatch, 1)
+    assert run("--resume", str(first), "--epochs", "2", "--save", str(other), "--quiet") == 130
+    assert f"resume from {first} (epoch 1)" in capsys.readouterr().err
+    assert not other.exists()
+
+
+def test_resume_refuses_a_checkpoint_without_training_metadata(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bare.npz"
+    params = {"w": np.zeros(2, np.float32)}
+    save_checkpoint(path, params=params, state={}, opt_state={}, meta={"config": {}})
+    assert run("--resume", str(path)) == 1
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "'rng'" in err

@@ -131,6 +131,9 @@ def max_pool2d_fwd(params: Params, x: Array, cfg: Pool2dCfg) -> tuple[Array, Max
     """Max pooling forward. params: {}; x: (N, C, H, W) -> y: (N, C, OH, OW), x's dtype.
 
     ``OH = (H + pad_top + pad_bottom - KH) // stride_h + 1`` (likewise ``OW``).
+    The cache keeps ``x`` and ``y`` itself (no copy, for speed): like every cached
+    array, do not write into them before ``max_pool2d_bwd``, which finds each
+    window's maximum by comparing ``x`` with ``y``.
     Raises ``ValueError``/``TypeError`` starting with ``"max_pool2d: "`` on bad input.
     """
     _check_fwd(params, x, cfg, _MAX)
