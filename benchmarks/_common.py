@@ -16,6 +16,8 @@ warm-up, medians, and ratios only between numbers measured in one run.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -39,6 +41,8 @@ __all__ = [
     "environment_report",
     "format_environment",
     "gemm_peak",
+    "have_module",
+    "import_torch",
     "load_average",
     "markdown_table",
     "openblas_runtime",
@@ -58,6 +62,21 @@ THREAD_ENV_VARS = (
     "NUMEXPR_NUM_THREADS",
 )
 ALLOCATOR_ENV_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
+
+
+def have_module(name: str) -> bool:
+    """Whether ``name`` is installed (found without importing it)."""
+    return importlib.util.find_spec(name) is not None
+
+
+def import_torch() -> Any | None:
+    """``torch`` when it imports cleanly, else ``None`` (never installed by us)."""
+    if not have_module("torch"):
+        return None
+    try:
+        return importlib.import_module("torch")
+    except Exception:  # a broken install is "not available", not a crash
+        return None
 
 
 def cpu_count() -> int:

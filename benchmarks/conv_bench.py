@@ -51,6 +51,8 @@ from _common import (
     environment_report,
     format_environment,
     gemm_peak,
+    have_module,
+    import_torch,
     load_average,
     markdown_table,
     run_worker,
@@ -172,16 +174,6 @@ def make_inputs(
     dy = rng.standard_normal((n, case.filters, *case.out_hw())).astype(dtype)
     return {"w": w, "b": b}, x, dy
 
-
-def have_module(name: str) -> bool:
-    """Whether ``name`` is installed (found without importing it)."""
-    return importlib.util.find_spec(name) is not None
-
-
-def _import_torch() -> Any | None:
-    """``torch`` when it imports cleanly, else ``None`` (never installed by us)."""
-    if not have_module("torch"):
-        return None
     try:
         return importlib.import_module("torch")
     except Exception:  # a broken install is "not available", not a crash
@@ -326,7 +318,7 @@ def bench_conv(case: Case, impl: str, repeats: int, warmup: int, threads: int) -
     params, x, dy = make_inputs(case, np.float32)
     torch = None
     if impl == TORCH:
-        torch = _import_torch()
+        torch = import_torch()
         if torch is None:
             raise RuntimeError("torch is not importable")
         torch.set_num_threads(threads)
@@ -555,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     allocator = tune_allocator()
     repeats = args.repeats or (3 if args.quick else 15)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    torch = None if args.no_torch else _import_torch()
+    torch = None if args.no_torch else import_torch()
     threads = cpu_count()
 
     env = environment_report(

@@ -48,6 +48,7 @@ from _common import (
     cpu_count,
     environment_report,
     format_environment,
+    import_torch,
     load_average,
     markdown_table,
     run_worker,
@@ -81,19 +82,8 @@ def plan(models: Sequence[str], batches: Sequence[int], torch: bool) -> list[dic
     impls = IMPLS if torch else ("fcnn",)
     return [{"model": m, "batch": b, "impl": i} for m in models for b in batches for i in impls]
 
+    # ----------------------------------------------------------------------------- PyTorch
 
-# ----------------------------------------------------------------------------- PyTorch
-
-
-def have_module(name: str) -> bool:
-    """Whether ``name`` is installed (found without importing it)."""
-    return importlib.util.find_spec(name) is not None
-
-
-def _import_torch() -> Any | None:
-    """``torch`` when it imports cleanly, else ``None`` (never installed by us)."""
-    if not have_module("torch"):
-        return None
     try:
         return importlib.import_module("torch")
     except Exception:  # a broken install is "not available", not a crash
@@ -263,7 +253,7 @@ def bench_step(spec: dict[str, Any]) -> dict[str, Any]:
     if impl == "fcnn":
         run, _ = _fcnn_step(model_name, batch)
     else:
-        torch = _import_torch()
+        torch = import_torch()
         if torch is None:
             raise RuntimeError("torch is not importable")
         torch.set_num_threads(int(spec.get("threads") or cpu_count()))
@@ -487,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps = args.steps or (3 if args.quick else 30)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
     rounds = args.rounds or (1 if args.quick else 3)
-    torch = None if args.no_torch else _import_torch()
+    torch = None if args.no_torch else import_torch()
     threads = cpu_count()
     env = environment_report(
         allocator=allocator.detail + " (in every worker, PyTorch's included)",

@@ -305,7 +305,7 @@ def test_epoch_worker_runs_train_epoch() -> None:
 
 
 def _check_train_json(data: dict[str, Any], models: list[str], batches: list[int]) -> None:
-    torch = conv_bench._import_torch() is not None
+    torch = _common.import_torch() is not None
     expected = {
         (c["model"], c["batch"], c["impl"]) for c in train_bench.plan(models, batches, torch)
     }
