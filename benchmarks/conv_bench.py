@@ -34,8 +34,6 @@ for ``--plot``.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 import time
@@ -173,11 +171,6 @@ def make_inputs(
     b = rng.standard_normal(case.filters).astype(dtype)
     dy = rng.standard_normal((n, case.filters, *case.out_hw())).astype(dtype)
     return {"w": w, "b": b}, x, dy
-
-    try:
-        return importlib.import_module("torch")
-    except Exception:  # a broken install is "not available", not a crash
-        return None
 
 
 def _torch_pair(

@@ -31,8 +31,6 @@ Exit codes: 0 ok, 1 mismatch or a failed worker, 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import math
 import resource
@@ -83,11 +81,6 @@ def plan(models: Sequence[str], batches: Sequence[int], torch: bool) -> list[dic
     return [{"model": m, "batch": b, "impl": i} for m in models for b in batches for i in impls]
 
     # ----------------------------------------------------------------------------- PyTorch
-
-    try:
-        return importlib.import_module("torch")
-    except Exception:  # a broken install is "not available", not a crash
-        return None
 
 
 def torch_model(torch: Any, spec: dict[str, Any], in_shape: Sequence[int]) -> Any:
