@@ -260,6 +260,10 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     if args.plot:
         require_matplotlib()
 
+    if args.data_dir and os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
+        raise UsageError(
+            f"--data-dir {args.data_dir} is a file; give the folder that holds the data"
+        )
     try:
         ds = load_dataset(config["dataset"], args.data_dir, seed=config["seed"])
     except ValueError as err:  # a corrupt or truncated file; missing ones are DatasetNotFoundError

@@ -300,3 +300,10 @@ def test_resume_refuses_a_checkpoint_without_training_metadata(
     assert run("--resume", str(path)) == 1
     err = capsys.readouterr().err
     assert "cannot resume" in err and "'rng'" in err
+
+
+def test_data_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    afile = tmp_path / "data.txt"
+    afile.write_text("x")
+    assert run("--dataset", "mnist", "--data-dir", str(afile), "--quiet") == 1
+    assert "is a file" in capsys.readouterr().err
