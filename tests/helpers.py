@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,3 +47,23 @@ def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
         return real(*args, **kwargs)
 
     monkeypatch.setattr(fcnn, "train_epoch", train_epoch)
+
+
+def fake_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, records: int = 8) -> None:
+    """Write a small CIFAR-10 binary folder under ``root`` and point the loader at it.
+
+    The real batch files hold 10,000 records each; the loader's ``_records_per_batch``
+    test hook makes ``load_dataset("cifar10", root)`` read ``records`` per file instead.
+    """
+    import fcnn.data.registry as registry
+    from fcnn.data.cifar10 import TEST_BATCH, TRAIN_BATCHES, load_cifar10
+
+    rng = np.random.default_rng(3)
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name in (*TRAIN_BATCHES, TEST_BATCH):
+        images = rng.integers(0, 256, size=(records, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=records, dtype=np.uint8)
+        data = b"".join(bytes([int(y)]) + x.tobytes() for x, y in zip(images, labels, strict=True))
+        (folder / name).write_bytes(data)
+    monkeypatch.setattr(registry, "load_cifar10", partial(load_cifar10, _records_per_batch=records))

@@ -5,17 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from helpers import interrupt_at_epoch, same_tree, without_timing
+from helpers import fake_cifar10, interrupt_at_epoch, same_tree, without_timing
 
 import fcnn
-import fcnn.data.registry as registry
-from fcnn.data.cifar10 import TEST_BATCH, TRAIN_BATCHES, load_cifar10
 from fcnn.io import load_checkpoint, save_checkpoint
 from fcnn.models import load_trained
 
@@ -82,17 +79,7 @@ def test_mnist_from_data_dir(tmp_path: Path) -> None:
 
 
 def test_cifar10_from_a_small_local_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    records = 8
-    rng = np.random.default_rng(3)
-    folder = tmp_path / "cifar-10-batches-bin"
-    folder.mkdir()
-    for name in (*TRAIN_BATCHES, TEST_BATCH):
-        images = rng.integers(0, 256, size=(records, 3, 32, 32), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=records, dtype=np.uint8)
-        data = b"".join(bytes([int(y)]) + x.tobytes() for x, y in zip(images, labels, strict=True))
-        (folder / name).write_bytes(data)
-    # The real batches hold 10,000 records each; the loader's test hook takes 8.
-    monkeypatch.setattr(registry, "load_cifar10", partial(load_cifar10, _records_per_batch=records))
+    fake_cifar10(tmp_path, monkeypatch)
     ckpt = tmp_path / "c.npz"
     code = run(
         "--dataset",
