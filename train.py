@@ -287,9 +287,9 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     except ValueError as err:
         raise UsageError(f"model {config['model']!r} on {ds.name} {in_shape}: {err}") from None
     # Batch norm cannot normalise a batch of one image: skip such a final batch.
-    drop_last = len(x_train) % config["batch_size"] == 1 and len(x_train) > 1
-    steps_per_epoch = len(x_train) // config["batch_size"]
-    steps_per_epoch += 0 if drop_last or len(x_train) % config["batch_size"] == 0 else 1
+    n, batch_size = len(x_train), int(config["batch_size"])
+    drop_last = n % batch_size == 1 and n > 1
+    steps_per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
     schedule = make_schedule(config, epochs * steps_per_epoch)
     opt = make_optimizer(config, schedule)
     ts = fcnn.TrainState(params, state, opt.init(params))
