@@ -18,11 +18,8 @@ also saves a PNG grid of the inputs with predicted (and true) labels (needs matp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fcnn.atomic import atomic_write
 from fcnn.data.images import load_image
 from fcnn.data.registry import load_dataset
 from fcnn.io import CheckpointError
@@ -201,18 +199,9 @@ def save_grid(
             title += f"\ntrue {inputs.truth[i]}"
             color = "green" if classes[best[i]] == inputs.truth[i] else "red"
         ax.set_title(title, fontsize=9, color=color)
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format="png", dpi=100)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
     except OSError as err:
         raise CliError(f"cannot write {path!r}: {err.strerror or err}") from None
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 import fcnn
+from fcnn.atomic import atomic_write
 from fcnn.data import DATASETS, DatasetNotFoundError, channel_stats, limit_train, load_dataset
 from fcnn.data import normalize as normalize_images
 from fcnn.data.augment import random_shift
@@ -171,15 +172,8 @@ def write_metrics(path: str, history: list[dict[str, Any]]) -> None:
         writer.writerows(history)
     else:
         buf.writelines(json.dumps(row) + "\n" for row in history)
-    tmp = f"{path}.{os.getpid()}.tmp"  # same folder, so the rename is atomic
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(buf.getvalue())
 
 
 def progress_bar(total: int, desc: str, quiet: bool) -> Any:

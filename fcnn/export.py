@@ -38,12 +38,10 @@ A layer that cannot be exported raises ``ExportError`` naming its path and type.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -56,6 +54,7 @@ try:
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
     raise ImportError('ONNX export needs the onnx package: pip install "fcnn[onnx]"') from _err
 
+from .atomic import atomic_write
 from .layers.base import Array, Layer, Params, State
 from .model import predict
 
@@ -439,18 +438,8 @@ def _fcnn_version() -> str:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        f.write(data)
 
 
 # --- command line ------------------------------------------------------------------------

@@ -34,17 +34,17 @@ file; nothing is ever unpickled.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from .atomic import atomic_write
 
 __all__ = [
     "FORMAT_MARKER",
@@ -174,20 +174,6 @@ def _check_json(value: Any, where: str) -> Any:
     )
 
 
-def _fsync_dir(folder: str) -> None:
-    """Make the rename durable; not every platform can open a folder, which is fine."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -226,30 +212,12 @@ def save_checkpoint(
     text = json.dumps(header, allow_nan=False, ensure_ascii=False)
     arrays[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
-    folder = os.path.dirname(os.path.abspath(fs_path))
-    try:
-        mode = os.stat(fs_path).st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    tmp = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed and removed by hand below)
-        dir=folder, prefix=f".{os.path.basename(fs_path)}.", suffix=".tmp", delete=False
-    )
-    try:
-        with tmp:
-            # A file object, not a name: np.savez appends ".npz" only to names.
-            # (No allow_pickle= here: older NumPy would save it as an array; leaves
-            # were checked for object dtypes above.)
-            members: dict[str, Any] = arrays
-            np.savez(tmp, **members)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, mode)
-        os.replace(tmp.name, fs_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        raise
-    _fsync_dir(folder)
+    with atomic_write(fs_path, "wb") as f:
+        # A file object, not a name: np.savez appends ".npz" only to names.
+        # (No allow_pickle= here: older NumPy would save it as an array; leaves
+        # were checked for object dtypes above.)
+        members: dict[str, Any] = arrays
+        np.savez(f, **members)
 
 
 # --- loading -----------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .atomic import atomic_write
+
 __all__ = ["MissingExtraError", "plot_history", "require_matplotlib"]
 
 
@@ -67,14 +69,7 @@ def plot_history(
         if title:
             fig.suptitle(title)
         fig.tight_layout()
-        target = os.fspath(path)
-        tmp = f"{target}.{os.getpid()}.tmp"  # same folder, so the rename is atomic
-        try:
-            fig.savefig(tmp, format="png", dpi=110)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
     finally:
         plt.close(fig)

@@ -13,13 +13,12 @@ size and warns when it is over 3 MB. Never downloads unless ``--download``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from fcnn.atomic import atomic_write
 from fcnn.data.digits import DIGITS_SAMPLE_SEED, build_digits_sample
 from fcnn.data.mnist import load_mnist_uint8
 
@@ -33,25 +32,16 @@ def write_sample(data_dir: Path, out: Path, seed: int, download: bool = False) -
     """Build the sample from ``data_dir`` and write it to ``out``; the file size in bytes."""
     arrays = build_digits_sample(*load_mnist_uint8(data_dir, download=download), seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f,
-                x_train=arrays["x_train"],
-                y_train=arrays["y_train"],
-                x_test=arrays["x_test"],
-                y_test=arrays["y_test"],
-                train_indices=arrays["train_indices"],
-                test_indices=arrays["test_indices"],
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; this ships in the package
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(out, "wb") as f:
+        np.savez_compressed(
+            f,
+            x_train=arrays["x_train"],
+            y_train=arrays["y_train"],
+            x_test=arrays["x_test"],
+            y_test=arrays["y_test"],
+            train_indices=arrays["train_indices"],
+            test_indices=arrays["test_indices"],
+        )
     return out.stat().st_size
 
 
