@@ -516,3 +516,20 @@ def test_a_chain_of_layers_gradchecks_through_batch_last_activations(
 
     report = check_pair(fwd, bwd, {"c1": p1, "c2": p2}, x, None, rng=rng)
     assert report.ok(1e-6), report
+
+
+@pytest.mark.parametrize("impl", ["im2col", "naive", "strided"])
+def test_param_grads_checks_dy_like_the_backward(impl: str) -> None:
+    from fcnn.layers.conv import conv2d_param_grads
+
+    rng = np.random.default_rng(0)
+    params = {"w": rng.standard_normal((2, 1, 3, 3)), "b": np.zeros(2)}
+    _, cache = conv2d_fwd(params, rng.standard_normal((2, 1, 5, 5)), Conv2dCfg(impl=impl))
+    with pytest.raises(ValueError, match=r"conv2d: dy must have the shape of y"):
+        conv2d_param_grads(cache, np.zeros((2, 2, 4, 4)))
+    with pytest.raises(TypeError, match="conv2d"):
+        conv2d_param_grads(cache, np.zeros((2, 2, 3, 3), dtype=np.int64))
+    with pytest.raises((TypeError, ValueError), match="conv2d"):
+        conv2d_param_grads(cache, np.zeros((2, 2, 3, 3), dtype=np.float32))
+    grads = conv2d_param_grads(cache, np.ones((2, 2, 3, 3)))
+    assert grads["w"].dtype == np.float64 and grads["w"].shape == (2, 1, 3, 3)
