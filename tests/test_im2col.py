@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fcnn.ops.im2col import col2im, dy_matrix, im2col
-from fcnn.ops.layout import batch_last, nchw_view, padded_batch_last
-from fcnn.ops.shapes import Pad2d, conv_out_size
+from fcnn.ops.layout import batch_last, memory_flat, nchw_view, padded_batch_last
+from fcnn.ops.shapes import Pad2d, conv_out_size, inside_input
 
 # (N, C, H, W, KH, KW, stride, padding)
 SHAPES: list[tuple[int, int, int, int, int, int, tuple[int, int], Pad2d]] = [
@@ -17,6 +17,7 @@ SHAPES: list[tuple[int, int, int, int, int, int, tuple[int, int], Pad2d]] = [
     (1, 2, 6, 5, 3, 2, (3, 2), ((0, 2), (1, 0))),
     (2, 1, 3, 4, 3, 3, (1, 2), ((3, 0), (0, 4))),  # padding wider than the kernel
     (1, 2, 8, 8, 1, 1, (3, 3), ((0, 0), (0, 0))),  # 1x1 kernel, rows skipped by the stride
+    (2, 1, 4, 4, 1, 1, (1, 1), ((0, 0), (0, 0))),  # 1x1, one channel: the columns are x itself
 ]
 
 
@@ -71,6 +72,51 @@ def test_col2im_is_the_exact_adjoint_of_im2col(
     assert back.shape == x.shape
     rhs = float(np.vdot(x, back))
     np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("n", "c", "h", "w", "kh", "kw", "stride", "pad"), SHAPES)
+def test_col2im_matches_a_scatter_loop(
+    rng: np.random.Generator,
+    n: int,
+    c: int,
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    stride: tuple[int, int],
+    pad: Pad2d,
+) -> None:
+    oh, ow = _out(h, w, kh, kw, stride, pad)
+    cols = rng.standard_normal((c * kh * kw, oh * ow * n))
+    before = cols.copy()
+    (top, bottom), (left, right) = pad
+    ref = np.zeros((n, c, h + top + bottom, w + left + right))
+    c6 = cols.reshape(c, kh, kw, oh, ow, n)
+    for r in range(oh):
+        for s in range(ow):
+            rows = slice(r * stride[0], r * stride[0] + kh)
+            cs = slice(s * stride[1], s * stride[1] + kw)
+            ref[:, :, rows, cs] += c6[:, :, :, r, s, :].transpose(3, 0, 1, 2)
+    back = col2im(cols, (n, c, h, w), kh, kw, stride, pad)
+    np.testing.assert_allclose(back, ref[:, :, top : top + h, left : left + w], atol=1e-12)
+    np.testing.assert_array_equal(cols, before)
+    assert not np.shares_memory(back, cols)  # even when one offset's columns are all of x
+
+
+def test_inside_input_matches_brute_force() -> None:
+    for n in range(1, 7):
+        for k in range(1, 4):
+            for stride in range(1, 4):
+                for lo in range(3):
+                    for hi in range(3):
+                        if n + lo + hi < k:
+                            continue
+                        out = conv_out_size(n, k, stride, lo, hi)
+                        for offset in range(k):
+                            windows, rows = inside_input(offset, stride, lo, n, out)
+                            want = [o for o in range(out) if 0 <= offset + stride * o - lo < n]
+                            assert list(range(out))[windows] == want
+                            assert list(range(n))[rows] == [offset + stride * o - lo for o in want]
 
 
 def test_col2im_gives_zero_to_rows_no_window_touches() -> None:
@@ -174,3 +220,16 @@ def test_ones_row_appends_ones_after_the_same_columns(
     assert aug.shape == (plain.shape[0] + 1, plain.shape[1]) and aug.dtype == dtype
     np.testing.assert_array_equal(aug[:-1], plain)
     np.testing.assert_array_equal(aug[-1], np.ones(plain.shape[1], dtype))
+
+
+def test_memory_flat_views_dense_layouts_only(rng: np.random.Generator) -> None:
+    a = rng.standard_normal((2, 3, 4, 5))
+    for dense in (a, a.transpose(3, 0, 1, 2), a[:1]):
+        flat = memory_flat(dense)
+        assert flat is not None and flat.ndim == 1 and np.shares_memory(flat, dense)
+        np.testing.assert_array_equal(np.sort(flat), np.sort(dense, axis=None))
+    assert memory_flat(a[:, ::2]) is None
+    assert memory_flat(a[:, :1]) is None  # gaps between the batch entries
+    assert memory_flat(a[::-1]) is None
+    zero_d = memory_flat(np.array(3.0))
+    assert zero_d is not None and zero_d.tolist() == [3.0]

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import operator
 
-__all__ = ["Pad2d", "conv_out_size", "normalize_padding", "pair", "positive_pair"]
+__all__ = [
+    "Pad2d",
+    "conv_out_size",
+    "inside_input",
+    "normalize_padding",
+    "pair",
+    "positive_pair",
+]
 
 Pad2d = tuple[tuple[int, int], tuple[int, int]]
 
@@ -79,3 +86,19 @@ def conv_out_size(n: int, k: int, stride: int, lo: int, hi: int, axis: str = "H"
             f"(input {n} + padding {lo}+{hi})"
         )
     return (padded - k) // stride + 1
+
+
+def inside_input(offset: int, stride: int, lo: int, n: int, out: int) -> tuple[slice, slice]:
+    """The windows at kernel ``offset`` that read the input itself, not its padding.
+
+    Along one axis, window ``o`` (``0 <= o < out``) reads input row
+    ``offset + stride * o - lo``. Returns ``(windows, rows)``: the slice of ``o`` for
+    which that row is in ``[0, n)``, and the slice of those rows (step ``stride``).
+    Both are empty when every window at this offset reads padding.
+    """
+    first = max(0, -((offset - lo) // stride))  # ceil((lo - offset) / stride)
+    last = min(out, (n - 1 + lo - offset) // stride + 1)
+    if last <= first:
+        return slice(0, 0), slice(0, 0)
+    start = offset + stride * first - lo
+    return slice(first, last), slice(start, start + stride * (last - first), stride)
