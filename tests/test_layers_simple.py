@@ -67,6 +67,32 @@ def test_relu_read_only_non_contiguous(rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(dx, dy * (values > 0))
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: a,  # C-ordered
+        lambda a: a.transpose(3, 0, 1, 2),  # an NCHW view of batch-last memory
+        lambda a: a[:, ::2],  # strided: not one block of memory
+        lambda a: a[::-1],  # negative strides
+    ],
+)
+@pytest.mark.parametrize("size", [3, 4096, 4097 * 2])  # below, at and above the zeros block
+def test_relu_values_in_every_memory_layout(
+    rng: np.random.Generator, make: Any, size: int
+) -> None:
+    base = rng.standard_normal((size // 8 + 1, 2, 2, 2)).astype(np.float32)
+    base.flat[:3] = [-np.inf, np.nan, np.inf]
+    x = make(base)
+    y, _ = relu_fwd({}, x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))  # -inf -> 0, NaN stays NaN
+    assert y.dtype == x.dtype
+    if x.flags.c_contiguous or x.transpose(1, 2, 3, 0).flags.c_contiguous:
+        # A dense input's layout is kept (batch-last stays batch-last); axes of length 1
+        # never move in memory, so their strides do not matter.
+        moving = [i for i, d in enumerate(x.shape) if d > 1]
+        assert [y.strides[i] for i in moving] == [x.strides[i] for i in moving]
+
+
 def test_relu_rejects(rng: np.random.Generator) -> None:
     x = rng.standard_normal((2, 3))
     with pytest.raises(ValueError, match=r"^relu: params must have keys \[\], got \['w'\]"):

@@ -16,12 +16,14 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ..backend import xp_of
+from ..ops.layout import memory_flat
 from ._checks import check_float, check_no_cfg
 from .base import Array, Layer, Params, Shape, State, pair_layer
 
 __all__ = ["Relu", "ReluCache", "relu_bwd", "relu_fwd"]
 
 _OP = "relu"
+_BLOCK = 4096  # elements of the zeros block ``_positive_part`` compares against
 
 
 class ReluCache(NamedTuple):
@@ -38,12 +40,36 @@ def relu_fwd(params: Params, x: Array, cfg: None = None) -> tuple[Array, ReluCac
     """
     check_no_cfg(params, cfg, _OP)
     check_float(x, _OP, "x")
-    xp = xp_of(x)
     mask = x > 0
-    # maximum rather than x * mask: -inf * 0 would be NaN. Against a zeros array of
-    # x's layout rather than a scalar 0: NumPy's same-layout loop is ~1.6x faster.
-    y: Array = xp.maximum(x, xp.zeros_like(x))
-    return y, ReluCache(mask, x.dtype)
+    return _positive_part(x), ReluCache(mask, x.dtype)
+
+
+def _positive_part(x: Array) -> Array:
+    """max(x, 0) elementwise: x: (...) -> (...), x's dtype and memory layout.
+
+    ``maximum`` rather than ``x * mask``: -inf * 0 would be NaN. NumPy's ``maximum``
+    has no fast loop for a scalar 0, so x's memory is compared, as rows of ``_BLOCK``
+    elements, with one small zeros block: 2-3x faster than ``maximum(x, 0)``, and no
+    zeros array as large as x to fill and read.
+    """
+    xp = xp_of(x)
+    y: Array = xp.empty_like(x)
+    src, dst = memory_flat(x), memory_flat(y)
+    if src is None or dst is None or _strides(x) != _strides(y):
+        xp.maximum(x, xp.zeros_like(x), out=y)  # a strided x: the plain way
+        return y
+    zeros = xp.zeros(min(src.size, _BLOCK), dtype=x.dtype)
+    rows = src.size // _BLOCK
+    head = rows * _BLOCK
+    if rows:
+        xp.maximum(src[:head].reshape(rows, _BLOCK), zeros, out=dst[:head].reshape(rows, _BLOCK))
+    xp.maximum(src[head:], zeros[: src.size - head], out=dst[head:])
+    return y
+
+
+def _strides(a: Array) -> list[int]:
+    """The strides of ``a``'s axes longer than 1 (the others never move in memory)."""
+    return [s for s, n in zip(a.strides, a.shape, strict=True) if n > 1]
 
 
 def relu_bwd(cache: ReluCache, dy: Array) -> tuple[Array, Params]:

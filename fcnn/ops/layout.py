@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 from ..backend import xp_of
 from .shapes import Pad2d
 
-__all__ = ["batch_last", "nchw_view", "padded_batch_last"]
+__all__ = ["batch_last", "memory_flat", "nchw_view", "padded_batch_last"]
 
 Array = NDArray[Any]
 
@@ -61,3 +61,18 @@ def padded_batch_last(x: Array, padding: Pad2d, fill: float = 0.0) -> Array:
     xpad: Array = xp.full((c, h + top + bottom, w + left + right, n), fill, dtype=x.dtype)
     xpad[:, top : top + h, left : left + w, :] = x.transpose(1, 2, 3, 0)
     return xpad
+
+
+def memory_flat(a: Array) -> Array | None:
+    """a: any shape -> its elements as a 1-D view in memory order, or ``None``.
+
+    ``None`` when the elements do not fill one contiguous block (a strided slice,
+    negative strides). Elementwise kernels use it to run one long loop over any
+    dense layout, NCHW or batch-last alike.
+    """
+    order = sorted(range(a.ndim), key=lambda axis: a.strides[axis], reverse=True)
+    v = a.transpose(order)
+    if not v.flags.c_contiguous:
+        return None
+    flat: Array = v.reshape(-1)
+    return flat
