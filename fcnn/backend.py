@@ -27,6 +27,8 @@ def xp_of(*arrays: Any) -> ModuleType:
     Non-array arguments (``None``, Python scalars) are ignored. Mixing CuPy and
     NumPy arrays raises a ``TypeError`` rather than copying silently.
     """
+    if all(type(a) is np.ndarray for a in arrays):
+        return np  # the common case, decided without looking at module names
     kinds = {_is_cupy(a) for a in arrays if a is not None and hasattr(a, "dtype")}
     if kinds == {True}:
         return importlib.import_module("cupy")

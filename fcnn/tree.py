@@ -7,7 +7,7 @@ indices with ``"/"``: ``{"conv1": {"w": w}}`` has one leaf at ``"conv1/w"``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ class TreeMismatchError(ValueError):
 
 
 def _is_node(t: object) -> bool:
-    return isinstance(t, Mapping | list | tuple)
+    return type(t) is dict or isinstance(t, Mapping | list | tuple)
 
 
 def _join(prefix: str, key: object) -> str:
@@ -56,7 +56,7 @@ def tree_map_with_path(f: Callable[..., Any], tree: Tree, *rest: Tree, _path: st
     same sequence lengths), otherwise ``TreeMismatchError`` names the first path
     where they differ.
     """
-    if isinstance(tree, Mapping):
+    if type(tree) is dict or isinstance(tree, Mapping):
         for other in rest:
             if not isinstance(other, Mapping) or set(other.keys()) != set(tree.keys()):
                 raise TreeMismatchError(
@@ -94,8 +94,34 @@ def tree_map(f: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
     """Apply ``f(leaf, *other_leaves)`` to every leaf of ``tree``; return a new tree.
 
     >>> tree_map(lambda p, g: p - 0.1 * g, params, grads)   # one SGD step
+
+    Same rules and errors as ``tree_map_with_path``.
     """
-    return tree_map_with_path(lambda _path, *leaves: f(*leaves), tree, *rest)
+    try:
+        return _map_leaves(f, tree, rest)
+    except TreeMismatchError:
+        # Walk again with paths, only to name where the structures differ.
+        tree_map_with_path(lambda *_: None, tree, *rest)
+        raise
+
+
+def _map_leaves(f: Callable[..., Any], tree: Tree, rest: Sequence[Tree]) -> Tree:
+    """``tree_map`` without building paths (it runs several times per training step)."""
+    if type(tree) is dict or isinstance(tree, Mapping):
+        keys = tree.keys()
+        if any(not isinstance(o, Mapping) or o.keys() != keys for o in rest):
+            raise TreeMismatchError("tree structures differ")
+        return {k: _map_leaves(f, tree[k], [o[k] for o in rest]) for k in tree}
+    if isinstance(tree, list | tuple):
+        if any(type(o) is not type(tree) or len(o) != len(tree) for o in rest):
+            raise TreeMismatchError("tree structures differ")
+        items = [_map_leaves(f, t, [o[i] for o in rest]) for i, t in enumerate(tree)]
+        if hasattr(tree, "_fields"):  # a NamedTuple takes its fields as arguments
+            return type(tree)(*items)
+        return type(tree)(items)
+    if any(_is_node(o) for o in rest):
+        raise TreeMismatchError("tree structures differ")
+    return f(tree, *rest)
 
 
 def _walk(tree: Tree, path: str) -> Iterator[tuple[str, Any]]:
