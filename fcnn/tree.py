@@ -49,45 +49,14 @@ def _describe(t: object) -> str:
     return f"leaf {type(t).__name__}" + (f" of shape {shape}" if shape is not None else "")
 
 
-def tree_map_with_path(f: Callable[..., Any], tree: Tree, *rest: Tree, _path: str = "") -> Tree:
+def tree_map_with_path(f: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
     """Apply ``f(path, leaf, *other_leaves)`` to every leaf; return a new tree.
 
     ``rest`` trees must have exactly the structure of ``tree`` (same dict keys,
     same sequence lengths), otherwise ``TreeMismatchError`` names the first path
     where they differ.
     """
-    if type(tree) is dict or isinstance(tree, Mapping):
-        for other in rest:
-            if not isinstance(other, Mapping) or set(other.keys()) != set(tree.keys()):
-                raise TreeMismatchError(
-                    f"tree structures differ at {_path or '<root>'!r}: "
-                    f"{_describe(tree)} vs {_describe(other)}"
-                )
-        return {
-            k: tree_map_with_path(f, tree[k], *(o[k] for o in rest), _path=_join(_path, k))
-            for k in tree
-        }
-    if isinstance(tree, list | tuple):
-        for other in rest:
-            if type(other) is not type(tree) or len(other) != len(tree):
-                raise TreeMismatchError(
-                    f"tree structures differ at {_path or '<root>'!r}: "
-                    f"{_describe(tree)} vs {_describe(other)}"
-                )
-        items = [
-            tree_map_with_path(f, t, *(o[i] for o in rest), _path=_join(_path, i))
-            for i, t in enumerate(tree)
-        ]
-        if hasattr(tree, "_fields"):  # a NamedTuple takes its fields as arguments
-            return type(tree)(*items)
-        return type(tree)(items)
-    for other in rest:
-        if _is_node(other):
-            raise TreeMismatchError(
-                f"tree structures differ at {_path or '<root>'!r}: "
-                f"{_describe(tree)} vs {_describe(other)}"
-            )
-    return f(_path, tree, *rest)
+    return _map(f, tree, rest, None, with_path=True)
 
 
 def tree_map(f: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
@@ -97,31 +66,54 @@ def tree_map(f: Callable[..., Any], tree: Tree, *rest: Tree) -> Tree:
 
     Same rules and errors as ``tree_map_with_path``.
     """
-    try:
-        return _map_leaves(f, tree, rest)
-    except TreeMismatchError:
-        # Walk again with paths, only to name where the structures differ.
-        tree_map_with_path(lambda *_: None, tree, *rest)
-        raise
+    return _map(f, tree, rest, None, with_path=False)
 
 
-def _map_leaves(f: Callable[..., Any], tree: Tree, rest: Sequence[Tree]) -> Tree:
-    """``tree_map`` without building paths (it runs several times per training step)."""
+# Where a node sits: ``None`` at the root, else ``(parent trail, key)``. A chain of
+# pairs costs nothing to extend; it becomes a "a/b" string only when someone reads it
+# (an error, or ``f`` of ``tree_map_with_path``), so plain tree_maps build no paths.
+Trail = tuple[Any, object] | None
+
+
+def _render(trail: Trail) -> str:
+    keys: list[str] = []
+    while trail is not None:
+        trail, key = trail
+        keys.append(str(key))
+    return SEP.join(reversed(keys))
+
+
+def _mismatch(trail: Trail, tree: Tree, other: Tree) -> TreeMismatchError:
+    where = _render(trail) or "<root>"
+    return TreeMismatchError(
+        f"tree structures differ at {where!r}: {_describe(tree)} vs {_describe(other)}"
+    )
+
+
+def _map(
+    f: Callable[..., Any], tree: Tree, rest: Sequence[Tree], trail: Trail, with_path: bool
+) -> Tree:
+    """The walk behind ``tree_map`` and ``tree_map_with_path``."""
     if type(tree) is dict or isinstance(tree, Mapping):
         keys = tree.keys()
-        if any(not isinstance(o, Mapping) or o.keys() != keys for o in rest):
-            raise TreeMismatchError("tree structures differ")
-        return {k: _map_leaves(f, tree[k], [o[k] for o in rest]) for k in tree}
+        for other in rest:
+            if not isinstance(other, Mapping) or other.keys() != keys:
+                raise _mismatch(trail, tree, other)
+        return {k: _map(f, tree[k], [o[k] for o in rest], (trail, k), with_path) for k in tree}
     if isinstance(tree, list | tuple):
-        if any(type(o) is not type(tree) or len(o) != len(tree) for o in rest):
-            raise TreeMismatchError("tree structures differ")
-        items = [_map_leaves(f, t, [o[i] for o in rest]) for i, t in enumerate(tree)]
+        for other in rest:
+            if type(other) is not type(tree) or len(other) != len(tree):
+                raise _mismatch(trail, tree, other)
+        items = [
+            _map(f, t, [o[i] for o in rest], (trail, i), with_path) for i, t in enumerate(tree)
+        ]
         if hasattr(tree, "_fields"):  # a NamedTuple takes its fields as arguments
             return type(tree)(*items)
         return type(tree)(items)
-    if any(_is_node(o) for o in rest):
-        raise TreeMismatchError("tree structures differ")
-    return f(tree, *rest)
+    for other in rest:
+        if _is_node(other):
+            raise _mismatch(trail, tree, other)
+    return f(_render(trail), tree, *rest) if with_path else f(tree, *rest)
 
 
 def _walk(tree: Tree, path: str) -> Iterator[tuple[str, Any]]:
