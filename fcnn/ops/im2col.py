@@ -103,11 +103,12 @@ def col2im(
     rows = [inside_input(i, sh, top, h, oh) for i in range(kh)]
     cols_at = [inside_input(j, sw, left, w, ow) for j in range(kw)]
     offsets = [(i, j) for i in range(kh) for j in range(kw)]
-    covering = [(i, j) for i, j in offsets if _covers(rows[i][1], h) and _covers(cols_at[j][1], w)]
-    if covering:
-        # An offset whose windows read every pixel once (stride 1, "same" padding):
-        # start from a copy of it rather than from zeros (one pass less again).
-        first = covering[0]
+    # An offset whose windows read every pixel once (stride 1, "same" padding): start
+    # from a copy of it rather than from zeros (one pass less again).
+    first = next(
+        ((i, j) for i, j in offsets if _covers(rows[i][1], h) and _covers(cols_at[j][1], w)), None
+    )
+    if first is not None:
         (wr, _), (wc, _) = rows[first[0]], cols_at[first[1]]
         acc = xp.array(c6[:, first[0], first[1], wr, wc], copy=True, order="C")  # (C, H, W, N)
         offsets.remove(first)
