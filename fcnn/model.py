@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from numpy.typing import DTypeLike
 
+from .backend import xp_of
 from .layers.base import Array, Context, Layer, Params, Shape, State, reraise_with_path
 
 __all__ = [
@@ -212,13 +213,13 @@ def predict(
     """Eval-mode outputs for ``x: (N, ...)``, in chunks of ``batch_size`` to bound memory."""
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
-    ctx = Context(train=False)
     n = x.shape[0]
+    if n == 0:
+        raise ValueError("predict: x has no samples")
+    ctx = Context(train=False)
     step = n if batch_size is None else batch_size
     outs = [model.apply(params, state, x[i : i + step], ctx)[0] for i in range(0, n, step)]
-    if not outs:
-        raise ValueError("predict: x has no samples")
-    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+    return outs[0] if len(outs) == 1 else xp_of(x).concatenate(outs, axis=0)
 
 
 class LossPair(Protocol):

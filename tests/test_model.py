@@ -184,6 +184,9 @@ def test_predict_in_chunks_matches_one_pass(rng: np.random.Generator) -> None:
     )
     with pytest.raises(ValueError, match="batch_size"):
         fcnn.predict(model, params, state, x, batch_size=0)
+    for batch_size in (None, 3):
+        with pytest.raises(ValueError, match="no samples"):
+            fcnn.predict(model, params, state, x[:0], batch_size=batch_size)
 
 
 def test_loss_and_grad_matches_forward_loss_and_gradcheck(rng: np.random.Generator) -> None:
