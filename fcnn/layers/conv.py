@@ -30,7 +30,7 @@ from numpy.typing import DTypeLike
 from ..ops.conv_im2col import conv2d_im2col_bwd, conv2d_im2col_fwd, conv2d_im2col_param_grads
 from ..ops.conv_naive import conv2d_naive_bwd, conv2d_naive_fwd
 from ..ops.conv_strided import conv2d_strided_bwd, conv2d_strided_fwd
-from ..ops.shapes import Pad2d, conv_out_size, normalize_padding, positive_pair
+from ..ops.shapes import Pad2d, normalize_padding, out_hw, positive_pair
 from ._checks import check_float, check_params, check_rank, check_same_dtype, check_shape_in
 from .base import Array, Layer, Params, Shape, State, pair_layer
 
@@ -110,14 +110,11 @@ def _check_inputs(params: Any, x: Any) -> tuple[Array, Array, tuple[int, int]]:
 def _out_hw(
     h: int, wd: int, kh: int, kw: int, cfg: Conv2dCfg, op: str
 ) -> tuple[int, int]:
-    """``(OH, OW)`` via ``conv_out_size``, with ``op`` prefixed to its error."""
-    (top, bottom), (left, right) = cfg.padding
+    """``(OH, OW)`` via ``out_hw``, with ``op`` prefixed to its error."""
     try:
-        oh = conv_out_size(h, kh, cfg.stride[0], top, bottom, "H")
-        ow = conv_out_size(wd, kw, cfg.stride[1], left, right, "W")
+        return out_hw(h, wd, kh, kw, cfg.stride, cfg.padding)
     except ValueError as err:
         raise ValueError(f"{op}: {err}") from None
-    return oh, ow
 
 
 def conv2d_fwd(params: Params, x: Array, cfg: Conv2dCfg) -> tuple[Array, Conv2dCache]:

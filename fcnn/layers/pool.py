@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ..ops import pool as kernels
-from ..ops.shapes import Pad2d, normalize_padding, positive_pair
+from ..ops.shapes import Pad2d, normalize_padding, out_hw, positive_pair
 from ._checks import check_float, check_params, check_rank, check_shape_in
 from .base import Array, Layer, Params, Shape, State, pair_layer
 
@@ -103,7 +103,7 @@ class AvgPool2dCache(NamedTuple):
 def _out_hw(h: int, w: int, cfg: Pool2dCfg, op: str) -> tuple[int, int]:
     """``(OH, OW)``, with ``op`` prefixed to the error when the window does not fit."""
     try:
-        return kernels.pool_out_hw(h, w, cfg.window, cfg.stride, cfg.padding)
+        return out_hw(h, w, *cfg.window, cfg.stride, cfg.padding)
     except ValueError as err:
         raise ValueError(f"{op}: {err}") from None
 

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from ..backend import xp_of
 from .im2col import col2im, dy_matrix, im2col
 from .layout import nchw_view
-from .shapes import Pad2d, conv_out_size
+from .shapes import Pad2d, out_hw
 
 __all__ = ["conv2d_im2col_bwd", "conv2d_im2col_fwd", "conv2d_im2col_param_grads"]
 
@@ -47,9 +47,7 @@ def conv2d_im2col_fwd(
     xp = xp_of(x, w, b)
     n, _, h, wd = x.shape
     f, _, kh, kw = w.shape
-    (top, bottom), (left, right) = padding
-    oh = conv_out_size(h, kh, stride[0], top, bottom, "H")
-    ow = conv_out_size(wd, kw, stride[1], left, right, "W")
+    oh, ow = out_hw(h, wd, kh, kw, stride, padding)
     cols = im2col(x, kh, kw, stride, padding, ones_row=True)
     wb = xp.concatenate([w.reshape(f, -1), b[:, None]], axis=1)  # (F, C*KH*KW + 1)
     out = xp.matmul(wb, cols)  # (F, OH*OW*N): one GEMM, bias included

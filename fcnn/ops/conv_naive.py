@@ -18,7 +18,7 @@ from typing import Any
 from numpy.typing import NDArray
 
 from ..backend import xp_of
-from .shapes import Pad2d, conv_out_size
+from .shapes import Pad2d, out_hw
 
 __all__ = ["conv2d_naive_bwd", "conv2d_naive_fwd"]
 
@@ -41,9 +41,7 @@ def conv2d_naive_fwd(
     n, _, h, wd = x.shape
     f, _, kh, kw = w.shape
     sh, sw = stride
-    (top, bottom), (left, right) = padding
-    oh = conv_out_size(h, kh, sh, top, bottom, "H")
-    ow = conv_out_size(wd, kw, sw, left, right, "W")
+    oh, ow = out_hw(h, wd, kh, kw, stride, padding)
     xpad = _pad(x, padding)
     y: Array = xp.empty((n, f, oh, ow), dtype=x.dtype)
     for r in range(oh):

@@ -28,21 +28,11 @@ from numpy.typing import NDArray
 
 from ..backend import xp_of
 from .layout import batch_last, nchw_view, padded_batch_last
-from .shapes import Pad2d, conv_out_size, inside_input
+from .shapes import Pad2d, inside_input, out_hw
 
 __all__ = ["col2im", "dy_matrix", "im2col"]
 
 Array = NDArray[Any]
-
-
-def _out_hw(
-    h: int, w: int, kh: int, kw: int, stride: tuple[int, int], padding: Pad2d
-) -> tuple[int, int]:
-    """``(OH, OW)`` through the one output-size formula."""
-    (top, bottom), (left, right) = padding
-    oh = conv_out_size(h, kh, stride[0], top, bottom, "H")
-    ow = conv_out_size(w, kw, stride[1], left, right, "W")
-    return oh, ow
 
 
 def im2col(
@@ -62,7 +52,7 @@ def im2col(
     xp = xp_of(x)
     n, c, h, w = x.shape
     sh, sw = stride
-    oh, ow = _out_hw(h, w, kh, kw, stride, padding)
+    oh, ow = out_hw(h, w, kh, kw, stride, padding)
     xpad = padded_batch_last(x, padding)  # (C, Hp, Wp, N)
     k = c * kh * kw
     flat: Array = xp.empty((k + int(ones_row), oh * ow * n), dtype=x.dtype)
@@ -93,7 +83,7 @@ def col2im(
     n, c, h, w = (int(d) for d in x_shape)
     (top, _), (left, _) = padding
     sh, sw = stride
-    oh, ow = _out_hw(h, w, kh, kw, stride, padding)
+    oh, ow = out_hw(h, w, kh, kw, stride, padding)
     expected = (c * kh * kw, oh * ow * n)
     if tuple(cols.shape) != expected:
         raise ValueError(f"col2im: cols must have shape {expected}, got {tuple(cols.shape)}")

@@ -40,21 +40,11 @@ from numpy.typing import NDArray
 
 from ..backend import xp_of
 from .layout import batch_last, nchw_view, padded_batch_last
-from .shapes import Pad2d, conv_out_size
+from .shapes import Pad2d, out_hw
 
-__all__ = ["avg_pool2d_bwd", "avg_pool2d_fwd", "max_pool2d_bwd", "max_pool2d_fwd", "pool_out_hw"]
+__all__ = ["avg_pool2d_bwd", "avg_pool2d_fwd", "max_pool2d_bwd", "max_pool2d_fwd"]
 
 Array = NDArray[Any]
-
-
-def pool_out_hw(
-    h: int, w: int, window: tuple[int, int], stride: tuple[int, int], padding: Pad2d
-) -> tuple[int, int]:
-    """``(OH, OW)`` through the one output-size formula; ``ValueError`` if no window fits."""
-    (top, bottom), (left, right) = padding
-    oh = conv_out_size(h, window[0], stride[0], top, bottom, "H")
-    ow = conv_out_size(w, window[1], stride[1], left, right, "W")
-    return oh, ow
 
 
 def _cropped(buf: Array, x_shape: tuple[int, ...], padding: Pad2d) -> Array:
@@ -121,7 +111,7 @@ def max_pool2d_fwd(
 ) -> Array:
     """Max over each window. x: (N, C, H, W) -> y: (N, C, OH, OW), same dtype as ``x``."""
     xp = xp_of(x)
-    oh, ow = pool_out_hw(x.shape[2], x.shape[3], window, stride, padding)
+    oh, ow = out_hw(x.shape[2], x.shape[3], *window, stride, padding)
     xpad = padded_batch_last(x, padding, -float("inf"))
     return nchw_view(_reduce_windows(xpad, oh, ow, window, stride, xp.maximum))
 
@@ -214,7 +204,7 @@ def avg_pool2d_fwd(
     x: (N, C, H, W) -> y: (N, C, OH, OW), same dtype as ``x``.
     """
     xp = xp_of(x)
-    oh, ow = pool_out_hw(x.shape[2], x.shape[3], window, stride, padding)
+    oh, ow = out_hw(x.shape[2], x.shape[3], *window, stride, padding)
     xpad = padded_batch_last(x, padding, 0.0)
     y = _reduce_windows(xpad, oh, ow, window, stride, xp.add)
     y /= window[0] * window[1]

@@ -18,6 +18,7 @@ __all__ = [
     "conv_out_size",
     "inside_input",
     "normalize_padding",
+    "out_hw",
     "pair",
     "positive_pair",
 ]
@@ -86,6 +87,17 @@ def conv_out_size(n: int, k: int, stride: int, lo: int, hi: int, axis: str = "H"
             f"(input {n} + padding {lo}+{hi})"
         )
     return (padded - k) // stride + 1
+
+
+def out_hw(
+    h: int, w: int, kh: int, kw: int, stride: tuple[int, int], padding: Pad2d
+) -> tuple[int, int]:
+    """``(OH, OW)`` of (KH, KW) windows over an (H, W) map: ``conv_out_size`` per axis."""
+    (top, bottom), (left, right) = padding
+    return (
+        conv_out_size(h, kh, stride[0], top, bottom, "H"),
+        conv_out_size(w, kw, stride[1], left, right, "W"),
+    )
 
 
 def inside_input(offset: int, stride: int, lo: int, n: int, out: int) -> tuple[slice, slice]:
