@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -175,21 +176,21 @@ def test_a_failing_worker_raises_with_its_error() -> None:
         _common.run_worker(BENCH / "conv_bench.py", spec, timeout=60)
 
 
-def test_quick_run_writes_every_impl_and_shape(tmp_path: Path) -> None:
-    out = tmp_path / "tmp.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "conv_bench.py"), "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def _run_conv_bench(tmp_path: Path, *flags: str) -> dict[str, Any]:
+    """Run ``conv_bench.py --quick --json`` with ``flags`` in a subprocess; its JSON."""
+    out = tmp_path / "conv.json"
+    cmd = [sys.executable, str(BENCH / "conv_bench.py"), "--quick", "--json", str(out), *flags]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "| shape | impl | fwd ms | bwd ms" in proc.stdout
-    data = json.loads(out.read_text())
-    expected = {(c.name, impl) for c, impl in conv_bench.plan(quick=True, torch=False)}
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+def _check_conv_json(data: dict[str, Any], torch: bool) -> None:
+    expected = {(c.name, impl) for c, impl in conv_bench.plan(quick=True, torch=torch)}
     got = {(r["case"], r["impl"]) for r in data["results"]}
-    assert expected <= got
+    assert got == expected
     assert {impl for _, impl in got} >= {"naive", "im2col", "strided"}
     for r in data["results"]:
         assert r["fwd_ms"] > 0 and r["bwd_ms"] > 0
@@ -200,6 +201,36 @@ def test_quick_run_writes_every_impl_and_shape(tmp_path: Path) -> None:
     assert data["gemm"]["gflops"] > 0
     assert data["peak_fraction"]["fraction"] > 0
     assert data["environment"]["numpy"] == np.__version__
+
+
+def test_quick_run_smoke_without_torch(tmp_path: Path) -> None:
+    """The whole script, cheaply: one timed repeat, no warm-up, no PyTorch."""
+    data = _run_conv_bench(tmp_path, "--no-torch", "--repeats", "1", "--warmup", "0")
+    _check_conv_json(data, torch=False)
+    assert data["repeats"] == 1 and data["warmup"] == 0
+    assert all(r["repeats"] == 1 and r["warmup"] == 0 for r in data["results"])
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_impl_and_shape(tmp_path: Path) -> None:
+    """CI's ``--quick`` as documented, PyTorch included where it imports."""
+    data = _run_conv_bench(tmp_path)
+    _check_conv_json(data, torch=_common.import_torch() is not None)
+
+
+def test_torch_workers_run_in_process() -> None:
+    """The PyTorch side of both workers, cheaply (the subprocess runs above skip it)."""
+    torch = pytest.importorskip("torch")
+    threads = int(torch.get_num_threads())  # unchanged: the workers set it
+    spec = {"kind": "conv", "case": asdict(SMALL), "impl": "torch", "repeats": 1, "warmup": 0}
+    r = conv_bench.worker({**spec, "threads": threads})
+    assert (r["case"], r["impl"], r["threads"], r["extra_mb"]) == ("small", "torch", threads, None)
+    assert r["fwd_ms"] > 0 and r["bwd_ms"] > 0
+    step = {"kind": "step", "model": "small", "batch": 4, "steps": 1, "warmup": 0}
+    for impl in ("torch", "torch-cl"):
+        r = train_bench.worker({**step, "impl": impl, "threads": threads})
+        assert (r["impl"], r["threads"], r["step_peak_mb"]) == (impl, threads, None)
+        assert r["step_ms"] > 0 and np.isfinite(r["final_loss"])
 
 
 # --- benchmarks/train_bench.py ----------------------------------------------------------
@@ -304,8 +335,9 @@ def test_epoch_worker_runs_train_epoch() -> None:
     assert out["max_rss_mb"] > 0
 
 
-def _check_train_json(data: dict[str, Any], models: list[str], batches: list[int]) -> None:
-    torch = _common.import_torch() is not None
+def _check_train_json(
+    data: dict[str, Any], models: list[str], batches: list[int], torch: bool
+) -> None:
     expected = {
         (c["model"], c["batch"], c["impl"]) for c in train_bench.plan(models, batches, torch)
     }
@@ -321,24 +353,29 @@ def _check_train_json(data: dict[str, Any], models: list[str], batches: list[int
     assert data["quick"] and data["epoch"] is None and data["targets"] is not None
 
 
-def test_train_quick_run_writes_every_row(tmp_path: Path) -> None:
+def test_train_quick_run_smoke_without_torch(tmp_path: Path) -> None:
+    """The whole script, cheaply: one model, one small batch, one step, no PyTorch."""
     out = tmp_path / "train.json"
     cmd = [sys.executable, str(BENCH / "train_bench.py"), "--quick", "--json", str(out)]
-    cmd += ["--models", "small", "--batches", "16"]
+    cmd += ["--models", "small", "--batches", "16", "--no-torch", "--steps", "1", "--warmup", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "| model | batch | fcnn samples/s |" in proc.stdout
-    _check_train_json(json.loads(out.read_text()), ["small"], [16])
+    data = json.loads(out.read_text())
+    _check_train_json(data, ["small"], [16], torch=False)
+    assert (data["steps"], data["warmup"], data["rounds"]) == (1, 0, 1)
 
 
 @pytest.mark.slow
 def test_train_full_quick_run_writes_every_row(tmp_path: Path) -> None:
+    """CI's ``--quick`` as documented: both models and batches, PyTorch where it imports."""
     out = tmp_path / "train.json"
     cmd = [sys.executable, str(BENCH / "train_bench.py"), "--quick", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "## Targets" in proc.stdout
-    _check_train_json(json.loads(out.read_text()), ["small", "default"], [64, 128])
+    torch = _common.import_torch() is not None
+    _check_train_json(json.loads(out.read_text()), ["small", "default"], [64, 128], torch)
 
 
 def test_environment_reports_the_loaded_openblas_core() -> None:
