@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -60,9 +59,20 @@ def _no_length(h: BaseHTTPRequestHandler) -> None:
     h.wfile.write(PAYLOAD)
 
 
-def _slow(h: BaseHTTPRequestHandler) -> None:
-    time.sleep(1.0)
-    _send(PAYLOAD)(h)
+def _stalled(release: threading.Event, sent: list[bool]) -> Route:
+    """Hold the response until ``release`` is set (10 s at most), then send the payload.
+
+    ``sent`` records that the body went out. A client that honours a short timeout has
+    given up before that; one that ignores it (no timeout, or fetch's 30 s default)
+    gets the payload after the 10 s bound and the download succeeds.
+    """
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        release.wait(timeout=10.0)
+        sent.append(True)
+        _send(PAYLOAD)(h)
+
+    return route
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -225,11 +235,15 @@ def test_size_cap_without_content_length(server: _Server, tmp_path: Path) -> Non
 
 
 def test_stalled_server_times_out(server: _Server, tmp_path: Path) -> None:
-    server.routes["/file.bin"] = _slow
-    start = time.monotonic()
-    with pytest.raises(DatasetNotFoundError, match="timed out"):
-        _fetch([f"{server.url}/file.bin"], tmp_path, timeout=0.2)
-    assert time.monotonic() - start < 0.9
+    release = threading.Event()
+    sent: list[bool] = []
+    server.routes["/file.bin"] = _stalled(release, sent)
+    try:
+        with pytest.raises(DatasetNotFoundError, match="timed out"):
+            _fetch([f"{server.url}/file.bin"], tmp_path, timeout=0.2)
+        assert sent == []  # the client gave up while the server still held the response
+    finally:
+        release.set()
     assert _leftovers(tmp_path) == []
 
 
