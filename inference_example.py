@@ -32,6 +32,7 @@ from fcnn.data.images import load_image
 from fcnn.data.registry import load_dataset
 from fcnn.io import CheckpointError
 from fcnn.models import Trained, load_trained
+from fcnn.plots import MissingExtraError, figure_class
 
 DEFAULT_SAMPLES = 8
 GRID_COLUMNS = 8
@@ -166,12 +167,11 @@ def report(inputs: Inputs, probs: NDArray[np.floating[Any]], classes: Sequence[s
 
 
 def _figure_class() -> Any:
-    """matplotlib's ``Figure`` (no pyplot, so no global figure state), imported lazily."""
+    """matplotlib's ``Figure`` (``fcnn.plots.figure_class``), or ``CliError`` naming --show."""
     try:
-        from matplotlib.figure import Figure
-    except ImportError:
+        return figure_class()
+    except MissingExtraError:
         raise CliError('--show needs matplotlib: pip install "fcnn[plot]"') from None
-    return Figure
 
 
 def save_grid(

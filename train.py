@@ -41,7 +41,7 @@ from fcnn.io import (
 )
 from fcnn.models import MODELS, describe_model, model_from_description
 from fcnn.optim import Schedule
-from fcnn.plots import MissingExtraError, plot_history, require_matplotlib
+from fcnn.plots import MissingExtraError, figure_class, plot_history
 from fcnn.runtime import tune_allocator
 
 # The hyperparameters a run is made of. They are saved in every checkpoint; on
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     for path in (save_path, args.metrics, args.plot):
         check_writable(path)  # fail before training, not after the first epoch
     if args.plot:
-        require_matplotlib()
+        figure_class()  # fail before training when matplotlib is missing
 
     if args.data_dir and os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
         raise UsageError(

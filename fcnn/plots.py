@@ -15,23 +15,27 @@ from typing import Any
 
 from .atomic import atomic_write
 
-__all__ = ["MissingExtraError", "plot_history", "require_matplotlib"]
+__all__ = ["MissingExtraError", "figure_class", "plot_history"]
 
 
 class MissingExtraError(ImportError):
     """An optional dependency is not installed; the message says which extra to install."""
 
 
-def require_matplotlib() -> Any:
-    """Import matplotlib with the non-interactive Agg backend, or raise ``MissingExtraError``."""
+def figure_class() -> Any:
+    """matplotlib's ``Figure`` class, or ``MissingExtraError``.
+
+    A ``Figure`` made directly (not through pyplot) draws with its own canvas: no
+    backend is chosen and no global figure list is touched, so nothing in the
+    calling process changes and nothing has to be closed.
+    """
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError as err:
         raise MissingExtraError(
             'plotting needs matplotlib: pip install "fcnn[plot]" (or pip install matplotlib)'
         ) from err
-    matplotlib.use("Agg")
-    return matplotlib
+    return Figure
 
 
 def plot_history(
@@ -49,27 +53,22 @@ def plot_history(
         missing = [k for k in keys if k not in row]
         if missing:
             raise ValueError(f"plot_history: record {i} lacks {missing}")
-    require_matplotlib()
-    import matplotlib.pyplot as plt
-
+    fig = figure_class()(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    try:
-        ax_loss.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
-        ax_loss.plot(epochs, [row["test_loss"] for row in history], "s-", label="test")
-        ax_loss.set_xlabel("epoch")
-        ax_loss.set_ylabel("cross-entropy loss")
-        ax_loss.set_yscale("log")
-        ax_loss.legend()
-        ax_loss.grid(True, alpha=0.3)
-        ax_acc.plot(epochs, [100 * row["test_acc"] for row in history], "s-", color="C1")
-        ax_acc.set_xlabel("epoch")
-        ax_acc.set_ylabel("test accuracy (%)")
-        ax_acc.grid(True, alpha=0.3)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        with atomic_write(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-    finally:
-        plt.close(fig)
+    ax_loss.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
+    ax_loss.plot(epochs, [row["test_loss"] for row in history], "s-", label="test")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_loss.set_yscale("log")
+    ax_loss.legend()
+    ax_loss.grid(True, alpha=0.3)
+    ax_acc.plot(epochs, [100 * row["test_acc"] for row in history], "s-", color="C1")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("test accuracy (%)")
+    ax_acc.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)

@@ -216,6 +216,20 @@ def test_plot_without_matplotlib_is_a_clear_error(
     assert 'pip install "fcnn[plot]"' in capsys.readouterr().err
 
 
+def test_regression_plot_used_pyplot_and_switched_the_global_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--plot draws on a bare Figure: pyplot is never imported, the backend never set."""
+    matplotlib = pytest.importorskip("matplotlib")
+    backend = matplotlib.rcParams._get_backend_or_none()
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # importing it now fails
+    plot = tmp_path / "p.png"
+    code = run("--dataset", "lines", *FAST, "--epochs", "1", "--plot", str(plot))
+    assert code == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.rcParams._get_backend_or_none() == backend
+
+
 # --- regressions from review: every user error is one line and exit 1, never a traceback ----
 
 
