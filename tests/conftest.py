@@ -1,10 +1,18 @@
-"""Shared test setup: a deterministic hypothesis profile and seeded generators."""
+"""Shared test setup: a deterministic hypothesis profile, seeded generators, and no
+process-wide allocator tuning from ``train.main`` inside the test process."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+from fcnn.runtime import AllocatorTuning
+
+TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
 
 # Derandomized: the same examples on every run and machine, no deadline (CI is noisy).
 settings.register_profile(
@@ -21,3 +29,24 @@ settings.load_profile("fcnn")
 def rng() -> np.random.Generator:
     """A fresh generator with a fixed seed for every test."""
     return np.random.default_rng(20261122)
+
+
+def _allocator_untouched(
+    mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30
+) -> AllocatorTuning:
+    return AllocatorTuning(False, "skipped: inside the test process (tests/conftest.py)")
+
+
+@pytest.fixture(autouse=True)
+def _no_allocator_tuning_from_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.main`` calls ``tune_allocator`` (``mallopt``), which would change malloc for
+    the rest of the pytest process: replace train.py's reference to it with a no-op.
+
+    Test modules import ``train`` at collection, before any test runs, so the module is
+    in ``sys.modules`` here. ``fcnn.runtime.tune_allocator`` itself is left alone;
+    tests/test_benchmarks.py checks it in a subprocess.
+    """
+    train = sys.modules.get("train")
+    if train is None or Path(getattr(train, "__file__", "") or "").resolve() != TRAIN_PY:
+        return
+    monkeypatch.setattr(train, "tune_allocator", _allocator_untouched)
