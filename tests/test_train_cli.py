@@ -210,7 +210,9 @@ def test_bad_flags_exit_2(argv: list[str]) -> None:
 def test_plot_without_matplotlib_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    # As if not installed: every matplotlib module, also those earlier tests imported.
+    for name in ["matplotlib", *(m for m in sys.modules if m.startswith("matplotlib."))]:
+        monkeypatch.setitem(sys.modules, name, None)
     code = run("--dataset", "lines", *FAST, "--epochs", "1", "--plot", str(tmp_path / "p.png"))
     assert code == 1
     assert 'pip install "fcnn[plot]"' in capsys.readouterr().err
