@@ -350,7 +350,7 @@ def test_dy_of_wrong_shape(rng: np.random.Generator, impl: str) -> None:
     msg = r"^conv2d: dy must have the shape of y \(1, 2, 3, 3\), got \(1, 2, 3, 2\)"
     with pytest.raises(ValueError, match=msg):
         conv2d_bwd(cache, np.zeros((1, 2, 3, 2)))
-    msg = r"^conv2d: dtypes must match, but w is float64, dy is float32"
+    msg = r"^conv2d: dtypes must match, but y is float64, dy is float32"
     with pytest.raises(TypeError, match=msg):
         conv2d_bwd(cache, np.zeros(y.shape, np.float32))
 

@@ -244,6 +244,12 @@ def test_bad_input_raises_naming_the_op() -> None:
         dropout_bwd(cache, x[:1])
     with pytest.raises(TypeError, match="dtypes must match"):
         dropout_bwd(cache, x.astype(np.float32))
+    with pytest.raises(TypeError, match="dropout: dy must have a floating dtype, got int64"):
+        dropout_bwd(cache, x.astype(np.int64))
+    with pytest.raises(TypeError, match="dropout: train must be a bool, got int"):
+        dropout_fwd({}, x, cfg, train=1, rng=gen)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="spatial_dropout2d: train must be a bool, got str"):
+        spatial_dropout2d_fwd({}, x, cfg, train="yes", rng=gen)  # type: ignore[arg-type]
 
 
 def test_train_mode_without_a_generator_names_the_layer() -> None:

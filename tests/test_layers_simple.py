@@ -167,6 +167,10 @@ def test_flatten_rejects(rng: np.random.Generator) -> None:
     _, cache = flatten_fwd({}, rng.standard_normal((2, 3, 4)))
     with pytest.raises(ValueError, match=r"^flatten: dy must have the shape of y \(2, 12\)"):
         flatten_bwd(cache, np.ones((2, 3, 4)))
+    with pytest.raises(TypeError, match=r"^flatten: dtypes must match, but y is float64, dy is f"):
+        flatten_bwd(cache, np.ones((2, 12), dtype=np.float32))
+    with pytest.raises(TypeError, match=r"^flatten: dy must have a floating dtype, got int64"):
+        flatten_bwd(cache, np.ones((2, 12), dtype=np.int64))
 
 
 def test_flatten_constructor(rng: np.random.Generator) -> None:

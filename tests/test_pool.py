@@ -347,7 +347,7 @@ def test_backward_rejects_bad_dy(rng: np.random.Generator, kind: str) -> None:
     with pytest.raises(ValueError, match=rf"^{op}: dy must have the shape of y \(1, 2, 2, 2\)"):
         bwd(cache, np.ones((1, 2, 2, 3)))
     with pytest.raises(
-        TypeError, match=rf"^{op}: dtypes must match, but x is float64, dy is float32"
+        TypeError, match=rf"^{op}: dtypes must match, but y is float64, dy is float32"
     ):
         bwd(cache, np.ones(y.shape, dtype=np.float32))
     with pytest.raises(TypeError, match=rf"^{op}: dy must have a floating dtype"):

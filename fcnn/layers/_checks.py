@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "check_dy",
     "check_float",
     "check_no_cfg",
     "check_params",
@@ -27,6 +28,17 @@ def check_float(x: Any, op: str, name: str = "x") -> None:
         raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
     if not np.issubdtype(dtype, np.floating):
         raise TypeError(f"{op}: {name} must have a floating dtype, got {dtype}")
+
+
+def check_dy(dy: Any, y_shape: tuple[int, ...], dtype: Any, op: str) -> None:
+    """For a backward: ``dy`` must be a float array with y's shape and y's dtype."""
+    check_float(dy, op, "dy")
+    if tuple(dy.shape) != tuple(y_shape):
+        raise ValueError(
+            f"{op}: dy must have the shape of y {tuple(y_shape)}, got {tuple(dy.shape)}"
+        )
+    if dy.dtype != dtype:
+        raise TypeError(f"{op}: dtypes must match, but y is {np.dtype(dtype)}, dy is {dy.dtype}")
 
 
 def check_rank(x: Any, rank: int, layout: str, op: str, name: str = "x") -> None:

@@ -17,7 +17,7 @@ from numpy.typing import DTypeLike
 
 from ..backend import xp_of
 from ..ops.layout import memory_flat
-from ._checks import check_float, check_no_cfg
+from ._checks import check_dy, check_float, check_no_cfg
 from .base import Array, Layer, Params, Shape, State, pair_layer
 
 __all__ = ["Relu", "ReluCache", "relu_bwd", "relu_fwd"]
@@ -74,13 +74,7 @@ def _strides(a: Array) -> list[int]:
 
 def relu_bwd(cache: ReluCache, dy: Array) -> tuple[Array, Params]:
     """ReLU backward. dy: (...) like y -> dx: (...) = dy * (x > 0), grads ``{}``."""
-    check_float(dy, _OP, "dy")
-    if tuple(dy.shape) != tuple(cache.mask.shape):
-        raise ValueError(
-            f"{_OP}: dy must have the shape of y {tuple(cache.mask.shape)}, got {tuple(dy.shape)}"
-        )
-    if dy.dtype != cache.dtype:
-        raise TypeError(f"{_OP}: dtypes must match, but x is {cache.dtype}, dy is {dy.dtype}")
+    check_dy(dy, cache.mask.shape, cache.dtype, _OP)
     dx: Array = dy * cache.mask
     return dx, {}
 

@@ -31,7 +31,14 @@ from ..ops.conv_im2col import conv2d_im2col_bwd, conv2d_im2col_fwd, conv2d_im2co
 from ..ops.conv_naive import conv2d_naive_bwd, conv2d_naive_fwd
 from ..ops.conv_strided import conv2d_strided_bwd, conv2d_strided_fwd
 from ..ops.shapes import Pad2d, normalize_padding, out_hw, positive_pair
-from ._checks import check_float, check_params, check_rank, check_same_dtype, check_shape_in
+from ._checks import (
+    check_dy,
+    check_float,
+    check_params,
+    check_rank,
+    check_same_dtype,
+    check_shape_in,
+)
 from .base import Array, Layer, Params, Shape, State, pair_layer
 
 __all__ = [
@@ -145,14 +152,6 @@ def conv2d_fwd(params: Params, x: Array, cfg: Conv2dCfg) -> tuple[Array, Conv2dC
     return y, Conv2dCache(cfg, w, tuple(x.shape), tuple(y.shape), saved)
 
 
-def _check_dy(cache: Conv2dCache, dy: Array) -> None:
-    """``dy`` must be a float array shaped like ``y`` with the forward's dtype."""
-    check_float(dy, _OP, "dy")
-    if tuple(dy.shape) != cache.y_shape:
-        raise ValueError(f"{_OP}: dy must have the shape of y {cache.y_shape}, got {dy.shape}")
-    check_same_dtype(_OP, w=cache.w, dy=dy)
-
-
 def conv2d_bwd(cache: Conv2dCache, dy: Array) -> tuple[Array, Params]:
     """2-D convolution backward: gradients of ``sum(y * dy)``.
 
@@ -160,7 +159,7 @@ def conv2d_bwd(cache: Conv2dCache, dy: Array) -> tuple[Array, Params]:
     {"w": dw (F, C, KH, KW), "b": db (F,)}, all in that dtype.
     """
     cfg, w = cache.cfg, cache.w
-    _check_dy(cache, dy)
+    check_dy(dy, cache.y_shape, cache.w.dtype, _OP)
     if cfg.impl == "im2col":
         dx, dw, db = conv2d_im2col_bwd(dy, cache.saved, cache.x_shape, w, cfg.stride, cfg.padding)
     elif cfg.impl == "strided":
@@ -178,7 +177,7 @@ def conv2d_param_grads(cache: Conv2dCache, dy: Array) -> Params:
     """
     if cache.cfg.impl != "im2col":
         return conv2d_bwd(cache, dy)[1]
-    _check_dy(cache, dy)
+    check_dy(dy, cache.y_shape, cache.w.dtype, _OP)
     dw, db = conv2d_im2col_param_grads(dy, cache.saved, cache.w)
     return {"w": dw, "b": db}
 

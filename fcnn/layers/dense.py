@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._checks import check_float, check_params, check_rank, check_same_dtype
+from ._checks import check_dy, check_float, check_params, check_rank, check_same_dtype
 from .base import Array, Layer, Params, Shape, State, pair_layer
 
 __all__ = ["Dense", "DenseCache", "dense_bwd", "dense_fwd"]
@@ -67,11 +67,7 @@ def dense_fwd(params: Params, x: Array, cfg: None = None) -> tuple[Array, DenseC
 def dense_bwd(cache: DenseCache, dy: Array) -> tuple[Array, Params]:
     """Dense backward. dy: (N, D_out) -> dx: (N, D_in), {"w": (D_in, D_out), "b": (D_out,)}."""
     x, w = cache
-    check_float(dy, _OP, "dy")
-    y_shape = (int(x.shape[0]), int(w.shape[1]))
-    if tuple(dy.shape) != y_shape:
-        raise ValueError(f"{_OP}: dy must have the shape of y {y_shape}, got {tuple(dy.shape)}")
-    check_same_dtype(_OP, w=w, dy=dy)
+    check_dy(dy, (x.shape[0], w.shape[1]), w.dtype, _OP)
     dx: Array = dy @ w.T
     dw: Array = x.T @ dy
     db: Array = dy.sum(axis=0)

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._checks import check_float, check_no_cfg, check_rank, check_shape_in
+from ._checks import check_dy, check_float, check_params, check_rank, check_shape_in
 from .base import Array, Context, Layer, Params, Shape, State
 
 __all__ = [
@@ -110,7 +110,7 @@ def dropout_fwd(
     drawn from ``rng`` (required, a ``numpy.random.Generator``). Eval mode: ``y``
     is ``x``. Raises ``ValueError``/``TypeError`` starting with ``"dropout: "``.
     """
-    check_no_cfg(params, None, _OP)
+    check_params(params, (), _OP)
     check_float(x, _OP, "x")
     if x.ndim < 1:
         raise ValueError(f"{_OP}: x must have rank >= 1 (N, ...), got shape {tuple(x.shape)}")
@@ -133,7 +133,7 @@ def spatial_dropout2d_fwd(
     (n, c), mask (N, C, 1, 1)) and scales the rest by ``1 / (1 - rate)``; eval mode
     returns ``x``. Errors start with ``"spatial_dropout2d: "``.
     """
-    check_no_cfg(params, None, _OP_SPATIAL)
+    check_params(params, (), _OP_SPATIAL)
     check_float(x, _OP_SPATIAL, "x")
     check_rank(x, 4, "(N, C, H, W)", _OP_SPATIAL, "x")
     n, c = int(x.shape[0]), int(x.shape[1])
@@ -145,11 +145,7 @@ def spatial_dropout2d_fwd(
 def dropout_bwd(cache: DropoutCache, dy: Array) -> tuple[Array, Params]:
     """Backward of both dropouts. dy: y's shape -> dx = dy * mask (``dy`` in eval mode), {}."""
     op = cache.op
-    check_float(dy, op, "dy")
-    if tuple(dy.shape) != cache.y_shape:
-        raise ValueError(f"{op}: dy must have the shape of y {cache.y_shape}, got {dy.shape}")
-    if dy.dtype != cache.dtype:
-        raise TypeError(f"{op}: dtypes must match, but x is {cache.dtype}, dy is {dy.dtype}")
+    check_dy(dy, cache.y_shape, cache.dtype, op)
     dx: Array = dy if cache.mask is None else dy * cache.mask
     return dx, {}
 

@@ -27,7 +27,7 @@ from numpy.typing import DTypeLike
 
 from ..ops import pool as kernels
 from ..ops.shapes import Pad2d, normalize_padding, out_hw, positive_pair
-from ._checks import check_float, check_params, check_rank, check_shape_in
+from ._checks import check_dy, check_float, check_params, check_rank, check_shape_in
 from .base import Array, Layer, Params, Shape, State, pair_layer
 
 __all__ = [
@@ -118,15 +118,6 @@ def _check_fwd(params: Any, x: Any, cfg: Any, op: str) -> None:
     _out_hw(x.shape[2], x.shape[3], cfg, op)
 
 
-def _check_dy(dy: Any, y_shape: tuple[int, ...], dtype: Any, op: str) -> None:
-    """``dy`` must be a float array with y's shape and the forward dtype."""
-    check_float(dy, op, "dy")
-    if tuple(dy.shape) != y_shape:
-        raise ValueError(f"{op}: dy must have the shape of y {y_shape}, got {tuple(dy.shape)}")
-    if dy.dtype != dtype:
-        raise TypeError(f"{op}: dtypes must match, but x is {dtype}, dy is {dy.dtype}")
-
-
 def max_pool2d_fwd(params: Params, x: Array, cfg: Pool2dCfg) -> tuple[Array, MaxPool2dCache]:
     """Max pooling forward. params: {}; x: (N, C, H, W) -> y: (N, C, OH, OW), x's dtype.
 
@@ -148,7 +139,7 @@ def max_pool2d_bwd(cache: MaxPool2dCache, dy: Array) -> tuple[Array, Params]:
     row-major order; overlapping windows accumulate.
     """
     cfg, x, y = cache
-    _check_dy(dy, tuple(y.shape), x.dtype, _MAX)
+    check_dy(dy, tuple(y.shape), x.dtype, _MAX)
     dx = kernels.max_pool2d_bwd(dy, x, y, cfg.window, cfg.stride, cfg.padding)
     return dx, {}
 
@@ -168,7 +159,7 @@ def avg_pool2d_fwd(params: Params, x: Array, cfg: Pool2dCfg) -> tuple[Array, Avg
 def avg_pool2d_bwd(cache: AvgPool2dCache, dy: Array) -> tuple[Array, Params]:
     """Average pooling backward. dy: (N, C, OH, OW) -> dx: (N, C, H, W), grads ``{}``."""
     cfg = cache.cfg
-    _check_dy(dy, cache.y_shape, cache.dtype, _AVG)
+    check_dy(dy, cache.y_shape, cache.dtype, _AVG)
     dx = kernels.avg_pool2d_bwd(dy, cache.x_shape, cfg.window, cfg.stride, cfg.padding)
     return dx, {}
 

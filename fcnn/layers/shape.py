@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._checks import check_float, check_no_cfg
+from ._checks import check_dy, check_float, check_no_cfg
 from .base import Array, Layer, Params, Shape, State, pair_layer
 
 __all__ = ["Flatten", "FlattenCache", "flatten_bwd", "flatten_fwd"]
@@ -48,11 +48,7 @@ def flatten_fwd(params: Params, x: Array, cfg: None = None) -> tuple[Array, Flat
 
 def flatten_bwd(cache: FlattenCache, dy: Array) -> tuple[Array, Params]:
     """Flatten backward. dy: (N, D1*...) -> dx: (N, D1, ...), grads ``{}``."""
-    check_float(dy, _OP, "dy")
-    if tuple(dy.shape) != cache.y_shape:
-        raise ValueError(f"{_OP}: dy must have the shape of y {cache.y_shape}, got {dy.shape}")
-    if dy.dtype != cache.dtype:
-        raise TypeError(f"{_OP}: dtypes must match, but x is {cache.dtype}, dy is {dy.dtype}")
+    check_dy(dy, cache.y_shape, cache.dtype, _OP)
     dx: Array = dy.reshape(cache.x_shape)
     return dx, {}
 
