@@ -209,6 +209,8 @@ def check_writable(path: str | None) -> None:
     """Create ``path``'s folder and prove a file can be written there, before any training."""
     if not path:
         return
+    if os.path.isdir(path):  # the probe beside it would succeed; the real write would not
+        raise UsageError(f"cannot write {path}: it is a directory; give a file path")
     probe = f"{path}.{os.getpid()}.probe"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

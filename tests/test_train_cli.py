@@ -283,6 +283,22 @@ def test_unwritable_output_fails_before_training(
     assert f"cannot write {target}" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--save", "--metrics", "--plot"])
+def test_regression_output_path_that_is_a_directory_failed_only_after_training(
+    flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_training(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(fcnn, "train_epoch", no_training)
+    target = tmp_path / "out"
+    target.mkdir()
+    assert run("--dataset", "lines", *FAST, flag, str(target)) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {target}: it is a directory; give a file path\n"
+    assert list(target.iterdir()) == [] and list(tmp_path.iterdir()) == [target]  # no probe left
+
+
 def test_regression_resume_then_save_elsewhere_named_a_missing_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
