@@ -9,25 +9,41 @@ import fcnn
 from fcnn.data.augment import random_shift
 
 
+def _shifted(img: np.ndarray, dy: int, dx: int, fill: float) -> np.ndarray:
+    """``img: (C, H, W)`` moved down ``dy`` and right ``dx`` pixels, ``fill`` shifted in."""
+    _, h, w = img.shape
+    out = np.full_like(img, fill)
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = img[
+        :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
 def test_each_image_is_translated_without_wrapping() -> None:
-    x = np.zeros((50, 1, 9, 9), np.float32)
-    x[:, 0, 4, 4] = 1.0  # one bright pixel in the centre
+    # Distinct positive values everywhere, different in every image: each output must be
+    # exactly its own input moved by one offset in [-2, 2]^2, with -1 (the fill) in the
+    # rows and columns shifted in on whichever sides they enter, and nothing wrapped.
+    x = np.arange(1, 50 * 2 * 9 * 8 + 1, dtype=np.float32).reshape(50, 2, 9, 8)
     x.flags.writeable = False
     out = random_shift(x, 2, np.random.default_rng(0), fill=-1.0)
     assert out.shape == x.shape and out.dtype == np.float32
-    moves = set()
-    for img in out[:, 0]:
-        r, c = np.argwhere(img == 1.0)[0]
-        moves.add((int(r) - 4, int(c) - 4))
-        assert np.count_nonzero(img == 1.0) == 1
-        # pixels that came from outside the frame hold the fill value
-        dy, dx = int(r) - 4, int(c) - 4
-        if dy > 0:
-            assert np.all(img[:dy] == -1.0)
-        if dx < 0:
-            assert np.all(img[:, dx:] == -1.0)
-    assert moves <= {(a, b) for a in range(-2, 3) for b in range(-2, 3)}
-    assert len(moves) > 10  # offsets really vary between images
+    offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    moves = []
+    for src, img in zip(x, out, strict=True):
+        matches = [o for o in offsets if np.array_equal(img, _shifted(src, *o, fill=-1.0))]
+        assert len(matches) == 1, f"not one whole-pixel shift of its own input: {matches}"
+        moves.append(matches[0])
+    assert {dy for dy, _ in moves} == {dx for _, dx in moves} == set(range(-2, 3))
+    assert len(set(moves)) > 10  # offsets really vary between images
+
+
+def test_shifted_reference_moves_the_right_way() -> None:
+    img = np.arange(1.0, 13.0).reshape(1, 3, 4)
+    np.testing.assert_array_equal(
+        _shifted(img, 1, -2, fill=0.0)[0],
+        [[0, 0, 0, 0], [3, 4, 0, 0], [7, 8, 0, 0]],
+    )
+    np.testing.assert_array_equal(_shifted(img, 0, 0, fill=0.0), img)
 
 
 def test_seeded_and_pure() -> None:
