@@ -66,8 +66,7 @@ def apply_updates(params: Tree, updates: Tree) -> Tree:
 
 def constant(lr: float) -> Schedule:
     """The schedule ``t -> lr``."""
-    _check_nonneg("lr", lr)
-    value = float(lr)
+    value = _check_real("lr", lr)
 
     def schedule(step: int) -> float:
         return value
@@ -83,9 +82,13 @@ def default_decay_mask(path: str) -> bool:
 # --- validation and small helpers ---------------------------------------------------------
 
 
-def _check_nonneg(name: str, value: float) -> None:
-    if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+def _check_real(name: str, value: Any, *, positive: bool = False) -> float:
+    """``value`` as a float; ``ValueError`` unless it is a finite real ``>= 0`` (``> 0``)."""
+    number = float(value) if isinstance(value, numbers.Real) else math.nan
+    if not (math.isfinite(number) and (number > 0 if positive else number >= 0)):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return number
 
 
 def _check_unit(name: str, value: float) -> None:
@@ -93,12 +96,8 @@ def _check_unit(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
-def _check_eps(eps: float) -> None:
-    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-
-
 def _as_schedule(lr: float | Schedule) -> Schedule:
+    """A callable as it is; a number as ``constant(lr)``."""
     if callable(lr):
         return lr
     return constant(lr)
@@ -158,7 +157,7 @@ def sgd(
     """
     schedule = _as_schedule(lr)
     _check_unit("momentum", momentum)
-    _check_nonneg("weight_decay", weight_decay)
+    _check_real("weight_decay", weight_decay)
     if nesterov and momentum <= 0.0:
         raise ValueError(f"nesterov=True requires momentum > 0, got momentum={momentum!r}")
     # Python floats, never NumPy scalars: float32 arrays times them stay float32.
@@ -201,8 +200,8 @@ def _adam_like(
     schedule = _as_schedule(lr)
     _check_unit("b1", b1)
     _check_unit("b2", b2)
-    _check_eps(eps)
-    _check_nonneg("weight_decay", weight_decay)
+    _check_real("eps", eps, positive=True)
+    _check_real("weight_decay", weight_decay)
     b1, b2, eps, weight_decay = float(b1), float(b2), float(eps), float(weight_decay)
 
     def init(params: Tree) -> OptState:

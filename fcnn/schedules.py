@@ -16,7 +16,7 @@ import math
 import numbers
 from typing import Any
 
-from .optim import Schedule, constant
+from .optim import Schedule, _as_schedule, _check_real, constant
 from .tree import global_norm, tree_map
 
 __all__ = [
@@ -26,14 +26,6 @@ __all__ = [
     "linear_warmup",
     "step_decay",
 ]
-
-
-def _check_real(name: str, value: Any, *, positive: bool = False) -> float:
-    number = float(value) if isinstance(value, numbers.Real) else math.nan
-    if not (math.isfinite(number) and (number > 0 if positive else number >= 0)):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return number
 
 
 def _check_count(name: str, value: Any) -> int:
@@ -76,7 +68,7 @@ def linear_warmup(schedule: Schedule | float, warmup_steps: int) -> Schedule:
     The first update uses ``schedule(0) / warmup_steps``; update ``warmup_steps``
     and later use ``schedule(t)`` unchanged. A float is a constant schedule.
     """
-    inner = schedule if callable(schedule) else constant(schedule)
+    inner = _as_schedule(schedule)
     warm = _check_count("warmup_steps", warmup_steps)
 
     def warmed(t: int) -> float:
