@@ -4,7 +4,8 @@
     python train.py --dataset mnist --epochs 12       # full MNIST (downloaded once)
     python train.py --dataset lines --model small     # synthetic lines, a few seconds
     python train.py --save runs/model.npz --metrics runs/metrics.csv --plot runs/curves.png
-    python train.py --resume runs/model.npz --epochs 20   # continue exactly where it stopped
+    python train.py --resume runs/model.npz               # continue exactly where it stopped
+    python train.py --resume runs/model.npz --epochs 20   # extend to 20 (lr schedule recomputed)
 
 Exit status: 0 on success, 1 when the loss becomes NaN/inf or data or a checkpoint
 cannot be read (one clear message, no traceback), 2 for bad flags, 130 on Ctrl-C.
@@ -102,7 +103,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="shift training images by up to PIXELS each way (default 2 for digits, else 0)",
     )
     add("--save", metavar="PATH", help="checkpoint written after every epoch (atomically)")
-    add("--resume", metavar="PATH", help="continue a run from its checkpoint")
+    add(
+        "--resume",
+        metavar="PATH",
+        help="continue a run from its checkpoint (exactly, unless --epochs changes the total: "
+        "the cosine schedule is then recomputed over the new total)",
+    )
     add("--metrics", metavar="PATH", help="per-epoch metrics: .csv, else JSON lines")
     add("--plot", metavar="PATH", help="PNG of loss and accuracy curves (needs matplotlib)")
     add("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
