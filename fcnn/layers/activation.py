@@ -55,8 +55,9 @@ def _positive_part(x: Array) -> Array:
     xp = xp_of(x)
     y: Array = xp.empty_like(x)
     src, dst = memory_flat(x), memory_flat(y)
-    if src is None or dst is None or _strides(x) != _strides(y):
-        xp.maximum(x, xp.zeros_like(x), out=y)  # a strided x: the plain way
+    # empty_like keeps a dense x's layout, so src and dst list the same elements in turn.
+    if src is None or dst is None:
+        xp.maximum(x, 0, out=y)  # a strided x: the plain way
         return y
     zeros = xp.zeros(min(src.size, _BLOCK), dtype=x.dtype)
     rows = src.size // _BLOCK
@@ -65,11 +66,6 @@ def _positive_part(x: Array) -> Array:
         xp.maximum(src[:head].reshape(rows, _BLOCK), zeros, out=dst[:head].reshape(rows, _BLOCK))
     xp.maximum(src[head:], zeros[: src.size - head], out=dst[head:])
     return y
-
-
-def _strides(a: Array) -> list[int]:
-    """The strides of ``a``'s axes longer than 1 (the others never move in memory)."""
-    return [s for s, n in zip(a.strides, a.shape, strict=True) if n > 1]
 
 
 def relu_bwd(cache: ReluCache, dy: Array) -> tuple[Array, Params]:
