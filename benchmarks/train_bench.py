@@ -58,6 +58,7 @@ from _common import (
 import fcnn
 from fcnn.layers.base import Context
 from fcnn.models import build_model
+from fcnn.training import Step
 
 SCRIPT = Path(__file__).resolve()
 MODELS = ("small", "default")
@@ -194,17 +195,29 @@ def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
 
 
-def _fcnn_step(model_name: str, batch: int, seed: int = SEED) -> tuple[Any, Any]:
-    """``(step, state)``: a zero-argument training step on one fixed random batch."""
+def _setup(
+    model_name: str, n: int, seed: int = SEED
+) -> tuple[Step, fcnn.TrainState, np.ndarray, np.ndarray, np.random.Generator]:
+    """``(step, train_state, x, y, rng)`` for ``n`` random images, all from one seed.
+
+    ``step``: ``fcnn.make_step`` with SGD (``LR``, ``MOMENTUM``); ``x: (n, 1, 28, 28)``
+    float32, ``y: (n,)`` labels; ``rng`` has drawn the initial weights, then x, then y.
+    """
     model = build_model(model_name, NUM_CLASSES)
     rng = np.random.default_rng(seed)
     params, state, _ = fcnn.init(model, rng, INPUT_SHAPE, np.float32)
     opt = fcnn.sgd(LR, momentum=MOMENTUM)
     step = fcnn.make_step(model, opt)
-    x = rng.standard_normal((batch, *INPUT_SHAPE), dtype=np.float32)
-    y = rng.integers(0, NUM_CLASSES, batch)
+    x = rng.standard_normal((n, *INPUT_SHAPE), dtype=np.float32)
+    y = rng.integers(0, NUM_CLASSES, n)
+    return step, fcnn.TrainState(params, state, opt.init(params)), x, y, rng
+
+
+def _fcnn_step(model_name: str, batch: int, seed: int = SEED) -> tuple[Any, Any]:
+    """``(step, state)``: a zero-argument training step on one fixed random batch."""
+    step, ts0, x, y, rng = _setup(model_name, batch, seed)
     ctx = Context(train=True, rng=rng)
-    ts = [fcnn.TrainState(params, state, opt.init(params))]
+    ts = [ts0]
 
     def run() -> float:
         ts[0], loss = step(ts[0], x, y, ctx)
@@ -296,14 +309,7 @@ def bench_step(spec: dict[str, Any]) -> dict[str, Any]:
 def bench_epoch(spec: dict[str, Any]) -> dict[str, Any]:
     """Wall time of one ``fcnn.train_epoch`` over ``size`` random images (shuffled)."""
     model_name, batch, size = spec["model"], int(spec["batch"]), int(spec["size"])
-    model = build_model(model_name, NUM_CLASSES)
-    rng = np.random.default_rng(SEED)
-    params, state, _ = fcnn.init(model, rng, INPUT_SHAPE, np.float32)
-    opt = fcnn.sgd(LR, momentum=MOMENTUM)
-    step = fcnn.make_step(model, opt)
-    x = rng.standard_normal((size, *INPUT_SHAPE), dtype=np.float32)
-    y = rng.integers(0, NUM_CLASSES, size)
-    ts = fcnn.TrainState(params, state, opt.init(params))
+    step, ts, x, y, rng = _setup(model_name, size)
     t0 = time.perf_counter()
     ts, loss = fcnn.train_epoch(step, ts, x, y, batch, rng)
     seconds = time.perf_counter() - t0
