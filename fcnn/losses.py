@@ -14,6 +14,7 @@ bundles a pair for the composer: ``loss_and_grad(model, softmax_cross_entropy)``
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -97,12 +98,22 @@ def _check_logits_labels(logits: Any, labels: Any) -> None:
         raise ValueError(f"{_SCE}: labels has {labels.shape[0]} entries but logits has {n} rows")
     if labels.min() >= 0 and labels.max() < k:  # two reductions; the mask only on error
         return
-    bad = labels[(labels < 0) | (labels >= k)]
-    if bad.size:
-        raise ValueError(
-            f"{_SCE}: labels must be in [0, K) = [0, {k}), got {int(bad[0])} "
-            f"({int(bad.size)} out of range)"
-        )
+    bad = labels[(labels < 0) | (labels >= k)]  # not empty: a reduction above was out of range
+    raise ValueError(
+        f"{_SCE}: labels must be in [0, K) = [0, {k}), got {int(bad[0])} "
+        f"({int(bad.size)} out of range)"
+    )
+
+
+def _dloss_value(dloss: Any, op: str) -> float:
+    """The upstream gradient of a scalar loss as a float: a real number or a 0-d real array."""
+    if isinstance(dloss, numbers.Real) and not isinstance(dloss, bool):
+        return float(dloss)
+    if getattr(dloss, "shape", None) == () and getattr(dloss, "dtype", np.dtype("O")).kind in "iuf":
+        return float(dloss)
+    shape = getattr(dloss, "shape", None)
+    got = type(dloss).__name__ + ("" if shape is None else f" of shape {tuple(shape)}")
+    raise TypeError(f"{op}: dloss must be a real scalar (the loss is one number), got {got}")
 
 
 def softmax_cross_entropy_fwd(
@@ -131,7 +142,7 @@ def softmax_cross_entropy_bwd(cache: SoftmaxCrossEntropyCache, dloss: Any = 1.0)
     n = logp.shape[0]
     grad: Array = xp.exp(logp)  # a fresh array: writing into it touches no input
     grad[xp.arange(n), labels] -= 1
-    grad *= float(dloss) / n
+    grad *= _dloss_value(dloss, _SCE) / n
     return grad
 
 
@@ -168,7 +179,7 @@ def mse_fwd(pred: Array, target: Array) -> tuple[Array, MseCache]:
 def mse_bwd(cache: MseCache, dloss: Any = 1.0) -> Array:
     """Gradient of the mean squared error: dpred (...) = dloss * 2 * (pred - target) / size."""
     diff = cache.diff
-    grad: Array = diff * (2.0 * float(dloss) / diff.size)
+    grad: Array = diff * (2.0 * _dloss_value(dloss, _MSE) / diff.size)
     return grad
 
 

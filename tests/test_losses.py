@@ -91,6 +91,19 @@ def test_sce_gradient_rows_sum_to_zero_and_scale_with_dloss(rng: np.random.Gener
     np.testing.assert_allclose(g1.sum(axis=1), 0, atol=1e-15)
     np.testing.assert_allclose(softmax_cross_entropy_bwd(cache, np.array(-2.5)), -2.5 * g1)
     np.testing.assert_array_equal(softmax_cross_entropy_bwd(cache, 1.0), g1)  # cache unchanged
+    np.testing.assert_array_equal(softmax_cross_entropy_bwd(cache, np.float32(2)), 2 * g1)
+
+
+@pytest.mark.parametrize("dloss", [np.ones(2), np.ones((1,)), "1", None, True, np.array("x")])
+def test_loss_backward_rejects_a_dloss_that_is_not_one_real_number(
+    rng: np.random.Generator, dloss: Any
+) -> None:
+    _, sce_cache = softmax_cross_entropy_fwd(rng.standard_normal((3, 2)), np.array([0, 1, 1]))
+    with pytest.raises(TypeError, match=r"^softmax_cross_entropy: dloss must be a real scalar"):
+        softmax_cross_entropy_bwd(sce_cache, dloss)
+    _, mse_cache = mse_fwd(np.ones((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(TypeError, match=r"^mse: dloss must be a real scalar"):
+        mse_bwd(mse_cache, dloss)
 
 
 @pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8, np.int8])
