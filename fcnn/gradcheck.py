@@ -102,8 +102,8 @@ def _to64(tree: Any) -> Any:
     """Copy a tree, casting floating leaves to float64 (integer leaves such as counters stay)."""
 
     def cast(a: Any) -> Any:
-        a = np.array(a, order="C", copy=True)
-        return a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
+        a = np.asarray(a)
+        return a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a.copy()
 
     return tree_map(cast, tree)
 
@@ -162,7 +162,7 @@ def check_pair(
     ``params`` and ``x`` are copied to float64; ``dy`` is drawn from ``rng``.
     Report keys are ``"x"`` and the ``"/"``-joined param paths.
     """
-    p64, x64 = _to64(params), np.array(x, dtype=np.float64, order="C", copy=True)
+    p64, x64 = _to64(params), np.array(x, dtype=np.float64, copy=True)
     y, cache = fwd(p64, x64, cfg)
     dy = rng.standard_normal(np.shape(y))
     dx, grads = bwd(cache, dy)
@@ -218,7 +218,7 @@ def check_layer(
     forward pass, so dropout masks do not change between the finite differences.
     """
     ctx = ctx or Context()
-    p64, s64, x64 = _to64(params), _to64(state), np.array(x, dtype=np.float64, order="C", copy=True)
+    p64, s64, x64 = _to64(params), _to64(state), np.array(x, dtype=np.float64, copy=True)
 
     def run(p: Any, xx: Array) -> tuple[Any, Any]:
         c = Context(train=ctx.train, rng=copy.deepcopy(ctx.rng))

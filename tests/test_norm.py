@@ -342,7 +342,7 @@ def test_bad_input_raises_naming_the_op(rng: np.random.Generator) -> None:
         (
             {"state": {"mean": state["mean"]}},
             ValueError,
-            r"batch_norm2d state: .*missing \['var'\]",
+            r"^batch_norm2d: state must have keys \['mean', 'var'\].*missing \['var'\]",
         ),
         ({"state": {**state, "var": state["var"][:2]}}, ValueError, r"state var must have shape"),
         ({"cfg": None}, TypeError, "cfg must be a BatchNormCfg"),

@@ -55,18 +55,18 @@ def check_same_dtype(op: str, **arrays: Any) -> None:
         raise TypeError(f"{op}: dtypes must match, but {got}")
 
 
-def check_params(params: Any, keys: Iterable[str], op: str) -> None:
-    """``ValueError`` unless ``params`` is a mapping with exactly ``keys``."""
+def check_params(params: Any, keys: Iterable[str], op: str, what: str = "params") -> None:
+    """``ValueError`` unless ``params`` (called ``what``) is a mapping with exactly ``keys``."""
     expected = set(keys)
     if not isinstance(params, Mapping):
-        raise TypeError(f"{op}: params must be a dict, got {type(params).__name__}")
+        raise TypeError(f"{op}: {what} must be a dict, got {type(params).__name__}")
     got = set(params.keys())
     if got != expected:
         missing, extra = sorted(expected - got), sorted(got - expected)
         parts = [f"missing {missing}"] if missing else []
         parts += [f"unexpected {extra}"] if extra else []
         raise ValueError(
-            f"{op}: params must have keys {sorted(expected)}, got {sorted(got)} "
+            f"{op}: {what} must have keys {sorted(expected)}, got {sorted(got)} "
             f"({', '.join(parts)})"
         )
 

@@ -120,7 +120,7 @@ def _check(op: str, params: Any, state: Any, x: Any, cfg: Any, train: Any) -> No
     if not isinstance(train, bool | np.bool_):
         raise TypeError(f"{op}: train must be a bool, got {type(train).__name__}")
     check_params(params, ("gamma", "beta"), op)
-    check_params(state, ("mean", "var"), f"{op} state")
+    check_params(state, ("mean", "var"), op, "state")
     check_float(x, op, "x")
     check_rank(x, _RANK[op], _LAYOUT[op], op, "x")
     c = int(x.shape[1])
