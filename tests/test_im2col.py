@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -233,3 +235,35 @@ def test_memory_flat_views_dense_layouts_only(rng: np.random.Generator) -> None:
     assert memory_flat(a[::-1]) is None
     zero_d = memory_flat(np.array(3.0))
     assert zero_d is not None and zero_d.tolist() == [3.0]
+
+
+def _kernels_with_a_window(kh: int, kw: int) -> dict[str, Any]:
+    """Each low-level kernel, called on a (1, 1, 4, 4) map with a (kh, kw) window, padding 0."""
+    from fcnn.ops.conv_im2col import conv2d_im2col_fwd
+    from fcnn.ops.conv_naive import conv2d_naive_fwd
+    from fcnn.ops.conv_strided import conv2d_strided_fwd
+    from fcnn.ops.pool import avg_pool2d_fwd, max_pool2d_fwd
+
+    x = np.zeros((1, 1, 4, 4))
+    w, b = np.zeros((1, 1, kh, kw)), np.zeros(1)
+    pad: Pad2d = ((0, 0), (0, 0))
+    return {
+        "im2col": lambda: im2col(x, kh, kw, (1, 1), pad),
+        "col2im": lambda: col2im(np.zeros((kh * kw, 16)), (1, 1, 4, 4), kh, kw, (1, 1), pad),
+        "conv2d_im2col_fwd": lambda: conv2d_im2col_fwd(x, w, b, (1, 1), pad),
+        "conv2d_naive_fwd": lambda: conv2d_naive_fwd(x, w, b, (1, 1), pad),
+        "conv2d_strided_fwd": lambda: conv2d_strided_fwd(x, w, b, (1, 1), pad),
+        "max_pool2d_fwd": lambda: max_pool2d_fwd(x, (kh, kw), (1, 1), pad),
+        "avg_pool2d_fwd": lambda: avg_pool2d_fwd(x, (kh, kw), (1, 1), pad),
+    }
+
+
+@pytest.mark.parametrize("kernel", sorted(_kernels_with_a_window(1, 1)))
+@pytest.mark.parametrize(("kh", "kw", "axis"), [(5, 1, "H"), (1, 6, "W")])
+def test_kernels_reject_a_window_larger_than_the_padded_input(
+    kernel: str, kh: int, kw: int, axis: str
+) -> None:
+    call = _kernels_with_a_window(kh, kw)[kernel]
+    k = kh if axis == "H" else kw
+    with pytest.raises(ValueError, match=rf"^kernel {axis}={k} is larger than the padded input"):
+        call()

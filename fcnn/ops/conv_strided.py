@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from ..backend import xp_of
 from .im2col import col2im, dy_matrix
-from .shapes import Pad2d
+from .shapes import Pad2d, out_hw
 
 __all__ = ["conv2d_strided_bwd", "conv2d_strided_fwd"]
 
@@ -39,6 +39,7 @@ def _windows(x: Array, kh: int, kw: int, stride: tuple[int, int], padding: Pad2d
     them per axis: ``ceil((Hp - KH + 1) / sh) == (Hp - KH) // sh + 1``.
     """
     xp = xp_of(x)
+    out_hw(x.shape[2], x.shape[3], kh, kw, stride, padding)  # the error when no window fits
     (top, bottom), (left, right) = padding
     if top or bottom or left or right:
         x = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
