@@ -169,6 +169,19 @@ def test_a_bad_file_is_refused_not_half_used(tmp_path: Path) -> None:
     assert str(folder / "train-images-idx3-ubyte") in str(info.value)
 
 
+def test_regression_files_split_across_the_two_folders_were_reported_missing(
+    tmp_path: Path,
+) -> None:
+    """One file in data_dir/mnist, three in data_dir: all four are found (and then read)."""
+    (tmp_path / "mnist").mkdir()
+    for i, (name, known) in enumerate(MNIST_FILES.items()):
+        folder = tmp_path / "mnist" if i == 0 else tmp_path
+        (folder / name).write_bytes(make_idx(np.zeros(known.shape, dtype=np.uint8)))
+    with pytest.raises(ValueError, match="SHA-256") as info:  # not DatasetNotFoundError
+        load_mnist(tmp_path, download=False)
+    assert str(tmp_path / "mnist" / "train-images-idx3-ubyte") in str(info.value)
+
+
 # --- the real files --------------------------------------------------------------------
 
 
@@ -268,3 +281,28 @@ def test_corrupt_download_is_refused(tmp_path: Path) -> None:
         load_mnist(tmp_path, download=False)
     assert "train-labels-idx1-ubyte" in str(info.value)
     shutil.rmtree(folder)
+
+
+@needs_shared
+def test_files_split_across_mnist_folder_and_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "mnist").mkdir()
+    for i, name in enumerate(MNIST_FILES):
+        folder = tmp_path / "mnist" if i % 2 else tmp_path
+        (folder / f"{name}.gz").symlink_to(SHARED_MNIST / f"{name}.gz")
+    ds = load_mnist(tmp_path, download=False)
+    _check_real(ds)
+
+
+@needs_shared
+def test_missing_files_are_downloaded_into_the_mnist_folder(
+    mnist_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even when the files already there sit directly in data_dir."""
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "train-labels-idx1-ubyte.gz").symlink_to(
+        SHARED_MNIST / "train-labels-idx1-ubyte.gz"
+    )
+    _check_real(load_mnist(tmp_path, mirrors=[f"{mnist_server}/mnist"], timeout=5))
+    got = sorted(p.name for p in (tmp_path / "mnist").iterdir())
+    assert got == sorted(f"{n}.gz" for n in MNIST_FILES if "train-labels" not in n)

@@ -7,9 +7,9 @@
 
 Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
 ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each either raw or
-gzip-compressed (``.gz`` appended), in ``<data_home>/mnist/`` or directly in
+gzip-compressed (``.gz`` appended), each in ``<data_home>/mnist/`` or directly in
 ``<data_home>`` (see ``fcnn.data.download.data_home``). Missing files are
-downloaded (``.gz``) from ``MNIST_MIRRORS`` in order.
+downloaded (``.gz``) into ``<data_home>/mnist/`` from ``MNIST_MIRRORS`` in order.
 
 Verification is on the *decompressed* IDX payload, so recompressed copies are
 accepted: its exact size, its header (magic number, dimensions) and its SHA-256.
@@ -240,12 +240,16 @@ def _read_bounded(path: Path, max_bytes: int, gz: bool) -> bytes:
     return data
 
 
-def _locate(root: Path, names: Sequence[str]) -> Path:
-    """The folder to use: ``root/mnist`` if it holds any MNIST file, else ``root`` if it does."""
+def _locate(root: Path, name: str) -> Path | None:
+    """The file ``name`` (raw, else ``.gz``) in ``root/mnist``, else in ``root``; else None.
+
+    Each file is looked up on its own, so the four may be split across the two folders.
+    """
     for folder in (root / "mnist", root):
-        if any((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in names):
-            return folder
-    return root / "mnist"
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def load_mnist_uint8(
@@ -259,20 +263,16 @@ def load_mnist_uint8(
     """The verified raw arrays: ``x_train (60000, 28, 28)``, ``y_train (60000,)``,
     ``x_test (10000, 28, 28)``, ``y_test (10000,)``, all uint8.
 
-    See ``load_mnist`` for the arguments. For each file the uncompressed name is
-    preferred to the ``.gz`` one when both exist. Raises ``DatasetNotFoundError``
+    See ``load_mnist`` for the arguments. Each file is looked for in ``data_dir/mnist``,
+    then in ``data_dir`` (the four may be split between them); in one folder the
+    uncompressed name is preferred to the ``.gz`` one. Missing files are downloaded
+    into ``data_dir/mnist``. Raises ``DatasetNotFoundError``
     when files are missing and cannot be downloaded, ``ValueError`` for a bad file.
     """
     root = data_home(data_dir)
     names = list(MNIST_FILES)
-    folder = _locate(root, names)
-    searched = list(dict.fromkeys([root / "mnist", root]))
-    found: dict[str, Path] = {}
-    for n in names:
-        for candidate in (folder / n, folder / f"{n}.gz"):
-            if candidate.is_file():
-                found[n] = candidate
-                break
+    searched = [root / "mnist", root]
+    found = {n: path for n in names if (path := _locate(root, n)) is not None}
     missing = [n for n in names if n not in found]
     if missing:
         remotes = [
@@ -293,7 +293,7 @@ def load_mnist_uint8(
             )
         paths = fetch_all(
             remotes,
-            folder,
+            root / "mnist",
             dataset="MNIST",
             searched=searched,
             note=_NOTE,
