@@ -106,12 +106,13 @@ def _check_pixels(where: str, x: Any, ndim: int, layout: str) -> None:
         raise ValueError(f"{where}: pixel values must be finite and in [0, 1]")
 
 
+def _is_count(n: Any) -> bool:
+    """``n`` is a positive int (a NumPy integer too, but not a bool)."""
+    return isinstance(n, int | np.integer) and not isinstance(n, bool) and bool(n >= 1)
+
+
 def _check_size(where: str, size: Sequence[int]) -> tuple[int, int]:
-    if (
-        len(size) != 2
-        or not all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in size)
-        or min(size) < 1
-    ):
+    if len(size) != 2 or not all(_is_count(s) for s in size):
         raise ValueError(f"{where}: size must be two positive ints (H, W), got {tuple(size)!r}")
     return int(size[0]), int(size[1])
 
@@ -218,12 +219,7 @@ def prepare_rgb(rgb: FloatArray, size: Sequence[int] = (32, 32)) -> NDArray[np.f
 
 def _check_input_shape(where: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
     shape = tuple(input_shape)
-    if (
-        len(shape) != 3
-        or not all(isinstance(s, int | np.integer) and not isinstance(s, bool) for s in shape)
-        or shape[0] not in (1, 3)
-        or min(shape) < 1
-    ):
+    if len(shape) != 3 or not all(_is_count(s) for s in shape) or shape[0] not in (1, 3):
         raise ValueError(
             f"{where}: input_shape must be (C, H, W) with C = 1 (grayscale) or 3 (RGB) "
             f"and positive H, W; got {shape!r}"
@@ -307,7 +303,7 @@ def decode_image(
     """
     if channels not in (1, 3):
         raise ValueError(f"decode_image: channels must be 1 or 3, got {channels!r}")
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+    if not _is_count(max_pixels):
         raise ValueError(f"decode_image: max_pixels must be a positive int, got {max_pixels!r}")
     image_mod, ops_mod = _pillow()
     if isinstance(source, bytes | bytearray):
@@ -363,7 +359,7 @@ def load_image(
     without Pillow (``pip install "fcnn[images]"``).
     """
     c, h, w = _check_input_shape("load_image", input_shape)
-    if c == 3 and invert is not None:
+    if c == 3 and invert is not None:  # prepare_image says so too, but only after decoding
         raise ValueError("load_image: invert applies to grayscale (C = 1) inputs only")
     pixels = decode_image(source, c, max_pixels=max_pixels)
     return prepare_image(pixels, (c, h, w), invert=invert)
