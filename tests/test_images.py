@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from fcnn.data import load_digits_sample
 from fcnn.data.images import (
     DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
     decode_image,
     load_image,
     prepare_gray,
@@ -329,7 +330,7 @@ def test_formats_outside_the_list_are_refused(pil: Any) -> None:
 
 def test_too_many_pixels_is_refused(pil: Any) -> None:
     data = _png_bytes(np.zeros((64, 64), np.uint8))
-    with pytest.raises(ValueError, match="4096 pixels is more than the limit of 4095"):
+    with pytest.raises(ImageTooLargeError, match="4096 pixels is more than the limit of 4095"):
         load_image(data, (1, 28, 28), max_pixels=4095)
     assert load_image(data, (1, 28, 28), max_pixels=4096).shape == (1, 28, 28)
 
@@ -346,11 +347,26 @@ def test_decompression_bomb_is_refused_from_the_header(pil: Any) -> None:
     """8000×8000 claimed, 10×10 of data: refused by size before any pixel is decoded."""
     bomb = _with_png_size(_png_bytes(np.zeros((10, 10), np.uint8)), 8000, 8000)
     assert DEFAULT_MAX_PIXELS < 8000 * 8000
-    with pytest.raises(ValueError, match="8000×8000 = 64000000 pixels is more than the limit"):
+    with pytest.raises(ImageTooLargeError, match="8000×8000 = 64000000 pixels is more than"):
         load_image(bomb, (1, 28, 28))
-    # With the limit raised, decoding starts and finds the data truncated.
-    with pytest.raises(ValueError, match="cannot be decoded"):
+    # With the limit raised, decoding starts and finds the data truncated: not too large.
+    with pytest.raises(ValueError, match="cannot be decoded") as info:
         decode_image(bomb, max_pixels=8000 * 8000)
+    assert not isinstance(info.value, ImageTooLargeError)
+
+
+def test_pillows_own_bomb_limit_is_an_image_too_large_error(pil: Any) -> None:
+    """Over twice Image.MAX_IMAGE_PIXELS Pillow refuses to open it, whatever max_pixels says."""
+    bomb = _with_png_size(_png_bytes(np.zeros((10, 10), np.uint8)), 40_000, 40_000)
+    assert 2 * pil.MAX_IMAGE_PIXELS < 40_000 * 40_000
+    with pytest.raises(ImageTooLargeError, match="too many pixels"):
+        decode_image(bomb, max_pixels=40_000 * 40_000)
+
+
+def test_a_corrupt_header_is_a_plain_value_error(pil: Any) -> None:
+    with pytest.raises(ValueError, match="header is corrupt or truncated") as info:
+        decode_image(b"\x89PNG\r\n\x1a\n" + b"x" * 40)
+    assert not isinstance(info.value, ImageTooLargeError)
 
 
 def test_path_errors_stay_os_errors(pil: Any, tmp_path: Path) -> None:

@@ -398,6 +398,24 @@ def test_bad_input_is_a_clear_4xx(
     assert isinstance(detail, str) and message in detail, detail
 
 
+@pytest.mark.parametrize(("make", "status"), [(_digit_png, 200), (_big_black_png, 413)])
+def test_regression_upload_header_was_parsed_twice(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, make: Any, status: int
+) -> None:
+    """serve.py read the size with Pillow itself before decode_image read it again."""
+    opened: list[int] = []
+    inner = Image.open
+
+    def counting_open(*args: Any, **kwargs: Any) -> Any:
+        opened.append(1)
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    r = client.post("/predict", **_upload(make()))
+    assert r.status_code == status, r.text
+    assert len(opened) == 1
+
+
 def test_server_keeps_serving_after_every_bad_input(client: TestClient, trained: Trained) -> None:
     good = _digit_png(1)
     want = trained.predict_proba(load_image(good, SHAPE)[None])[0]

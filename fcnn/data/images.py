@@ -9,11 +9,12 @@ It is two steps, both public so that a server can run them separately::
 
 **Decoding** (``decode_image``; needs Pillow, ``pip install "fcnn[images]"``, imported
 only when called). Only the formats in ``IMAGE_FORMATS`` are tried. The header is read
-first and an image of more than ``max_pixels`` pixels is refused with a ``ValueError``
-before its pixel data is decompressed (a guard against decompression bombs). The EXIF
-orientation of photos is applied; transparent pixels are composited onto white (a
-drawing on a transparent canvas is dark ink on a light page); 16-bit images keep their
-full range. ``C = 1`` gives luma (ITU-R 601-2, as Pillow's ``"L"`` mode), ``C = 3`` RGB.
+first and an image of more than ``max_pixels`` pixels is refused with an
+``ImageTooLargeError`` (a ``ValueError``) before its pixel data is decompressed (a
+guard against decompression bombs). The EXIF orientation of photos is applied;
+transparent pixels are composited onto white (a drawing on a transparent canvas is
+dark ink on a light page); 16-bit images keep their full range. ``C = 1`` gives luma
+(ITU-R 601-2, as Pillow's ``"L"`` mode), ``C = 3`` RGB.
 
 **Preparing** (pure NumPy, no Pillow):
 
@@ -59,6 +60,7 @@ __all__ = [
     "INK_THRESHOLD",
     "MIN_CONTRAST",
     "ImageSource",
+    "ImageTooLargeError",
     "decode_image",
     "load_image",
     "prepare_gray",
@@ -91,6 +93,10 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 FloatArray = NDArray[np.floating[Any]]
+
+
+class ImageTooLargeError(ValueError):
+    """An image with more pixels than allowed, refused from its header before decompression."""
 
 
 # --- pure array steps ------------------------------------------------------------------------
@@ -295,11 +301,12 @@ def decode_image(
 ) -> NDArray[np.float32]:
     """Decode an image file (a path) or its bytes into ``(channels, H0, W0)`` float32 in [0, 1].
 
-    ``channels``: 1 (luma) or 3 (RGB). Raises ``ValueError`` when the data is not an
-    image in one of ``formats``, is corrupt or truncated, or has more than
-    ``max_pixels`` pixels (checked from the header, before the pixel data is
-    decompressed); ``FileNotFoundError`` (an ``OSError``) when a path cannot be
-    opened; ``ImportError`` when Pillow is not installed.
+    ``channels``: 1 (luma) or 3 (RGB). Raises ``ImageTooLargeError`` (a ``ValueError``)
+    when the image has more than ``max_pixels`` pixels or more than Pillow's own
+    decompression-bomb limit (checked from the header, before the pixel data is
+    decompressed); ``ValueError`` when the data is not an image in one of ``formats``
+    or is corrupt or truncated; ``FileNotFoundError`` (an ``OSError``) when a path
+    cannot be opened; ``ImportError`` when Pillow is not installed.
     """
     if channels not in (1, 3):
         raise ValueError(f"decode_image: channels must be 1 or 3, got {channels!r}")
@@ -323,12 +330,14 @@ def decode_image(
             raise ValueError(
                 f"{where}: not a readable image (supported formats: {', '.join(formats)})"
             ) from err
-        except (image_mod.DecompressionBombError, *_DECODE_ERRORS) as err:
-            raise ValueError(f"{where}: cannot be decoded ({err})") from err
+        except image_mod.DecompressionBombError as err:
+            raise ImageTooLargeError(f"{where}: too many pixels ({err})") from err
+        except _DECODE_ERRORS as err:
+            raise ValueError(f"{where}: its header is corrupt or truncated ({err})") from err
         with im:
             width, height = im.size
             if width * height > max_pixels:
-                raise ValueError(
+                raise ImageTooLargeError(
                     f"{where}: {width}×{height} = {width * height} pixels is more than the "
                     f"limit of {max_pixels}"
                 )
@@ -338,7 +347,9 @@ def decode_image(
                 im.load()
                 oriented = ops_mod.exif_transpose(im)
                 return _to_array(oriented, channels, image_mod)
-            except (image_mod.DecompressionBombError, *_DECODE_ERRORS) as err:
+            except image_mod.DecompressionBombError as err:
+                raise ImageTooLargeError(f"{where}: too many pixels ({err})") from err
+            except _DECODE_ERRORS as err:
                 raise ValueError(f"{where}: cannot be decoded ({err})") from err
 
 
@@ -354,9 +365,10 @@ def load_image(
     ``input_shape = (C, H, W)`` with ``C = 1`` (grayscale, MNIST's convention: light
     backgrounds are inverted unless ``invert`` says otherwise, the digit is fitted into
     a 20/28 box and centred) or ``C = 3`` (RGB, resized whole). ``decode_image`` then
-    ``prepare_image``; raises what they raise: ``ValueError`` for undecodable data or
-    more than ``max_pixels`` pixels, ``OSError`` for an unreadable path, ``ImportError``
-    without Pillow (``pip install "fcnn[images]"``).
+    ``prepare_image``; raises what they raise: ``ValueError`` for undecodable data,
+    ``ImageTooLargeError`` (a ``ValueError``) for more than ``max_pixels`` pixels,
+    ``OSError`` for an unreadable path, ``ImportError`` without Pillow
+    (``pip install "fcnn[images]"``).
     """
     c, h, w = _check_input_shape("load_image", input_shape)
     if c == 3 and invert is not None:  # prepare_image says so too, but only after decoding
