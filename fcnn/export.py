@@ -473,6 +473,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fcnn.export CHECKPOINT [-o OUT] ...``; returns the exit status."""
+    from .data import normalize
     from .io import CheckpointError
     from .losses import softmax as softmax_fn
     from .models import load_trained
@@ -517,11 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         x = rng.random((8, *trained.input_shape), dtype=np.float32)
         want = trained.predict_proba(x)
-        xin = (
-            x
-            if norm is not None
-            else (x - trained.mean[:, None, None]) / trained.std[:, None, None]
-        )
+        xin = x if norm is not None else normalize(x, trained.mean, trained.std)
         got = run_onnx(onnx_model, xin.astype(np.float32))
         if not args.softmax:
             got = softmax_fn(got)

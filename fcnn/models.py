@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import normalize
 from .io import CheckpointError, check_params_match, load_checkpoint
 from .layers.activation import Relu
 from .layers.base import Array, Layer, Params, State
@@ -217,7 +218,7 @@ class Trained:
             )
         if not np.issubdtype(x.dtype, np.floating):
             raise TypeError(f"predict_proba: x must have a floating dtype, got {x.dtype}")
-        xn = (x.astype(np.float32) - self.mean[:, None, None]) / self.std[:, None, None]
+        xn = normalize(x.astype(np.float32), self.mean, self.std)
         logits = predict(self.model, self.params, self.state, xn, batch_size)
         probs: Array = softmax(logits)
         return probs

@@ -204,3 +204,29 @@ def test_regression_load_trained_on_an_impossible_input_shape_was_a_value_error(
     save_checkpoint(path, params=params, state=state, meta=meta)
     with pytest.raises(CheckpointError, match=r"does not fit input_shape \(1, 2, 2\)"):
         load_trained(path)
+
+
+def _rgb_trained(mean: Arr, std: Arr) -> Any:
+    from fcnn.models import Trained
+
+    model = build_model("small", 4)
+    params, state, _ = fcnn.init(model, np.random.default_rng(3), (3, 12, 12))
+    classes = ("a", "b", "c", "d")
+    return Trained(model, params, state, (3, 12, 12), classes, mean, std, {})
+
+
+def test_predict_proba_normalizes_each_channel_with_fcnn_data_normalize() -> None:
+    mean = np.array([0.2, 0.5, 0.7], np.float32)
+    std = np.array([0.1, 0.3, 2.0], np.float32)
+    trained = _rgb_trained(mean, std)
+    x = np.random.default_rng(5).uniform(0, 1, (4, 3, 12, 12)).astype(np.float32)
+    logits = fcnn.predict(
+        trained.model, trained.params, trained.state, fcnn.data.normalize(x, mean, std)
+    )
+    np.testing.assert_array_equal(trained.predict_proba(x), fcnn.softmax(logits))
+
+
+def test_regression_predict_proba_divided_by_a_zero_std_silently() -> None:
+    trained = _rgb_trained(np.zeros(3, np.float32), np.array([1.0, 0.0, 1.0], np.float32))
+    with pytest.raises(ValueError, match="std must be > 0"):
+        trained.predict_proba(np.zeros((1, 3, 12, 12), np.float32))
