@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from fcnn.data.dataset import Dataset, channel_stats, normalize
+from fcnn.data.dataset import Dataset, channel_stats, normalize, uint8_to_unit
 from fcnn.data.digits import (
     DIGITS_SAMPLE_SEED,
     build_digits_sample,
@@ -148,6 +148,30 @@ def test_dataset_validation() -> None:
         _ds(x_train=np.zeros((4, 2, 2), np.float32))
     with pytest.raises(ValueError, match="differ in shape"):
         _ds(x_test=np.zeros((2, 1, 3, 3), np.float32))
+
+
+# --- uint8_to_unit ---------------------------------------------------------------------------
+
+
+def test_uint8_to_unit_maps_0_to_255_onto_0_to_1() -> None:
+    pixels = np.arange(256, dtype=np.uint8).reshape(2, 8, 16)
+    pixels.flags.writeable = False
+    x = uint8_to_unit(pixels)
+    assert x.dtype == np.float32 and x.shape == (2, 8, 16)
+    assert x.flat[0] == 0.0 and x.flat[255] == 1.0 and x.flat[51] == np.float32(0.2)
+    np.testing.assert_array_equal(x * np.float32(255.0), np.arange(256).reshape(2, 8, 16))
+
+
+@pytest.mark.parametrize("bad", [np.zeros(3, np.uint16), np.zeros(3, np.float32), [0, 255]])
+def test_uint8_to_unit_refuses_anything_but_uint8(bad: Any) -> None:
+    with pytest.raises(ValueError, match="expected a uint8 array"):
+        uint8_to_unit(bad)
+
+
+def test_digits_sample_images_are_uint8_to_unit_of_their_bytes() -> None:
+    ds = load_digits_sample()
+    raw = np.round(ds.x_train * 255).astype(np.uint8)
+    np.testing.assert_array_equal(ds.x_train, uint8_to_unit(raw))
 
 
 # --- channel_stats / normalize -----------------------------------------------------------

@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from numpy.typing import NDArray
 
-from .dataset import Dataset
+from .dataset import Dataset, uint8_to_unit
 from .download import (
     DEFAULT_TIMEOUT,
     Checksum,
@@ -250,9 +250,9 @@ def load_cifar10(
         arrays = read_cifar10_folder(path, records_per_batch=_records_per_batch)
     x_train, y_train, x_test, y_test = arrays
     return Dataset(
-        x_train=x_train.astype(np.float32) / np.float32(255.0),
+        x_train=uint8_to_unit(x_train),
         y_train=y_train.astype(np.int64),
-        x_test=x_test.astype(np.float32) / np.float32(255.0),
+        x_test=uint8_to_unit(x_test),
         y_test=y_test.astype(np.int64),
         classes=CIFAR10_CLASSES,
         name="cifar10",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Dataset", "channel_stats", "normalize"]
+__all__ = ["Dataset", "channel_stats", "normalize", "uint8_to_unit"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +69,18 @@ class Dataset:
         """``(C, H, W)`` of one image."""
         c, h, w = self.x_train.shape[1:]
         return (int(c), int(h), int(w))
+
+
+def uint8_to_unit(pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """8-bit ``pixels`` (any shape) as float32 in [0, 1]: ``pixels / 255``, a new array.
+
+    How every loader (and the image decoder) turns stored bytes into the library's
+    images. Raises ``ValueError`` when ``pixels`` is not a uint8 array.
+    """
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
+        got = pixels.dtype if isinstance(pixels, np.ndarray) else type(pixels).__name__
+        raise ValueError(f"uint8_to_unit: expected a uint8 array, got {got}")
+    return pixels.astype(np.float32) / np.float32(255.0)
 
 
 def channel_stats(

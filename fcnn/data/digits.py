@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .dataset import Dataset
+from .dataset import Dataset, uint8_to_unit
 
 __all__ = [
     "DIGITS_CLASSES",
@@ -146,9 +146,9 @@ def load_digits_sample() -> Dataset:
                 )
             arrays[key] = arr
     return Dataset(
-        x_train=(arrays["x_train"].astype(np.float32) / np.float32(255.0))[:, None],
+        x_train=uint8_to_unit(arrays["x_train"])[:, None],
         y_train=arrays["y_train"].astype(np.int64),
-        x_test=(arrays["x_test"].astype(np.float32) / np.float32(255.0))[:, None],
+        x_test=uint8_to_unit(arrays["x_test"])[:, None],
         y_test=arrays["y_test"].astype(np.int64),
         classes=DIGITS_CLASSES,
         name="digits",

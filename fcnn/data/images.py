@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .dataset import uint8_to_unit
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -284,8 +286,7 @@ def _to_array(im: Image.Image, channels: int, image_mod: Any) -> NDArray[np.floa
         im = im.convert("RGB")  # every decoded mode converts to RGB, not all of them to L
     if channels == 1:
         im = im.convert("L")
-    arr = np.asarray(im, dtype=np.uint8)
-    scaled = arr.astype(np.float32) / np.float32(255.0)
+    scaled = uint8_to_unit(np.asarray(im, dtype=np.uint8))
     out: NDArray[np.float32] = (
         scaled[None] if channels == 1 else np.ascontiguousarray(scaled.transpose(2, 0, 1))
     )

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .dataset import Dataset
+from .dataset import Dataset, uint8_to_unit
 from .download import (
     DEFAULT_TIMEOUT,
     DatasetNotFoundError,
@@ -336,15 +336,11 @@ def load_mnist(
         data_dir, download, mirrors=mirrors, timeout=timeout, progress=progress
     )
     return Dataset(
-        x_train=_to_float(x_train),
+        x_train=uint8_to_unit(x_train)[:, None],
         y_train=y_train.astype(np.int64),
-        x_test=_to_float(x_test),
+        x_test=uint8_to_unit(x_test)[:, None],
         y_test=y_test.astype(np.int64),
         classes=MNIST_CLASSES,
         name="mnist",
     )
 
-
-def _to_float(images: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """``(N, 28, 28)`` uint8 -> ``(N, 1, 28, 28)`` float32 in [0, 1]."""
-    return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
