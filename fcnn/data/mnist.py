@@ -343,4 +343,3 @@ def load_mnist(
         classes=MNIST_CLASSES,
         name="mnist",
     )
-
