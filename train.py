@@ -40,7 +40,7 @@ from fcnn.io import (
     restore_generator,
     save_checkpoint,
 )
-from fcnn.models import MODELS, describe_model, model_from_description
+from fcnn.models import MODELS, build_and_describe, check_same_model
 from fcnn.optim import Schedule
 from fcnn.plots import MissingExtraError, figure_class, plot_history
 from fcnn.runtime import tune_allocator
@@ -236,6 +236,7 @@ def read_resume(path: str) -> tuple[Checkpoint, dict[str, Any]]:
         key
         for key, ok in (
             ("config", isinstance(meta.get("config"), dict)),
+            ("model", isinstance(meta.get("model"), dict)),
             ("epoch", isinstance(meta.get("epoch"), int)),
             ("rng", isinstance(meta.get("rng"), dict)),
             ("normalization", isinstance(norm, dict) and {"mean", "std"} <= set(norm)),
@@ -283,11 +284,15 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     in_shape = tuple(int(d) for d in x_train.shape[1:])
 
     try:
-        desc = describe_model(config["model"], len(ds.classes), config["impl"])
-        model = model_from_description(desc)
+        model, desc = build_and_describe(config["model"], len(ds.classes), config["impl"])
         params, state, _ = fcnn.init(model, init_rng, in_shape)
     except ValueError as err:
         raise UsageError(f"model {config['model']!r} on {ds.name} {in_shape}: {err}") from None
+    if ckpt is not None:
+        try:
+            check_same_model(ckpt.meta["model"], desc)
+        except CheckpointError as err:
+            raise CheckpointError(f"{args.resume}: cannot resume: {err}") from None
     # Batch norm cannot normalise a batch of one image: skip such a final batch.
     n, batch_size = len(x_train), int(config["batch_size"])
     drop_last = n % batch_size == 1 and n > 1

@@ -1,8 +1,10 @@
 """The model registry ``train.py --model`` uses, and loading a trained model for inference.
 
 A model is rebuilt from its registry name, so a checkpoint stores a short JSON
-description (``{"name": "default", "num_classes": 10, "impl": "im2col"}``) rather
-than code. Every model takes images ``(N, C, H, W)`` and returns logits ``(N, K)``::
+description (``{"name": "default", "num_classes": 10, "impl": "im2col", "spec": ...}``)
+rather than code; the stored ``spec`` (every layer and its settings) must equal
+what that name builds now, or loading and resuming refuse the checkpoint. Every
+model takes images ``(N, C, H, W)`` and returns logits ``(N, K)``::
 
     model = build_model("default", num_classes=10)
     params, state, _ = fcnn.init(model, rng, (1, 28, 28))
@@ -14,6 +16,7 @@ the training statistics stored in the checkpoint, exactly as training did.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +41,9 @@ __all__ = [
     "MODELS",
     "ModelInfo",
     "Trained",
+    "build_and_describe",
     "build_model",
+    "check_same_model",
     "describe_model",
     "load_trained",
     "model_from_description",
@@ -171,21 +176,78 @@ def build_model(name: str, num_classes: int, impl: str = "im2col") -> Layer:
     return MODELS[name].build(num_classes, impl)
 
 
+def build_and_describe(
+    name: str, num_classes: int, impl: str = "im2col"
+) -> tuple[Layer, dict[str, Any]]:
+    """``build_model(name, num_classes, impl)`` and its ``describe_model`` description,
+    building the model once."""
+    model = build_model(name, num_classes, impl)
+    desc = {"name": name, "num_classes": num_classes, "impl": impl, "spec": dict(model.spec)}
+    return model, desc
+
+
 def describe_model(name: str, num_classes: int, impl: str = "im2col") -> dict[str, Any]:
     """The JSON description a checkpoint stores for ``build_model(name, num_classes, impl)``."""
-    spec = build_model(name, num_classes, impl).spec
-    return {"name": name, "num_classes": num_classes, "impl": impl, "spec": dict(spec)}
+    return build_and_describe(name, num_classes, impl)[1]
+
+
+def _first_difference(saved: Any, now: Any, where: str) -> tuple[str, Any, Any] | None:
+    """The first place (a ``/`` path) where two JSON values differ, with both values there."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for key in [*saved, *(k for k in now if k not in saved)]:
+            if key not in saved or key not in now:
+                return f"{where}/{key}", saved.get(key, "(absent)"), now.get(key, "(absent)")
+            found = _first_difference(saved[key], now[key], f"{where}/{key}")
+            if found is not None:
+                return found
+        return None
+    layers = isinstance(saved, list) and isinstance(now, list) and len(saved) == len(now)
+    if layers and any(isinstance(e, dict) for e in saved):  # not into sizes like [3, 3]
+        for i, (a, b) in enumerate(zip(saved, now, strict=True)):
+            found = _first_difference(a, b, f"{where}/{i}")
+            if found is not None:
+                return found
+        return None
+    return None if saved == now else (where, saved, now)
+
+
+def check_same_model(saved: Any, desc: Mapping[str, Any]) -> None:
+    """Raise ``CheckpointError`` when ``saved`` (a checkpoint's ``meta["model"]``) does not
+    describe the model ``desc`` describes (``build_and_describe``'s, as the code builds it
+    now), naming the first difference. A ``saved`` without ``"spec"`` is compared by
+    name, classes and impl only."""
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"the stored model description is not an object: {saved!r}")
+    # Both as JSON would store them (tuples become lists), so only real differences count.
+    stored = json.loads(json.dumps(dict(saved)))
+    built = json.loads(json.dumps(dict(desc)))
+    if "spec" not in stored:
+        built.pop("spec", None)
+    found = _first_difference(stored, built, "model")
+    if found is not None:
+        where, then, now = found
+        raise CheckpointError(
+            f"the checkpoint's model differs from what {desc.get('name')!r} builds now, at "
+            f"{where}: {then!r} in the checkpoint, {now!r} now (saved by another version of "
+            "the model code?)"
+        )
 
 
 def model_from_description(desc: Mapping[str, Any]) -> Layer:
-    """Rebuild a model from ``describe_model``'s output; ``ValueError`` if it is malformed."""
+    """Rebuild a model from ``describe_model``'s output.
+
+    Raises ``ValueError`` if ``desc`` is malformed, and ``CheckpointError`` (a
+    ``ValueError``) if its ``spec`` is not what the named model builds now.
+    """
     try:
         name, k, impl = desc["name"], desc["num_classes"], desc.get("impl", "im2col")
     except (KeyError, TypeError) as err:
         raise ValueError(f"model description must have 'name' and 'num_classes': {desc!r}") from err
     if not isinstance(name, str) or not isinstance(k, int) or not isinstance(impl, str):
         raise ValueError(f"malformed model description: {desc!r}")
-    return build_model(name, k, impl)
+    model, now = build_and_describe(name, k, impl)
+    check_same_model(desc, now)
+    return model
 
 
 @dataclass(frozen=True, eq=False)
@@ -249,6 +311,8 @@ def load_trained(path: str | os.PathLike[str]) -> Trained:
         norm = meta["normalization"]
         mean = np.asarray(norm["mean"], dtype=np.float32)
         std = np.asarray(norm["std"], dtype=np.float32)
+    except CheckpointError as err:  # the stored spec is not what the code builds: say just that
+        raise CheckpointError(f"{os.fspath(path)}: {err}") from err
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{os.fspath(path)}: not a trained-model checkpoint ({err})") from err
     if mean.shape != (input_shape[0],) or std.shape != mean.shape or not np.all(std > 0):

@@ -230,3 +230,43 @@ def test_regression_predict_proba_divided_by_a_zero_std_silently() -> None:
     trained = _rgb_trained(np.zeros(3, np.float32), np.array([1.0, 0.0, 1.0], np.float32))
     with pytest.raises(ValueError, match="std must be > 0"):
         trained.predict_proba(np.zeros((1, 3, 12, 12), np.float32))
+
+
+def test_load_trained_refuses_a_stored_spec_the_code_no_longer_builds(tmp_path: Path) -> None:
+    from fcnn.io import CheckpointError, save_checkpoint
+
+    model = build_model("small", 10)
+    params, state, _ = fcnn.init(model, np.random.default_rng(0), (1, 28, 28))
+    desc = describe_model("small", 10)
+    meta = {
+        "model": desc,
+        "input_shape": [1, 28, 28],
+        "classes": [str(i) for i in range(10)],
+        "normalization": {"mean": [0.1], "std": [0.3]},
+    }
+    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
+    save_checkpoint(good, params=params, state=state, meta=meta)
+    assert load_trained(good).model.spec == model.spec
+    relu = json.loads(json.dumps(desc))
+    relu["spec"]["layers"][4]["type"] = "LeakyRelu"  # same params, another model
+    save_checkpoint(bad, params=params, state=state, meta={**meta, "model": relu})
+    with pytest.raises(CheckpointError) as info:
+        load_trained(bad)
+    assert str(info.value) == (
+        f"{bad}: the checkpoint's model differs from what 'small' builds now, at "
+        "model/spec/layers/4/type: 'LeakyRelu' in the checkpoint, 'Relu' now "
+        "(saved by another version of the model code?)"
+    )
+
+
+def test_a_description_without_spec_is_compared_by_name_classes_and_impl() -> None:
+    from fcnn.io import CheckpointError
+    from fcnn.models import check_same_model
+
+    _, desc = fcnn.models.build_and_describe("small", 10, "strided")
+    old = {"name": "small", "num_classes": 10, "impl": "strided"}
+    check_same_model(old, desc)  # no spec stored: nothing more to compare
+    with pytest.raises(CheckpointError, match="model/num_classes: 9 in the checkpoint, 10 now"):
+        check_same_model({**old, "num_classes": 9}, desc)
+    with pytest.raises(CheckpointError, match="model/impl: 'im2col' in the checkpoint"):
+        check_same_model({**desc, "impl": "im2col"}, desc)

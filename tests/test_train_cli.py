@@ -310,6 +310,53 @@ def test_regression_resume_then_save_elsewhere_named_a_missing_checkpoint(
     assert not other.exists()
 
 
+def _with_pooling_3x3(path: Path) -> None:
+    """Rewrite the checkpoint at ``path`` as if its first pooling had been 3×3 (padding 1,
+    stride 2): the same parameter shapes as the code's 2×2 pooling, another model."""
+    ckpt = load_checkpoint(path)
+    meta = json.loads(json.dumps(ckpt.meta))
+    pool = meta["model"]["spec"]["layers"][2]
+    assert pool["type"] == "MaxPool2d" and pool["window"] == [2, 2]
+    pool["window"], pool["padding"] = [3, 3], [[1, 1], [1, 1]]
+    save_checkpoint(
+        path, params=ckpt.params, state=ckpt.state, opt_state=ckpt.opt_state, meta=meta
+    )
+
+
+def test_regression_resume_never_compared_the_stored_model_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
+    _with_pooling_3x3(ckpt)
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {ckpt}: cannot resume: the checkpoint's model differs")
+    assert "at model/spec/layers/2/window: [3, 3] in the checkpoint, [2, 2] now" in err
+    assert err.count("\n") == 1
+    assert load_checkpoint(ckpt).meta["epoch"] == 1  # untouched
+
+
+def test_regression_train_built_each_model_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcnn.models
+
+    built: list[str] = []
+    real = fcnn.models.build_model
+
+    def counting_build(name: str, *args: Any) -> Any:
+        built.append(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(fcnn.models, "build_model", counting_build)
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
+    assert built == ["small"]
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 0
+    assert built == ["small", "small"]  # once more for the resumed run, not twice
+
+
 def test_resume_refuses_a_checkpoint_without_training_metadata(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
