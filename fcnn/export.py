@@ -55,6 +55,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without the ext
     raise ImportError('ONNX export needs the onnx package: pip install "fcnn[onnx]"') from _err
 
 from .atomic import atomic_write
+from .io import fcnn_version
 from .layers.base import Array, Layer, Params, State
 from .model import predict
 
@@ -364,7 +365,7 @@ def build_onnx(
         opset_imports=opset_imports,
         ir_version=helper.find_min_ir_version_for(opset_imports),
         producer_name="fcnn",
-        producer_version=_fcnn_version(),
+        producer_version=fcnn_version(),
         doc_string=(
             "input: raw [0, 1] images, normalised inside the graph"
             if normalization is not None
@@ -407,7 +408,8 @@ def to_onnx(
         opset=opset,
         metadata=metadata,
     )
-    _write_atomic(os.fspath(path), onnx_model.SerializeToString())
+    with atomic_write(path, "wb") as f:
+        f.write(onnx_model.SerializeToString())
     return onnx_model
 
 
@@ -429,17 +431,6 @@ def run_onnx(model: onnx.ModelProto | str | os.PathLike[str], x: Array) -> Array
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     result: Array = np.asarray(session.run(None, feed)[0])
     return result
-
-
-def _fcnn_version() -> str:
-    from . import __version__
-
-    return str(__version__)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    with atomic_write(path, "wb") as f:
-        f.write(data)
 
 
 # --- command line ------------------------------------------------------------------------

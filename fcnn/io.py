@@ -52,6 +52,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "check_params_match",
+    "fcnn_version",
     "generator_state",
     "load_checkpoint",
     "restore_generator",
@@ -99,7 +100,8 @@ class Checkpoint(NamedTuple):
 # --- saving ------------------------------------------------------------------------------
 
 
-def _fcnn_version() -> str:
+def fcnn_version() -> str:
+    """``fcnn.__version__``, which checkpoints and ONNX files record."""
     # Imported lazily: fcnn/__init__.py may import this module.
     from . import __version__
 
@@ -205,7 +207,7 @@ def save_checkpoint(
     header = {
         "format": FORMAT_MARKER,
         "format_version": FORMAT_VERSION,
-        "fcnn_version": _fcnn_version(),
+        "fcnn_version": fcnn_version(),
         "trees": trees,
         "meta": _check_json({} if meta is None else meta, "meta"),
     }
@@ -261,13 +263,13 @@ def _parse_header(raw: Any, where: str) -> dict[str, Any]:
     version = header.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{where}: unsupported format version {version!r}")
-    fcnn_version = header.get("fcnn_version")
+    written_by = header.get("fcnn_version")
     if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{where}: written with format version {version} (fcnn {fcnn_version}); this fcnn "
-            f"({_fcnn_version()}) reads format version {FORMAT_VERSION}: upgrade fcnn"
+            f"{where}: written with format version {version} (fcnn {written_by}); this fcnn "
+            f"({fcnn_version()}) reads format version {FORMAT_VERSION}: upgrade fcnn"
         )
-    if not isinstance(fcnn_version, str):
+    if not isinstance(written_by, str):
         raise CheckpointError(f"{where}: {META_KEY} lacks the fcnn_version string")
     if not isinstance(header.get("meta"), dict):
         raise CheckpointError(f"{where}: {META_KEY} lacks the 'meta' object")
