@@ -2,7 +2,7 @@
 
     python train.py                                   # embedded digits, offline, about a minute
     python train.py --dataset mnist --epochs 12       # full MNIST (downloaded once)
-    python train.py --dataset lines --model small     # synthetic lines, a few seconds
+    python train.py --dataset lines                   # synthetic lines, small model, sgd, 1 s
     python train.py --save runs/model.npz --metrics runs/metrics.csv --plot runs/curves.png
     python train.py --resume runs/model.npz               # continue exactly where it stopped
     python train.py --resume runs/model.npz --epochs 20   # extend to 20 (lr schedule recomputed)
@@ -80,20 +80,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add = p.add_argument
     # Every default is None here so that --resume can tell a given flag from a default.
     add("--dataset", choices=DATASETS, help=f"default {DEFAULTS['dataset']} (embedded, offline)")
-    add("--model", choices=sorted(MODELS), help="default: default")
+    add("--model", choices=sorted(MODELS), help="default: default (lines: small)")
     add(
         "--epochs",
         type=int,
         help="total epochs, counting resumed ones (default 10; mnist 12, lines 3, cifar10 20)",
     )
     add("--batch-size", type=int, help="default 64")
-    add("--optimizer", choices=["sgd", "adam", "adamw"], help="default adam")
+    add("--optimizer", choices=["sgd", "adam", "adamw"], help="default adam (lines: sgd)")
     add("--lr", type=float, help="peak learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
     add("--momentum", type=float, help="sgd only (Nesterov off), default 0.9")
     add("--weight-decay", type=float, help="L2 for sgd/adam, decoupled for adamw; weights only")
     add("--schedule", choices=["constant", "cosine"], help="default cosine over all epochs")
     add("--seed", type=int, help="seeds data order, init and subsets (default 0)")
-    add("--data-dir", help="where mnist/cifar10 files are looked for and downloaded to")
+    add(
+        "--data-dir",
+        metavar="DIR",
+        help="mnist (cifar10) files are looked for in DIR/mnist (DIR/cifar10), then in DIR, "
+        "and downloaded into DIR/mnist (DIR/cifar10)",
+    )
     add("--limit-train", type=int, metavar="N", help="train on a random N-sample subset")
     add("--impl", choices=["naive", "im2col", "strided"], help="convolution implementation")
     add(
