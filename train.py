@@ -343,7 +343,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         "config": config,
     }
     last_saved = f"{args.resume} (epoch {start})" if args.resume else None
-    epoch, batch = start, 0
+    epoch = start
+    batch: int | None = 0  # the steps done in this epoch; None once it is being evaluated
     try:
         for epoch in range(start + 1, epochs + 1):
             batch = 0
@@ -374,6 +375,7 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
                 if bar is not None:
                     bar.close()
             train_s = time.perf_counter() - t0
+            batch = None
             test_loss, test_acc = fcnn.evaluate(model, ts.params, ts.state, x_test, ds.y_test)
             if not math.isfinite(test_loss):  # the epoch's last updates broke the model
                 raise fcnn.NonFiniteLossError(
@@ -417,7 +419,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         kept = (
             f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was saved"
         )
-        print(f"error: epoch {epoch}, batch {batch + 1}: {err}; {kept}", file=sys.stderr)
+        where = f"epoch {epoch}" if batch is None else f"epoch {epoch}, batch {batch + 1}"
+        print(f"error: {where}: {err}; {kept}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         kept = f"resume from {last_saved}" if last_saved else "no checkpoint was saved (use --save)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,21 @@ def test_regression_nan_test_loss_after_the_last_step_was_a_traceback(
     )  # fmt: skip
     assert code == 1
     assert "loss is" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
+def test_regression_nan_test_loss_named_a_batch_after_the_last_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An epoch of one batch whose test loss fails: that is not in 'batch 2'."""
+    code = run(
+        "--dataset", "lines", "--limit-train", "64", "--batch-size", "64", "--epochs", "3",
+        "--optimizer", "sgd", "--lr", "1e6", "--quiet", "--save", str(tmp_path / "m.npz"),
+    )  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert re.match(r"error: epoch \d: test loss is (nan|inf) after the epoch's updates", err)
+    assert "batch" not in err and err.count("\n") == 1
 
 
 def test_regression_batch_norm_crashed_on_a_final_batch_of_one(tmp_path: Path) -> None:
