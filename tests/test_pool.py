@@ -483,6 +483,15 @@ def test_max_disjoint_ties_go_to_exactly_one_element(rng: np.random.Generator) -
     np.testing.assert_array_equal(dx[0, 0, 2:, 2:4], [[0, dy[0, 0, 1, 1]], [0, 0]])
 
 
+def test_max_tiled_window_with_nan_sends_its_gradient_to_its_last_cell() -> None:
+    # NaN equals nothing, so no cell claims the window; the last offset takes it
+    # (documented in _max_pool2d_bwd_disjoint). Other windows are unaffected.
+    x = np.array([[[[1.0, np.nan, 3.0, 4.0], [2.0, 0.0, 1.0, 0.5]]]])
+    _, cache = max_pool2d_fwd({}, x, Pool2dCfg(2))
+    dx, _ = max_pool2d_bwd(cache, np.array([[[[10.0, 20.0]]]]))
+    np.testing.assert_array_equal(dx, [[[[0, 0, 0, 20.0], [0, 10.0, 0, 0]]]])
+
+
 def test_max_disjoint_path_is_taken_only_without_overlap_or_padding(
     monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator
 ) -> None:

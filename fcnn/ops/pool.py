@@ -173,7 +173,10 @@ def _max_pool2d_bwd_disjoint(
     padded gradient buffer, no ``+=`` and no dense mask (one window-sized boolean
     per offset), and no zero fill when the windows tile x exactly -- up to 1.15x
     faster than the general loop on large inputs. Ties still go to the first
-    maximum only.
+    maximum only. When the windows tile x, the last offset takes every window not
+    yet claimed without comparing (each window's maximum is one of its cells): 0.89-0.90x
+    the time at the models' sizes. A window whose maximum is NaN matches no cell,
+    so there its gradient goes to the last cell (the general path drops it).
     """
     xp = xp_of(dy, x, y)
     n, c, h, w = (int(d) for d in x.shape)
@@ -186,12 +189,16 @@ def _max_pool2d_bwd_disjoint(
         dxt = xp.zeros((c, h, w, n), dtype=dy.dtype)
     offsets = _windows(oh, ow, window, stride)
     free: Array | None = None  # windows whose maximum is still unclaimed
+    last = len(offsets) - 1
     for k, (rows, cols) in enumerate(offsets):
-        hit = xt[:, rows, cols] == yt
-        if free is not None:
-            hit &= free
+        if k == last and tiled and free is not None:
+            hit = free  # the windows whose maximum no earlier cell held
+        else:
+            hit = xt[:, rows, cols] == yt
+            if free is not None:
+                hit &= free
         xp.multiply(dyt, hit, out=dxt[:, rows, cols])
-        if k + 1 < len(offsets):
+        if k < last:
             free = ~hit if free is None else xp.logical_xor(free, hit, out=free)
     return nchw_view(dxt)
 
