@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +72,52 @@ def fake_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, records: int = 8) 
         data = b"".join(bytes([int(y)]) + x.tobytes() for x, y in zip(images, labels, strict=True))
         (folder / name).write_bytes(data)
     monkeypatch.setattr(registry, "load_cifar10", partial(load_cifar10, _records_per_batch=records))
+
+
+# --- local HTTP for download tests: 127.0.0.1 only, nothing else is contacted ----------------
+
+
+@contextmanager
+def serving(srv: ThreadingHTTPServer) -> Iterator[str]:
+    """Run ``srv`` (bound to 127.0.0.1) in a daemon thread; yield its base URL.
+
+    Request threads are daemons too, so a handler a test left waiting cannot hold up
+    the exit; the server is shut down and closed when the block ends.
+    """
+    srv.daemon_threads = True
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+class _QuietFileHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serving_folder(folder: Path) -> Iterator[str]:
+    """A local http.server serving the files under ``folder``; yields its base URL."""
+    handler = partial(_QuietFileHandler, directory=str(folder))
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), handler)) as url:
+        yield url
+
+
+def closed_port_url(path: str) -> str:
+    """A URL on 127.0.0.1 whose port nothing listens on (connection refused, at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{path.lstrip('/')}"
+
+
+def clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset the proxy variables, so requests to 127.0.0.1 go straight to the local server."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import socket
 import tarfile
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import clear_proxies, closed_port_url, serving_folder
 from numpy.typing import NDArray
 
 from fcnn.data.cifar10 import (
@@ -246,22 +243,8 @@ def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A local http.server on 127.0.0.1 serving a fresh folder; (base URL, folder)."""
     root = tmp_path / "served"
     root.mkdir()
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}", root
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+    with serving_folder(root) as url:
+        yield url, root
 
 
 def test_download(
@@ -270,15 +253,12 @@ def test_download(
     batches: dict[str, Batch],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
+    clear_proxies(monkeypatch)
     base, root = file_server
     md5 = write_archive(root / "cifar-10-binary.tar.gz", _good_members(batches))
     (root / "bad").mkdir()
     (root / "bad" / "cifar-10-binary.tar.gz").write_bytes(b"<html>not it</html>")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}/cifar-10-binary.tar.gz"
+    closed = closed_port_url("cifar-10-binary.tar.gz")
     urls = [f"{base}/gone.tar.gz", f"{base}/bad/cifar-10-binary.tar.gz", closed]
     data = tmp_path / "data"
     with pytest.raises(DatasetNotFoundError) as info:

@@ -9,16 +9,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import shutil
-import socket
-import threading
 from collections.abc import Iterator
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers import clear_proxies, closed_port_url, serving_folder
 from numpy.typing import NDArray
 
 from fcnn.data.dataset import Dataset
@@ -229,34 +226,16 @@ def test_raw_and_gz_files_mixed_in_the_parent_folder(tmp_path: Path) -> None:
 @pytest.fixture
 def mnist_server() -> Iterator[str]:
     """A local http.server serving ../shared/data/mnist at /mnist/ on 127.0.0.1."""
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    handler = partial(Quiet, directory=str(SHARED_MNIST.parent))
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    srv.daemon_threads = True
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+    with serving_folder(SHARED_MNIST.parent) as url:
+        yield url
 
 
 @needs_shared
 def test_download_from_mirrors(
     mnist_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    with socket.socket() as s:  # a closed port: the first mirror refuses the connection
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}/mnist/"
+    clear_proxies(monkeypatch)
+    closed = closed_port_url("mnist/")  # the first mirror refuses the connection
     mirrors = [f"{mnist_server}/nowhere/", closed, f"{mnist_server}/mnist"]
     ds = load_mnist(tmp_path, mirrors=mirrors, timeout=5)
     _check_real(ds)
@@ -298,8 +277,7 @@ def test_missing_files_are_downloaded_into_the_mnist_folder(
     mnist_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Even when the files already there sit directly in data_dir."""
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
+    clear_proxies(monkeypatch)
     (tmp_path / "train-labels-idx1-ubyte.gz").symlink_to(
         SHARED_MNIST / "train-labels-idx1-ubyte.gz"
     )
