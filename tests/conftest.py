@@ -1,5 +1,6 @@
-"""Shared test setup: a deterministic hypothesis profile, seeded generators, and no
-process-wide allocator tuning from ``train.main`` inside the test process."""
+"""Shared test setup: the repository's scripts importable by name, a deterministic
+hypothesis profile, seeded generators, and no process-wide allocator tuning from
+``train.main`` inside the test process."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from hypothesis import HealthCheck, settings
 
 from fcnn.runtime import AllocatorTuning
 
-TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_PY = ROOT / "train.py"
+
+# train.py, inference_example.py and benchmarks/*.py are scripts, not part of the package:
+# their folders go on sys.path here, before pytest imports any test module, so tests can
+# write ``import train`` or ``import conv_bench``.
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
 
 # Derandomized: the same examples on every run and machine, no deadline (CI is noisy).
 settings.register_profile(

@@ -13,18 +13,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import _common
+import conv_bench
 import numpy as np
 import pytest
+import train_bench
 
 import fcnn
 import fcnn.layers.conv as conv_layer
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import _common  # noqa: E402
-import conv_bench  # noqa: E402
-import train_bench  # noqa: E402
 
 SMALL = conv_bench.Case("small", (3, 2, 7, 6), 3, (3, 2), (2, 1), (1, 0))
 

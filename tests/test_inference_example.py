@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fcnn
+import inference_example
 from fcnn.data import channel_stats, load_digits_sample, normalize
 from fcnn.data.images import load_image
 from fcnn.io import save_checkpoint
@@ -19,8 +20,6 @@ from fcnn.models import build_model, describe_model, load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
-sys.path.insert(0, str(ROOT))
-import inference_example  # noqa: E402
 
 # One output line: a name, then (class, percentage) pairs, then maybe the truth.
 GUESS = re.compile(r"(\S+)\s+(\d+\.\d)%")

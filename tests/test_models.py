@@ -4,7 +4,6 @@ model, and train.py training, saving, loading and resuming them exactly."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,10 @@ import pytest
 from helpers import fake_cifar10, interrupt_at_epoch, same_tree, without_timing
 
 import fcnn
+import train
 from fcnn.gradcheck import check_layer
 from fcnn.io import load_checkpoint
 from fcnn.models import MODELS, build_model, describe_model, load_trained, model_from_description
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
 
 Arr = np.ndarray[Any, Any]
 

@@ -14,13 +14,12 @@ import pytest
 from helpers import fake_cifar10, interrupt_at_epoch, same_tree, without_timing
 
 import fcnn
+import train
 from fcnn.io import load_checkpoint, save_checkpoint
 from fcnn.models import load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
 
 FAST = ["--model", "small", "--limit-train", "256", "--batch-size", "64", "--quiet"]
 
