@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 
 import fcnn
+from fcnn.data.mnist import MNIST_FILES
 
 Arr = np.ndarray[Any, Any]
+
+# The real MNIST files kept next to the repository; tests that read them skip without them.
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+HAVE_SHARED_MNIST = all((SHARED_MNIST / f"{n}.gz").is_file() for n in MNIST_FILES)
+needs_shared_mnist = pytest.mark.skipif(not HAVE_SHARED_MNIST, reason=f"{SHARED_MNIST} not present")
 
 
 def read_only_view(a: Arr) -> Arr:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import SHARED_MNIST, needs_shared_mnist
 from numpy.typing import NDArray
 
 from fcnn.data.dataset import Dataset, channel_stats, normalize, uint8_to_unit
@@ -26,8 +27,6 @@ from fcnn.data.digits import (
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "fcnn" / "data" / "digits_sample.npz"
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-HAVE_SHARED = (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file()
 
 
 # --- the shipped sample -----------------------------------------------------------------
@@ -78,7 +77,7 @@ def _load_script() -> ModuleType:
     return module
 
 
-@pytest.mark.skipif(not HAVE_SHARED, reason=f"{SHARED_MNIST} not present")
+@needs_shared_mnist
 def test_rebuild_is_identical(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     script = _load_script()
     out = tmp_path / "rebuilt.npz"

@@ -15,16 +15,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import clear_proxies, closed_port_url, serving_folder
+from helpers import (
+    HAVE_SHARED_MNIST,
+    SHARED_MNIST,
+    clear_proxies,
+    closed_port_url,
+    needs_shared_mnist,
+    serving_folder,
+)
 from numpy.typing import NDArray
 
 from fcnn.data.dataset import Dataset
 from fcnn.data.download import DatasetNotFoundError
 from fcnn.data.mnist import MNIST_FILES, load_mnist, load_mnist_uint8, parse_idx, read_idx
-
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-HAVE_SHARED = all((SHARED_MNIST / f"{n}.gz").is_file() for n in MNIST_FILES)
-needs_shared = pytest.mark.skipif(not HAVE_SHARED, reason=f"{SHARED_MNIST} not present")
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -184,7 +187,7 @@ def test_regression_files_split_across_the_two_folders_were_reported_missing(
 
 @pytest.fixture(scope="module")
 def mnist() -> Dataset:
-    if not HAVE_SHARED:
+    if not HAVE_SHARED_MNIST:
         pytest.skip(f"{SHARED_MNIST} not present")
     return load_mnist(SHARED_MNIST, download=False)
 
@@ -199,7 +202,7 @@ def _check_real(ds: Dataset) -> None:
     assert np.bincount(ds.y_test).tolist() == TEST_COUNTS
 
 
-@needs_shared
+@needs_shared_mnist
 def test_real_mnist(mnist: Dataset) -> None:
     _check_real(mnist)
     for x in (mnist.x_train, mnist.x_test):
@@ -209,7 +212,7 @@ def test_real_mnist(mnist: Dataset) -> None:
     assert abs(float(mnist.x_train.mean(dtype=np.float64)) - 0.1307) < 1e-3
 
 
-@needs_shared
+@needs_shared_mnist
 def test_raw_and_gz_files_mixed_in_the_parent_folder(tmp_path: Path) -> None:
     # labels uncompressed, images as .gz, directly in data_dir (no mnist/ sub-folder)
     for name in MNIST_FILES:
@@ -230,7 +233,7 @@ def mnist_server() -> Iterator[str]:
         yield url
 
 
-@needs_shared
+@needs_shared_mnist
 def test_download_from_mirrors(
     mnist_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -246,7 +249,7 @@ def test_download_from_mirrors(
         assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
 
 
-@needs_shared
+@needs_shared_mnist
 def test_corrupt_download_is_refused(tmp_path: Path) -> None:
     # the real train labels cut short, as a dropped download saved by another tool would be
     src = gzip.decompress((SHARED_MNIST / "train-labels-idx1-ubyte.gz").read_bytes())
@@ -262,7 +265,7 @@ def test_corrupt_download_is_refused(tmp_path: Path) -> None:
     shutil.rmtree(folder)
 
 
-@needs_shared
+@needs_shared_mnist
 def test_files_split_across_mnist_folder_and_data_dir(tmp_path: Path) -> None:
     (tmp_path / "mnist").mkdir()
     for i, name in enumerate(MNIST_FILES):
@@ -272,7 +275,7 @@ def test_files_split_across_mnist_folder_and_data_dir(tmp_path: Path) -> None:
     _check_real(ds)
 
 
-@needs_shared
+@needs_shared_mnist
 def test_missing_files_are_downloaded_into_the_mnist_folder(
     mnist_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

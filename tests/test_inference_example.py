@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import SHARED_MNIST, needs_shared_mnist
 
 import fcnn
 import inference_example
@@ -17,9 +18,6 @@ from fcnn.data import channel_stats, load_digits_sample, normalize
 from fcnn.data.images import load_image
 from fcnn.io import save_checkpoint
 from fcnn.models import build_model, describe_model, load_trained
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 # One output line: a name, then (class, percentage) pairs, then maybe the truth.
 GUESS = re.compile(r"(\S+)\s+(\d+\.\d)%")
@@ -180,7 +178,7 @@ def test_samples_of_generated_lines(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert all(re.search(r"\(true (vertical|horizontal): (ok|WRONG)\)$", ln) for ln in lines[:5])
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="no local MNIST copy")
+@needs_shared_mnist
 def test_samples_of_mnist_from_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = _untrained(tmp_path / "mnist.npz", [str(d) for d in range(10)], (1, 28, 28), "mnist")
     argv = ["--checkpoint", str(ckpt), "--samples", "2", "--data-dir", str(SHARED_MNIST)]

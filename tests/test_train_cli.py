@@ -11,15 +11,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import fake_cifar10, interrupt_at_epoch, same_tree, without_timing
+from helpers import (
+    SHARED_MNIST,
+    fake_cifar10,
+    interrupt_at_epoch,
+    needs_shared_mnist,
+    same_tree,
+    without_timing,
+)
 
 import fcnn
 import train
 from fcnn.io import load_checkpoint, save_checkpoint
 from fcnn.models import load_trained
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 FAST = ["--model", "small", "--limit-train", "256", "--batch-size", "64", "--quiet"]
 
@@ -70,7 +74,7 @@ def test_lines_jsonl_metrics(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "done: test accuracy" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist not present")
+@needs_shared_mnist
 def test_mnist_from_data_dir(tmp_path: Path) -> None:
     ckpt = tmp_path / "m.npz"
     args = ("--dataset", "mnist", "--data-dir", str(SHARED_MNIST.parent), *FAST, "--epochs", "1")
