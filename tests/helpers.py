@@ -9,13 +9,15 @@ from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 
 import fcnn
 from fcnn.data.mnist import MNIST_FILES
+from fcnn.layers.base import Layer
+from fcnn.models import build_model
 
 Arr = np.ndarray[Any, Any]
 
@@ -45,6 +47,47 @@ def without_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     drop = {"train_seconds", "samples_per_second"}
     return [{k: v for k, v in row.items() if k not in drop} for row in history]
 
+
+
+class DigitsRun(NamedTuple):
+    """A model briefly trained by :func:`train_on_digits`, and the statistics it was fed with."""
+
+    model: Layer
+    params: Any
+    state: Any
+    mean: Arr
+    std: Arr
+
+
+def train_on_digits(
+    model_name: str,
+    n: int,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    stats: tuple[Arr, Arr] | None = None,
+) -> DigitsRun:
+    """The registry's ``model_name`` after ``epochs`` Adam epochs on the first ``n`` embedded
+    training digits, batches of 32.
+
+    One generator seeded ``seed`` draws the initial weights, then every epoch's shuffle.
+    The images are normalised with ``stats`` (mean, std), by default their own
+    ``channel_stats``. Used where a test needs a model whose answers differ by input.
+    """
+    ds = fcnn.data.load_digits_sample()
+    x, y = ds.x_train[:n], ds.y_train[:n]
+    mean, std = fcnn.data.channel_stats(x) if stats is None else stats
+    model = build_model(model_name, len(ds.classes))
+    rng = np.random.default_rng(seed)
+    params, state, _ = fcnn.init(model, rng, ds.input_shape)
+    opt = fcnn.adam(lr)
+    ts = fcnn.TrainState(params, state, opt.init(params))
+    step = fcnn.make_step(model, opt)
+    xn = fcnn.data.normalize(x, mean, std)
+    for _ in range(epochs):
+        ts, _loss = fcnn.train_epoch(step, ts, xn, y, 32, rng)
+    return DigitsRun(model, ts.params, ts.state, mean, std)
 
 def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     """Make the n-th call of fcnn.train_epoch raise KeyboardInterrupt (as Ctrl-C would)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import DigitsRun, train_on_digits
 
 onnx = pytest.importorskip("onnx")
 
@@ -205,19 +206,9 @@ def test_every_registered_model_matches_fcnn(name: str, tmp_path: Path) -> None:
     _check_agrees(build_model(name, 10), _model_shape(name), runner, tmp_path, (4,))
 
 
-def _train_default(steps: int) -> tuple[Layer, Any, Any, np.ndarray, np.ndarray]:
+def _train_default(steps: int) -> DigitsRun:
     """The default model after ``steps`` Adam steps of 32 embedded digits; normalised x."""
-    ds = fcnn.data.load_digits_sample()
-    x, y = ds.x_train[: 32 * steps], ds.y_train[: 32 * steps]
-    mean, std = fcnn.data.channel_stats(x)
-    model = build_model("default", 10)
-    rng = np.random.default_rng(3)
-    params, state, _ = fcnn.init(model, rng, ds.input_shape)
-    opt = fcnn.adam(2e-3)
-    ts = fcnn.TrainState(params, state, opt.init(params))
-    step = fcnn.make_step(model, opt)
-    ts, _ = fcnn.train_epoch(step, ts, fcnn.data.normalize(x, mean, std), y, 32, rng)
-    return model, ts.params, ts.state, mean, std
+    return train_on_digits("default", 32 * steps, epochs=1, lr=2e-3, seed=3)
 
 
 def test_trained_default_model_matches_fcnn(tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import SHARED_MNIST, needs_shared_mnist
+from helpers import SHARED_MNIST, needs_shared_mnist, train_on_digits
 
 import fcnn
 import inference_example
-from fcnn.data import channel_stats, load_digits_sample, normalize
+from fcnn.data import load_digits_sample
 from fcnn.data.images import load_image
 from fcnn.io import save_checkpoint
 from fcnn.models import build_model, describe_model, load_trained
@@ -52,20 +52,11 @@ def _untrained(
 @pytest.fixture(scope="module")
 def digits_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small model after two quick epochs on 1,000 embedded digits (about 87% right)."""
+    run = train_on_digits("small", 1000, epochs=2, lr=3e-3, seed=7)
     ds = load_digits_sample()
-    x, y = ds.x_train[:1000], ds.y_train[:1000]
-    mean, std = channel_stats(x)
-    model = build_model("small", 10)
-    rng = np.random.default_rng(7)
-    params, state, _ = fcnn.init(model, rng, ds.input_shape)
-    opt = fcnn.adam(3e-3)
-    ts = fcnn.TrainState(params, state, opt.init(params))
-    step = fcnn.make_step(model, opt)
-    for _ in range(2):
-        ts, _loss = fcnn.train_epoch(step, ts, normalize(x, mean, std), y, 32, rng)
     path = tmp_path_factory.mktemp("ckpt") / "digits.npz"
-    meta = _meta("small", ds.classes, ds.input_shape, "digits-sample", mean, std)
-    save_checkpoint(path, params=ts.params, state=ts.state, meta=meta)
+    meta = _meta("small", ds.classes, ds.input_shape, "digits-sample", run.mean, run.std)
+    save_checkpoint(path, params=run.params, state=run.state, meta=meta)
     return path
 
 

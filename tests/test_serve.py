@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import train_on_digits
 
 pytest.importorskip("fastapi")
 pytest.importorskip("python_multipart")
@@ -35,7 +36,7 @@ from PIL import Image
 import fcnn
 from fcnn.data.images import load_image
 from fcnn.io import CheckpointError, save_checkpoint
-from fcnn.models import Trained, build_model, describe_model
+from fcnn.models import Trained, describe_model
 from fcnn.serve import ServeLimits, create_app, main
 
 SHAPE = (1, 28, 28)
@@ -59,18 +60,10 @@ def _meta() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def trained() -> Trained:
     """The small model, briefly trained on embedded digits so its answers differ by input."""
-    ds = fcnn.data.load_digits_sample()
-    x, y = ds.x_train[:512], ds.y_train[:512]
     mean, std = np.array([0.13], np.float32), np.array([0.31], np.float32)
-    model = build_model("small", 10)
-    rng = np.random.default_rng(11)
-    params, state, _ = fcnn.init(model, rng, SHAPE)
-    opt = fcnn.adam(3e-3)
-    ts = fcnn.TrainState(params, state, opt.init(params))
-    step = fcnn.make_step(model, opt)
-    for _ in range(2):  # about 88% right on the test digits
-        ts, _ = fcnn.train_epoch(step, ts, fcnn.data.normalize(x, mean, std), y, 32, rng)
-    return Trained(model, ts.params, ts.state, SHAPE, CLASSES, mean, std, _meta())
+    # about 88% right on the test digits
+    run = train_on_digits("small", 512, epochs=2, lr=3e-3, seed=11, stats=(mean, std))
+    return Trained(run.model, run.params, run.state, SHAPE, CLASSES, mean, std, _meta())
 
 
 @pytest.fixture(scope="module")
