@@ -329,7 +329,8 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     step = fcnn.make_step(model, opt)
     augment = None
     if config["augment"]:
-        background = (-mean / std).astype(np.float32)  # where a pixel of 0 lands after normalize
+        # where a pixel of 0 lands after normalisation: the value shifted in at the edges
+        background = normalize_images(np.zeros((1, len(mean)), np.float32), mean, std)[0]
 
         def augment(xb: Any, g: np.random.Generator) -> Any:
             return random_shift(xb, int(config["augment"]), g, fill=background)
