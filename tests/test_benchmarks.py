@@ -369,6 +369,25 @@ def test_best_of_rounds_ratios_table_and_targets() -> None:
     assert any("15.0 s estimated" in t and "12.5 s measured" in t and ": met" in t for t in lines)
 
 
+def test_round_ratios_pair_runs_of_the_same_round_and_show_in_targets() -> None:
+    rounds = [
+        (1, _step_result("small", 64, "fcnn", 2.0)),
+        (1, _step_result("small", 64, "torch-cl", 1.0)),
+        (2, _step_result("small", 64, "fcnn", 3.0)),
+        (2, _step_result("small", 64, "torch-cl", 2.0)),
+        (2, _step_result("small", 64, "torch", 6.0)),
+    ]
+    runs = [{**r, "round": k} for k, r in rounds]
+    per_round = train_bench.round_ratios(runs)
+    assert per_round[("small", 64, "torch-cl")] == pytest.approx([0.5, 2 / 3])
+    assert per_round[("small", 64, "torch")] == pytest.approx([2.0])
+    assert ("small", 64, "fcnn") not in per_round
+    results = train_bench.best_of_rounds(runs)
+    train_bench.add_ratios(results)
+    lines = train_bench.targets(results, None, per_round)
+    assert "fcnn / torch channels_last = 0.50 (>= 0.7): NOT met; per round 0.50, 0.67" in lines[1]
+
+
 def test_epoch_worker_runs_train_epoch() -> None:
     out = train_bench.worker({"kind": "epoch", "model": "small", "batch": 32, "size": 80})
     assert out["size"] == 80 and out["seconds"] > 0 and np.isfinite(out["mean_loss"])
