@@ -243,20 +243,10 @@ def test_regression_plot_used_pyplot_and_switched_the_global_backend(
 def test_regression_nan_test_loss_after_the_last_step_was_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """One step per epoch: the step's own loss is finite, the params it leaves are not."""
-    code = run(
-        "--dataset", "lines", "--limit-train", "64", "--batch-size", "64", "--epochs", "3",
-        "--optimizer", "sgd", "--lr", "1e6", "--quiet", "--save", str(tmp_path / "m.npz"),
-    )  # fmt: skip
-    assert code == 1
-    assert "loss is" in capsys.readouterr().err
+    """One step per epoch: the step's own loss is finite, the params it leaves are not.
 
-
-@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
-def test_regression_nan_test_loss_named_a_batch_after_the_last_one(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """An epoch of one batch whose test loss fails: that is not in 'batch 2'."""
+    The message names the epoch, not a 'batch 2' after the epoch's only batch.
+    """
     code = run(
         "--dataset", "lines", "--limit-train", "64", "--batch-size", "64", "--epochs", "3",
         "--optimizer", "sgd", "--lr", "1e6", "--quiet", "--save", str(tmp_path / "m.npz"),
