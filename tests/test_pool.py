@@ -483,13 +483,22 @@ def test_max_disjoint_ties_go_to_exactly_one_element(rng: np.random.Generator) -
     np.testing.assert_array_equal(dx[0, 0, 2:, 2:4], [[0, dy[0, 0, 1, 1]], [0, 0]])
 
 
-def test_max_tiled_window_with_nan_sends_its_gradient_to_its_last_cell() -> None:
+def test_max_disjoint_window_with_nan_sends_its_gradient_to_its_last_cell() -> None:
     # NaN equals nothing, so no cell claims the window; the last offset takes it
     # (documented in _max_pool2d_bwd_disjoint). Other windows are unaffected.
     x = np.array([[[[1.0, np.nan, 3.0, 4.0], [2.0, 0.0, 1.0, 0.5]]]])
     _, cache = max_pool2d_fwd({}, x, Pool2dCfg(2))
     dx, _ = max_pool2d_bwd(cache, np.array([[[[10.0, 20.0]]]]))
     np.testing.assert_array_equal(dx, [[[[0, 0, 0, 20.0], [0, 10.0, 0, 0]]]])
+    # Disjoint but not tiling x (stride 3 skips a column): the same rule.
+    x3 = np.array([[[[1.0, np.nan, 9.0, 3.0, 4.0], [2.0, 0.0, 9.0, 1.0, 0.5]]]])
+    _, cache = max_pool2d_fwd({}, x3, Pool2dCfg(2, stride=(2, 3)))
+    dx3, _ = max_pool2d_bwd(cache, np.array([[[[10.0, 20.0]]]]))
+    np.testing.assert_array_equal(dx3, [[[[0, 0, 0, 0, 20.0], [0, 10.0, 0, 0, 0]]]])
+    # Padded windows take the general path, which drops a NaN window's gradient.
+    _, cache = max_pool2d_fwd({}, x, Pool2dCfg(2, padding=((0, 0), (1, 1))))
+    dxp, _ = max_pool2d_bwd(cache, np.array([[[[1.0, 2.0, 3.0]]]]))
+    np.testing.assert_array_equal(dxp, [[[[0, 0, 0, 3.0], [1.0, 0, 0, 0]]]])
 
 
 def test_max_disjoint_path_is_taken_only_without_overlap_or_padding(

@@ -136,7 +136,8 @@ def max_pool2d_bwd(cache: MaxPool2dCache, dy: Array) -> tuple[Array, Params]:
     """Max pooling backward. dy: (N, C, OH, OW) -> dx: (N, C, H, W), grads ``{}``.
 
     Each window's gradient goes to exactly one element, its first maximum in
-    row-major order; overlapping windows accumulate.
+    row-major order; overlapping windows accumulate. A window whose maximum is NaN
+    sends it to its last cell when windows are disjoint and unpadded, else nowhere.
     """
     cfg, x, y = cache
     check_dy(dy, tuple(y.shape), x.dtype, _MAX)

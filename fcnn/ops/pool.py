@@ -23,7 +23,9 @@ NCHW-shaped views of batch-last memory.
 
 - Max pooling pads with ``-inf`` of the input's dtype, so padded cells never win.
   Backward routes each window's gradient to exactly one element, the *first*
-  maximum in row-major window order (ties go to the earliest offset).
+  maximum in row-major window order (ties go to the earliest offset). A window
+  whose maximum is NaN equals none of its cells: with disjoint, unpadded windows
+  its gradient goes to the window's last cell, otherwise it is dropped.
 - Average pooling pads with zeros and always divides by ``KH * KW`` (PyTorch's
   default ``count_include_pad=True``).
 
@@ -173,10 +175,10 @@ def _max_pool2d_bwd_disjoint(
     padded gradient buffer, no ``+=`` and no dense mask (one window-sized boolean
     per offset), and no zero fill when the windows tile x exactly -- up to 1.15x
     faster than the general loop on large inputs. Ties still go to the first
-    maximum only. When the windows tile x, the last offset takes every window not
-    yet claimed without comparing (each window's maximum is one of its cells): 0.89-0.90x
-    the time at the models' sizes. A window whose maximum is NaN matches no cell,
-    so there its gradient goes to the last cell (the general path drops it).
+    maximum only. The last offset takes every window not yet claimed without
+    comparing (without padding, each window's maximum is one of its cells): 0.89-0.90x
+    the time at the models' sizes. A NaN maximum matches no cell, so its window's
+    gradient goes to the last cell (the general path drops it).
     """
     xp = xp_of(dy, x, y)
     n, c, h, w = (int(d) for d in x.shape)
@@ -191,7 +193,7 @@ def _max_pool2d_bwd_disjoint(
     free: Array | None = None  # windows whose maximum is still unclaimed
     last = len(offsets) - 1
     for k, (rows, cols) in enumerate(offsets):
-        if k == last and tiled and free is not None:
+        if k == last and free is not None:
             hit = free  # the windows whose maximum no earlier cell held
         else:
             hit = xt[:, rows, cols] == yt
