@@ -109,9 +109,10 @@ def _dloss_value(dloss: Any, op: str) -> float:
     """The upstream gradient of a scalar loss as a float: a real number or a 0-d real array."""
     if isinstance(dloss, numbers.Real) and not isinstance(dloss, bool):
         return float(dloss)
-    if getattr(dloss, "shape", None) == () and getattr(dloss, "dtype", np.dtype("O")).kind in "iuf":
-        return float(dloss)
     shape = getattr(dloss, "shape", None)
+    kind = getattr(getattr(dloss, "dtype", None), "kind", None)
+    if shape == () and kind in ("i", "u", "f"):
+        return float(dloss)
     got = type(dloss).__name__ + ("" if shape is None else f" of shape {tuple(shape)}")
     raise TypeError(f"{op}: dloss must be a real scalar (the loss is one number), got {got}")
 

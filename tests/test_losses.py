@@ -94,7 +94,16 @@ def test_sce_gradient_rows_sum_to_zero_and_scale_with_dloss(rng: np.random.Gener
     np.testing.assert_array_equal(softmax_cross_entropy_bwd(cache, np.float32(2)), 2 * g1)
 
 
-@pytest.mark.parametrize("dloss", [np.ones(2), np.ones((1,)), "1", None, True, np.array("x")])
+class _ZeroDimWithoutKind:
+    """A 0-d array-like whose dtype has no ``kind`` (as some foreign tensors)."""
+
+    shape = ()
+    dtype = "float32"
+
+
+@pytest.mark.parametrize(
+    "dloss", [np.ones(2), np.ones((1,)), "1", None, True, np.array("x"), _ZeroDimWithoutKind()]
+)
 def test_loss_backward_rejects_a_dloss_that_is_not_one_real_number(
     rng: np.random.Generator, dloss: Any
 ) -> None:
