@@ -163,7 +163,7 @@ def test_uint8_to_unit_maps_0_to_255_onto_0_to_1() -> None:
 
 @pytest.mark.parametrize("bad", [np.zeros(3, np.uint16), np.zeros(3, np.float32), [0, 255]])
 def test_uint8_to_unit_refuses_anything_but_uint8(bad: Any) -> None:
-    with pytest.raises(ValueError, match="expected a uint8 array"):
+    with pytest.raises(TypeError, match="expected a uint8 array"):
         uint8_to_unit(bad)
 
 

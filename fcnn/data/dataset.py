@@ -75,11 +75,11 @@ def uint8_to_unit(pixels: NDArray[np.uint8]) -> NDArray[np.float32]:
     """8-bit ``pixels`` (any shape) as float32 in [0, 1]: ``pixels / 255``, a new array.
 
     How every loader (and the image decoder) turns stored bytes into the library's
-    images. Raises ``ValueError`` when ``pixels`` is not a uint8 array.
+    images. Raises ``TypeError`` when ``pixels`` is not a uint8 array.
     """
     if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
         got = pixels.dtype if isinstance(pixels, np.ndarray) else type(pixels).__name__
-        raise ValueError(f"uint8_to_unit: expected a uint8 array, got {got}")
+        raise TypeError(f"uint8_to_unit: expected a uint8 array, got {got}")
     return pixels.astype(np.float32) / np.float32(255.0)
 
 
