@@ -67,6 +67,17 @@ def test_relu_read_only_non_contiguous(rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(dx, dy * (values > 0))
 
 
+def _odd_stride_on_a_length_1_axis(a: np.ndarray) -> np.ndarray:
+    """Dense ``a: (M, 1, ...)`` whose length-1 axis has a stride no layout would give it.
+
+    ReLU's fast path pairs x's and y's memory element by element; this checks that
+    such a stride does not make the two orders differ.
+    """
+    strides = (a.strides[0], 12345 * a.itemsize, *a.strides[2:])
+    out: np.ndarray = np.lib.stride_tricks.as_strided(a, strides=strides, writeable=False)
+    return out
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -74,6 +85,7 @@ def test_relu_read_only_non_contiguous(rng: np.random.Generator) -> None:
         lambda a: a.transpose(3, 0, 1, 2),  # an NCHW view of batch-last memory
         lambda a: a[:, ::2],  # strided: not one block of memory
         lambda a: a[::-1],  # negative strides
+        lambda a: _odd_stride_on_a_length_1_axis(a.reshape(-1, 1, 2, 2)),
     ],
 )
 @pytest.mark.parametrize("size", [3, 4096, 4097 * 2])  # below, at and above the zeros block
