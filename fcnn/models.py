@@ -211,18 +211,21 @@ def _first_difference(saved: Any, now: Any, where: str) -> tuple[str, Any, Any] 
     return None if saved == now else (where, saved, now)
 
 
+_DESCRIPTION_KEYS = ("name", "num_classes", "impl", "spec")
+
+
 def check_same_model(saved: Any, desc: Mapping[str, Any]) -> None:
     """Raise ``CheckpointError`` when ``saved`` (a checkpoint's ``meta["model"]``) does not
     describe the model ``desc`` describes (``build_and_describe``'s, as the code builds it
-    now), naming the first difference. A ``saved`` without ``"spec"`` is compared by
-    name, classes and impl only."""
+    now), naming the first difference, or lacks one of ``describe_model``'s keys."""
     if not isinstance(saved, Mapping):
         raise CheckpointError(f"the stored model description is not an object: {saved!r}")
+    missing = [key for key in _DESCRIPTION_KEYS if key not in saved]
+    if missing:
+        raise CheckpointError(f"the stored model description lacks {missing}")
     # Both as JSON would store them (tuples become lists), so only real differences count.
     stored = json.loads(json.dumps(dict(saved)))
     built = json.loads(json.dumps(dict(desc)))
-    if "spec" not in stored:
-        built.pop("spec", None)
     found = _first_difference(stored, built, "model")
     if found is not None:
         where, then, now = found
@@ -234,15 +237,17 @@ def check_same_model(saved: Any, desc: Mapping[str, Any]) -> None:
 
 
 def model_from_description(desc: Mapping[str, Any]) -> Layer:
-    """Rebuild a model from ``describe_model``'s output.
+    """Rebuild a model from ``describe_model``'s output (all four keys).
 
     Raises ``ValueError`` if ``desc`` is malformed, and ``CheckpointError`` (a
     ``ValueError``) if its ``spec`` is not what the named model builds now.
     """
-    try:
-        name, k, impl = desc["name"], desc["num_classes"], desc.get("impl", "im2col")
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"model description must have 'name' and 'num_classes': {desc!r}") from err
+    if not isinstance(desc, Mapping):
+        raise ValueError(f"model description must be an object, got {desc!r}")
+    missing = [key for key in _DESCRIPTION_KEYS if key not in desc]
+    if missing:
+        raise ValueError(f"model description lacks {missing}")
+    name, k, impl = desc["name"], desc["num_classes"], desc["impl"]
     if not isinstance(name, str) or not isinstance(k, int) or not isinstance(impl, str):
         raise ValueError(f"malformed model description: {desc!r}")
     model, now = build_and_describe(name, k, impl)

@@ -255,14 +255,32 @@ def test_load_trained_refuses_a_stored_spec_the_code_no_longer_builds(tmp_path: 
     )
 
 
-def test_a_description_without_spec_is_compared_by_name_classes_and_impl() -> None:
+def test_regression_a_description_without_impl_was_given_a_default_then_refused() -> None:
+    """``describe_model`` has always stored all four keys: a description without ``impl``
+    or ``spec`` is refused by name, not defaulted to ``im2col`` and then refused."""
+    from fcnn.io import CheckpointError
+    from fcnn.models import check_same_model
+
+    desc = describe_model("small", 10)
+    no_impl = {k: v for k, v in desc.items() if k != "impl"}
+    with pytest.raises(ValueError, match=r"^model description lacks \['impl'\]$"):
+        model_from_description(no_impl)
+    with pytest.raises(CheckpointError, match=r"^the stored model description lacks \['impl'\]$"):
+        check_same_model(no_impl, desc)
+    no_spec = {k: v for k, v in desc.items() if k != "spec"}
+    with pytest.raises(ValueError, match=r"^model description lacks \['spec'\]$"):
+        model_from_description(no_spec)
+    with pytest.raises(CheckpointError, match=r"^the stored model description lacks \['spec'\]$"):
+        check_same_model(no_spec, desc)
+
+
+def test_check_same_model_names_a_different_num_classes_or_impl() -> None:
     from fcnn.io import CheckpointError
     from fcnn.models import check_same_model
 
     _, desc = fcnn.models.build_and_describe("small", 10, "strided")
-    old = {"name": "small", "num_classes": 10, "impl": "strided"}
-    check_same_model(old, desc)  # no spec stored: nothing more to compare
+    check_same_model(desc, desc)
     with pytest.raises(CheckpointError, match="model/num_classes: 9 in the checkpoint, 10 now"):
-        check_same_model({**old, "num_classes": 9}, desc)
+        check_same_model({**desc, "num_classes": 9}, desc)
     with pytest.raises(CheckpointError, match="model/impl: 'im2col' in the checkpoint"):
         check_same_model({**desc, "impl": "im2col"}, desc)
