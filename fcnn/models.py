@@ -191,24 +191,28 @@ def describe_model(name: str, num_classes: int, impl: str = "im2col") -> dict[st
     return build_and_describe(name, num_classes, impl)[1]
 
 
-def _first_difference(saved: Any, now: Any, where: str) -> tuple[str, Any, Any] | None:
-    """The first place (a ``/`` path) where two JSON values differ, with both values there."""
+def _first_difference(saved: Any, now: Any, where: str) -> tuple[str, str, str] | None:
+    """The first place (a ``/`` path) where two JSON values differ, with what each has
+    there as text: the values' reprs, or the entry counts of two lists of layers."""
     if isinstance(saved, dict) and isinstance(now, dict):
         for key in [*saved, *(k for k in now if k not in saved)]:
             if key not in saved or key not in now:
-                return f"{where}/{key}", saved.get(key, "(absent)"), now.get(key, "(absent)")
+                then, there = saved.get(key, "(absent)"), now.get(key, "(absent)")
+                return f"{where}/{key}", repr(then), repr(there)
             found = _first_difference(saved[key], now[key], f"{where}/{key}")
             if found is not None:
                 return found
         return None
-    layers = isinstance(saved, list) and isinstance(now, list) and len(saved) == len(now)
-    if layers and any(isinstance(e, dict) for e in saved):  # not into sizes like [3, 3]
+    layers = isinstance(saved, list) and isinstance(now, list)
+    if layers and any(isinstance(e, dict) for e in [*saved, *now]):  # not into sizes like [3, 3]
+        if len(saved) != len(now):  # not both whole lists: each layer's spec is long
+            return where, f"{len(saved)} entries", str(len(now))
         for i, (a, b) in enumerate(zip(saved, now, strict=True)):
             found = _first_difference(a, b, f"{where}/{i}")
             if found is not None:
                 return found
         return None
-    return None if saved == now else (where, saved, now)
+    return None if saved == now else (where, repr(saved), repr(now))
 
 
 _DESCRIPTION_KEYS = ("name", "num_classes", "impl", "spec")
@@ -231,7 +235,7 @@ def check_same_model(saved: Any, desc: Mapping[str, Any]) -> None:
         where, then, now = found
         raise CheckpointError(
             f"the checkpoint's model differs from what {desc.get('name')!r} builds now, at "
-            f"{where}: {then!r} in the checkpoint, {now!r} now (saved by another version of "
+            f"{where}: {then} in the checkpoint, {now} now (saved by another version of "
             "the model code?)"
         )
 

@@ -284,3 +284,20 @@ def test_check_same_model_names_a_different_num_classes_or_impl() -> None:
         check_same_model({**desc, "num_classes": 9}, desc)
     with pytest.raises(CheckpointError, match="model/impl: 'im2col' in the checkpoint"):
         check_same_model({**desc, "impl": "im2col"}, desc)
+
+
+def test_regression_a_different_number_of_layers_printed_both_whole_lists() -> None:
+    from fcnn.io import CheckpointError
+    from fcnn.models import check_same_model
+
+    _, desc = fcnn.models.build_and_describe("default", 10)
+    saved = json.loads(json.dumps(desc))
+    saved["spec"]["layers"].insert(7, {"type": "Dropout", "rate": 0.5})
+    n = len(desc["spec"]["layers"])
+    with pytest.raises(CheckpointError) as info:
+        check_same_model(saved, desc)
+    assert str(info.value) == (
+        "the checkpoint's model differs from what 'default' builds now, at "
+        f"model/spec/layers: {n + 1} entries in the checkpoint, {n} now "
+        "(saved by another version of the model code?)"
+    )
