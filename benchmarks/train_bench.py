@@ -348,31 +348,29 @@ def best_of_rounds(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return best
 
 
-def round_ratios(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, int, str], list[float]]:
-    """fcnn / PyTorch within each round: ``{(model, batch, impl): [ratio per round]}``.
-
-    A round's runs follow each other within seconds, so these pairs share the
-    machine's load; their spread shows how far one run's ratio can be trusted.
-    """
-    rate = {
-        (r["round"], r["model"], r["batch"], r["impl"]): float(r["samples_per_s"]) for r in runs
-    }
-    out: dict[tuple[str, int, str], list[float]] = {}
-    for (k, model, batch, impl), other in rate.items():
-        mine = rate.get((k, model, batch, "fcnn"))
-        if impl != "fcnn" and mine and other:
-            out.setdefault((model, batch, impl), []).append(mine / other)
-    return out
-
-
 def add_ratios(results: list[dict[str, Any]]) -> None:
-    """fcnn's samples/s over PyTorch's (NCHW and channels_last), on fcnn's rows, in place."""
-    rate = {(r["model"], r["batch"], r["impl"]): float(r["samples_per_s"]) for r in results}
+    """fcnn's samples/s over PyTorch's (NCHW and channels_last), on fcnn's rows, in place.
+
+    Also ``<key>_per_round``: the ratio within each round (PyTorch's step time over
+    fcnn's, from ``rounds_step_ms``). A round's runs follow each other within seconds,
+    so their spread shows how far one run's ratio can be trusted.
+    """
+    by = {(r["model"], r["batch"], r["impl"]): r for r in results}
     for r in results:
         for key, impl in (("ratio_vs_torch", "torch"), ("ratio_vs_torch_cl", "torch-cl")):
-            other = rate.get((r["model"], r["batch"], impl))
-            mine = rate.get((r["model"], r["batch"], "fcnn"))
-            r[key] = mine / other if r["impl"] == "fcnn" and other and mine else None
+            other = by.get((r["model"], r["batch"], impl))
+            if r["impl"] != "fcnn" or other is None:
+                r[key], r[f"{key}_per_round"] = None, None
+                continue
+            r[key] = float(r["samples_per_s"]) / float(other["samples_per_s"])
+            pairs = zip(other["rounds_step_ms"], r["rounds_step_ms"], strict=False)
+            r[f"{key}_per_round"] = [theirs / mine for theirs, mine in pairs]
+
+
+def _field(r: dict[str, Any] | None, key: str) -> float | None:
+    """``r[key]`` as a float, or None when the row or the value is missing."""
+    v = None if r is None else r.get(key)
+    return None if v is None else float(v)
 
 
 def _fmt(v: float | None, digits: int = 2) -> str:
@@ -391,14 +389,14 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
             [
                 model,
                 str(batch),
-                _fmt(f and f["samples_per_s"], 0),
-                _fmt(t and t["samples_per_s"], 0),
-                _fmt(cl and cl["samples_per_s"], 0),
-                _fmt(f and f["ratio_vs_torch"]),
-                _fmt(f and f["ratio_vs_torch_cl"]),
-                _fmt(f and f["step_ms"]),
-                _fmt(f and f["step_peak_mb"], 1),
-                _fmt(f and f["max_rss_mb"], 0),
+                _fmt(_field(f, "samples_per_s"), 0),
+                _fmt(_field(t, "samples_per_s"), 0),
+                _fmt(_field(cl, "samples_per_s"), 0),
+                _fmt(_field(f, "ratio_vs_torch")),
+                _fmt(_field(f, "ratio_vs_torch_cl")),
+                _fmt(_field(f, "step_ms")),
+                _fmt(_field(f, "step_peak_mb"), 1),
+                _fmt(_field(f, "max_rss_mb"), 0),
             ]
         )
     headers = [
@@ -416,26 +414,19 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
     return markdown_table(headers, rows)
 
 
-def targets(
-    results: Sequence[dict[str, Any]],
-    epoch: dict[str, Any] | None,
-    per_round: dict[tuple[str, int, str], list[float]] | None = None,
-) -> list[str]:
-    """The issue's targets, each with the measured number and met / not met.
-
-    ``per_round`` (from ``round_ratios``), when given, adds each round's own ratio.
-    """
+def targets(results: Sequence[dict[str, Any]], epoch: dict[str, Any] | None) -> list[str]:
+    """The issue's targets, each with the measured number and met / not met (and per round)."""
     lines = []
     by = {(r["model"], r["batch"], r["impl"]): r for r in results}
     for batch in BATCHES:
         f = by.get(("small", batch, "fcnn"))
-        if f is None or f["ratio_vs_torch"] is None:
-            continue
-        for key, impl, layout, goal in (
-            ("ratio_vs_torch", "torch", "NCHW", 1.0),
-            ("ratio_vs_torch_cl", "torch-cl", "channels_last", 0.7),
+        for key, layout, goal in (
+            ("ratio_vs_torch", "NCHW", 1.0),
+            ("ratio_vs_torch_cl", "channels_last", 0.7),
         ):
-            rounds = (per_round or {}).get(("small", batch, impl), [])
+            if f is None or f.get(key) is None:
+                continue
+            rounds = f.get(f"{key}_per_round") or []
             spread = f"; per round {', '.join(f'{v:.2f}' for v in rounds)}" if rounds else ""
             lines.append(
                 f"small net, batch {batch}: fcnn / torch {layout} = {f[key]:.2f} "
@@ -534,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"round {k + 1}/{rounds}: {cfg} ...", file=sys.stderr, flush=True)
                 spec = {"kind": "step", **cfg, "steps": steps, "warmup": warmup}
                 spec["threads"] = threads
-                runs.append({**run_worker(SCRIPT, spec), "round": k + 1})
+                runs.append(run_worker(SCRIPT, spec))
         if not (args.quick or args.no_epoch):
             print("one epoch ...", file=sys.stderr, flush=True)
             epoch_spec = {
@@ -566,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{epoch['batch']}, fcnn.train_epoch): {epoch['seconds']:.1f} s "
             f"({epoch['samples_per_s']:.0f} samples/s)"
         )
-    lines = targets(results, epoch, round_ratios(runs))
+    lines = targets(results, epoch)
     if lines:
         print("\n## Targets\n")
         print("\n".join(f"- {line}" for line in lines))
