@@ -457,10 +457,10 @@ def peak_fraction(results: Sequence[dict[str, Any]], gemm: dict[str, Any]) -> di
 
 def plot(results: Sequence[dict[str, Any]], gemm: dict[str, Any], path: str) -> None:
     """Grouped bars: forward+backward GFLOP/s per case and impl, the GEMM rate as a line."""
-    import matplotlib  # type: ignore[import-not-found]
+    import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found]
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     cases = list(dict.fromkeys(r["case"] for r in results))
     impls = list(dict.fromkeys(r["impl"] for r in results))
