@@ -258,9 +258,27 @@ def read_resume(path: str) -> tuple[Checkpoint, dict[str, Any]]:
     return ckpt, meta["config"]
 
 
+def resumed_model(
+    path: str, ckpt: Checkpoint, config: dict[str, Any]
+) -> tuple[fcnn.Layer, dict[str, Any]]:
+    """The model ``config`` names, with the checkpoint's number of classes, and its
+    description; ``CheckpointError`` when the checkpoint's stored model is another one.
+
+    Called before the dataset is loaded (or downloaded), so a checkpoint written by
+    other model code is refused at once."""
+    saved = ckpt.meta["model"]
+    try:
+        model, desc = build_and_describe(config["model"], saved.get("num_classes"), config["impl"])
+        check_same_model(saved, desc)
+    except ValueError as err:  # CheckpointError included; also a malformed num_classes
+        raise CheckpointError(f"{path}: cannot resume: {err}") from None
+    return model, desc
+
+
 def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     ckpt, saved = read_resume(args.resume) if args.resume else (None, None)
     config = resolve_config(args, saved)
+    built = None if ckpt is None else resumed_model(args.resume, ckpt, config)
     epochs = int(config["epochs"])
     save_path = args.save or args.resume
     for path in (save_path, args.metrics, args.plot):
@@ -288,16 +306,16 @@ def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     x_test = normalize_images(ds.x_test, mean, std)
     in_shape = tuple(int(d) for d in x_train.shape[1:])
 
+    if built is not None and built[1]["num_classes"] != len(ds.classes):
+        raise CheckpointError(
+            f"{args.resume}: cannot resume: its model has {built[1]['num_classes']} classes, "
+            f"{ds.name} has {len(ds.classes)}"
+        )
     try:
-        model, desc = build_and_describe(config["model"], len(ds.classes), config["impl"])
+        model, desc = built or build_and_describe(config["model"], len(ds.classes), config["impl"])
         params, state, _ = fcnn.init(model, init_rng, in_shape)
     except ValueError as err:
         raise UsageError(f"model {config['model']!r} on {ds.name} {in_shape}: {err}") from None
-    if ckpt is not None:
-        try:
-            check_same_model(ckpt.meta["model"], desc)
-        except CheckpointError as err:
-            raise CheckpointError(f"{args.resume}: cannot resume: {err}") from None
     # Batch norm cannot normalise a batch of one image: skip such a final batch.
     n, batch_size = len(x_train), int(config["batch_size"])
     drop_last = n % batch_size == 1 and n > 1

@@ -346,6 +346,41 @@ def test_regression_resume_never_compared_the_stored_model_spec(
     assert load_checkpoint(ckpt).meta["epoch"] == 1  # untouched
 
 
+def test_regression_resume_checked_the_stored_spec_after_loading_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
+    _with_pooling_3x3(ckpt)
+
+    def no_loading(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the dataset was loaded (or downloaded) before the spec check")
+
+    monkeypatch.setattr(train, "load_dataset", no_loading)
+    monkeypatch.setattr(fcnn, "init", no_loading)
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 1
+    err = capsys.readouterr().err
+    assert "at model/spec/layers/2/window: [3, 3] in the checkpoint, [2, 2] now" in err
+
+
+def test_resume_refuses_a_checkpoint_with_another_number_of_classes_than_its_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fcnn.models import describe_model
+
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
+    saved = load_checkpoint(ckpt)
+    k = saved.meta["model"]["num_classes"]
+    meta = {**saved.meta, "model": describe_model("small", k + 1)}
+    save_checkpoint(
+        ckpt, params=saved.params, state=saved.state, opt_state=saved.opt_state, meta=meta
+    )
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {ckpt}: cannot resume: its model has {k + 1} classes, lines has {k}\n"
+
+
 def test_regression_train_built_each_model_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
