@@ -14,13 +14,14 @@ from hypothesis import HealthCheck, settings
 from fcnn.runtime import AllocatorTuning
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_PY = ROOT / "train.py"
 
 # train.py, inference_example.py and benchmarks/*.py are scripts, not part of the package:
 # their folders go on sys.path here, before pytest imports any test module, so tests can
 # write ``import train`` or ``import conv_bench``.
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
+
+import train  # noqa: E402  (needs ROOT on sys.path)
 
 # Derandomized: the same examples on every run and machine, no deadline (CI is noisy).
 settings.register_profile(
@@ -50,11 +51,7 @@ def _no_allocator_tuning_from_train(monkeypatch: pytest.MonkeyPatch) -> None:
     """``train.main`` calls ``tune_allocator`` (``mallopt``), which would change malloc for
     the rest of the pytest process: replace train.py's reference to it with a no-op.
 
-    Test modules import ``train`` at collection, before any test runs, so the module is
-    in ``sys.modules`` here. ``fcnn.runtime.tune_allocator`` itself is left alone;
-    tests/test_benchmarks.py checks it in a subprocess.
+    ``fcnn.runtime.tune_allocator`` itself is left alone; tests/test_benchmarks.py
+    checks it in a subprocess.
     """
-    train = sys.modules.get("train")
-    if train is None or Path(getattr(train, "__file__", "") or "").resolve() != TRAIN_PY:
-        return
     monkeypatch.setattr(train, "tune_allocator", _allocator_untouched)
