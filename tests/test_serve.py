@@ -391,9 +391,8 @@ def test_bad_input_is_a_clear_4xx(
     assert isinstance(detail, str) and message in detail, detail
 
 
-@pytest.mark.parametrize(("make", "status"), [(_digit_png, 200), (_big_black_png, 413)])
 def test_regression_upload_header_was_parsed_twice(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch, make: Any, status: int
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """serve.py read the size with Pillow itself before decode_image read it again."""
     opened: list[int] = []
@@ -404,8 +403,8 @@ def test_regression_upload_header_was_parsed_twice(
         return inner(*args, **kwargs)
 
     monkeypatch.setattr(Image, "open", counting_open)
-    r = client.post("/predict", **_upload(make()))
-    assert r.status_code == status, r.text
+    r = client.post("/predict", **_upload(_digit_png()))
+    assert r.status_code == 200, r.text
     assert len(opened) == 1
 
 
