@@ -48,7 +48,6 @@ def without_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k not in drop} for row in history]
 
 
-
 class DigitsRun(NamedTuple):
     """A model briefly trained by :func:`train_on_digits`, and the statistics it was fed with."""
 
@@ -88,6 +87,7 @@ def train_on_digits(
     for _ in range(epochs):
         ts, _loss = fcnn.train_epoch(step, ts, xn, y, 32, rng)
     return DigitsRun(model, ts.params, ts.state, mean, std)
+
 
 def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
     """Make the n-th call of fcnn.train_epoch raise KeyboardInterrupt (as Ctrl-C would)."""

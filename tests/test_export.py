@@ -207,7 +207,8 @@ def test_every_registered_model_matches_fcnn(name: str, tmp_path: Path) -> None:
 
 
 def _train_default(steps: int) -> DigitsRun:
-    """The default model after ``steps`` Adam steps of 32 embedded digits; normalised x."""
+    """The default model after ``steps`` Adam steps of 32 embedded digits: model, params,
+    state and the training mean and std (a ``DigitsRun``)."""
     return train_on_digits("default", 32 * steps, epochs=1, lr=2e-3, seed=3)
 
 
