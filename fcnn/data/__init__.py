@@ -9,7 +9,7 @@ generator or seed.
 
 from .batches import iterate_batches
 from .cifar10 import CIFAR10_CLASSES, load_cifar10
-from .dataset import Dataset, channel_stats, normalize
+from .dataset import Dataset, channel_stats, normalize, uint8_to_unit
 from .digits import DIGITS_CLASSES, load_digits_sample
 from .download import DATA_DIR_ENV, DatasetNotFoundError, data_home
 from .images import load_image
@@ -37,4 +37,5 @@ __all__ = [
     "load_mnist",
     "make_lines",
     "normalize",
+    "uint8_to_unit",
 ]
