@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,25 +46,121 @@ from fcnn.models import MODELS, build_and_describe, check_same_model
 from fcnn.optim import Schedule
 from fcnn.plots import MissingExtraError, figure_class, plot_history
 from fcnn.runtime import tune_allocator
+from fcnn.training import Step
 
-# The hyperparameters a run is made of. They are saved in every checkpoint; on
-# --resume they come from the checkpoint, and a flag that contradicts it is an error.
-DEFAULTS: dict[str, Any] = {
-    "dataset": DATASETS[0],
-    "model": "default",
-    "epochs": 10,
-    "optimizer": "adam",
-    "lr": None,  # per optimizer: see DEFAULT_LR
-    "momentum": 0.9,
-    "weight_decay": 0.0,
-    "schedule": "cosine",
-    "batch_size": 64,
-    "seed": 0,
-    "limit_train": None,
-    "impl": "im2col",
-    "augment": 0,
-}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+IMPLS = ("naive", "im2col", "strided")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+
+
+# The run's configuration: one typed record, checked by one set of rules for flags and checkpoints
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _int_at_least(low: int) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{_flag(name)} must be an integer, got {value!r}")
+        if value < low:
+            raise ValueError(f"{_flag(name)} must be >= {low}, got {value}")
+
+    return check
+
+
+def _finite_non_negative(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{_flag(name)} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{_flag(name)} must be a finite number >= 0, got {value}")
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"{_flag(name)} must be one of {list(choices)}, got {value!r}")
+
+    return check
+
+
+def _optional(check: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    def check_optional(name: str, value: Any) -> None:
+        if value is not None:
+            check(name, value)
+
+    return check_optional
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The hyperparameters a run is made of, checked on construction.
+
+    Saved in every checkpoint (``as_dict``); on ``--resume`` they come back from it
+    through the same checks (``from_saved``), and a flag that contradicts them is an
+    error. ``lr`` is always a number here: ``None`` on the command line means
+    ``DEFAULT_LR[optimizer]``.
+    """
+
+    dataset: str = DATASETS[0]
+    model: str = "default"
+    epochs: int = 10
+    optimizer: str = "adam"
+    lr: float = DEFAULT_LR["adam"]
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    batch_size: int = 64
+    seed: int = 0
+    limit_train: int | None = None
+    impl: str = "im2col"
+    augment: int = 0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            check_setting(field.name, getattr(self, field.name))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_saved(cls, saved: Mapping[str, Any]) -> RunConfig:
+        """The config a checkpoint stored; keys added since then keep their defaults.
+
+        ``ValueError`` naming the key for an unknown key or a value the flag would refuse.
+        """
+        unknown = sorted(set(saved) - set(SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}")
+        return cls(**saved)
+
+
+# How each setting is checked; the messages name the flag, for the command line and checkpoints.
+SETTINGS: dict[str, Callable[[str, Any], None]] = {
+    "dataset": _one_of(DATASETS),
+    "model": _one_of(sorted(MODELS)),
+    "epochs": _int_at_least(1),
+    "optimizer": _one_of(OPTIMIZERS),
+    "lr": _finite_non_negative,
+    "momentum": _finite_non_negative,
+    "weight_decay": _finite_non_negative,
+    "schedule": _one_of(SCHEDULES),
+    "batch_size": _int_at_least(1),
+    "seed": _int_at_least(0),
+    "limit_train": _optional(_int_at_least(1)),
+    "impl": _one_of(IMPLS),
+    "augment": _int_at_least(0),
+}
+
+
+def check_setting(name: str, value: Any) -> None:
+    """``ValueError`` (naming the flag) unless ``value`` is allowed for setting ``name``."""
+    SETTINGS[name](name, value)
+
+
 # What each dataset changes in the defaults (a flag still wins over these).
 PRESETS: dict[str, dict[str, Any]] = {
     "digits-sample": {"augment": 2},
@@ -70,7 +168,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lines": {"model": "small", "optimizer": "sgd", "epochs": 3},
     "cifar10": {"epochs": 20},
 }
-EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -79,7 +176,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add = p.add_argument
     # Every default is None here so that --resume can tell a given flag from a default.
-    add("--dataset", choices=DATASETS, help=f"default {DEFAULTS['dataset']} (embedded, offline)")
+    add("--dataset", choices=DATASETS, help=f"default {RunConfig.dataset} (embedded, offline)")
     add("--model", choices=sorted(MODELS), help="default: default (lines: small)")
     add(
         "--epochs",
@@ -87,11 +184,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="total epochs, counting resumed ones (default 10; mnist 12, lines 3, cifar10 20)",
     )
     add("--batch-size", type=int, help="default 64")
-    add("--optimizer", choices=["sgd", "adam", "adamw"], help="default adam (lines: sgd)")
+    add("--optimizer", choices=OPTIMIZERS, help="default adam (lines: sgd)")
     add("--lr", type=float, help="peak learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
     add("--momentum", type=float, help="sgd only (Nesterov off), default 0.9")
     add("--weight-decay", type=float, help="L2 for sgd/adam, decoupled for adamw; weights only")
-    add("--schedule", choices=["constant", "cosine"], help="default cosine over all epochs")
+    add("--schedule", choices=SCHEDULES, help="default cosine over all epochs")
     add("--seed", type=int, help="seeds data order, init and subsets (default 0)")
     add(
         "--data-dir",
@@ -100,7 +197,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "and downloaded into DIR/mnist (DIR/cifar10)",
     )
     add("--limit-train", type=int, metavar="N", help="train on a random N-sample subset")
-    add("--impl", choices=["naive", "im2col", "strided"], help="convolution implementation")
+    add("--impl", choices=IMPLS, help="convolution implementation")
     add(
         "--augment",
         type=int,
@@ -118,102 +215,107 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--plot", metavar="PATH", help="PNG of loss and accuracy curves (needs matplotlib)")
     add("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
     args = p.parse_args(argv)
-    if args.augment is not None and args.augment < 0:
-        p.error(f"--augment must be >= 0, got {args.augment}")
-    for name in ("epochs", "batch_size", "limit_train"):
+    for name in SETTINGS:
         value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("lr", "momentum", "weight_decay"):
-        value = getattr(args, name)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            p.error(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        try:
+            if value is not None:
+                check_setting(name, value)
+        except ValueError as err:
+            p.error(str(err))
     return args
 
 
-def resolve_config(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str, Any]:
-    """The run's hyperparameters: flags over defaults, or the checkpoint's on resume."""
+def resolve_config(args: argparse.Namespace, saved: RunConfig | None) -> RunConfig:
+    """The run's settings: flags over the dataset's presets over the defaults, or the
+    checkpoint's on resume (where only ``--epochs`` may change: a run can be extended)."""
+    given = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
     if saved is None:
-        defaults = {**DEFAULTS, **PRESETS[args.dataset or DEFAULTS["dataset"]]}
-        config = {
-            k: (v if getattr(args, k) is None else getattr(args, k)) for k, v in defaults.items()
-        }
-        if config["lr"] is None:
-            config["lr"] = DEFAULT_LR[config["optimizer"]]
-        return config
-    config = {**DEFAULTS, **saved}  # keys added since the checkpoint keep their defaults
-    for key in DEFAULTS:
-        given = getattr(args, key)
-        if key == "epochs":
-            config["epochs"] = given or saved["epochs"]  # a resumed run may be extended
-            continue
-        if given is not None and given != saved.get(key):
-            flag = "--" + key.replace("_", "-")
+        preset = PRESETS[given.get("dataset", RunConfig.dataset)]
+        settings = {**preset, **given}
+        if "lr" not in settings:
+            settings["lr"] = DEFAULT_LR[settings.get("optimizer", RunConfig.optimizer)]
+        return RunConfig(**settings)
+    for name, value in given.items():
+        if name != "epochs" and value != getattr(saved, name):
             raise CheckpointError(
-                f"{flag} {given} contradicts the checkpoint being resumed ({saved.get(key)}); "
-                f"leave it out to continue the same run"
+                f"{_flag(name)} {value} contradicts the checkpoint being resumed "
+                f"({getattr(saved, name)}); leave it out to continue the same run"
             )
-    return config
+    return dataclasses.replace(saved, epochs=given.get("epochs", saved.epochs))
 
 
-def make_schedule(config: dict[str, Any], total_steps: int) -> Schedule:
+def make_schedule(config: RunConfig, total_steps: int) -> Schedule:
     """The learning rate per step: cosine from ``lr`` to 0 over the run, or constant."""
-    lr = float(config["lr"])
-    if config["schedule"] == "cosine":
-        return fcnn.cosine_decay(lr, max(total_steps, 1))
-    return fcnn.constant(lr)
+    if config.schedule == "cosine":
+        return fcnn.cosine_decay(config.lr, max(total_steps, 1))
+    return fcnn.constant(config.lr)
 
 
-def make_optimizer(config: dict[str, Any], schedule: Schedule) -> fcnn.Optimizer:
+def make_optimizer(config: RunConfig, schedule: Schedule) -> fcnn.Optimizer:
     """The optimizer the config names, following ``schedule``."""
-    wd = float(config["weight_decay"])
-    if config["optimizer"] == "sgd":
-        return fcnn.sgd(schedule, momentum=float(config["momentum"]), weight_decay=wd)
-    if config["optimizer"] == "adam":
-        return fcnn.adam(schedule, weight_decay=wd)
-    return fcnn.adamw(schedule, weight_decay=wd)
+    if config.optimizer == "sgd":
+        return fcnn.sgd(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return fcnn.adam(schedule, weight_decay=config.weight_decay)
+    return fcnn.adamw(schedule, weight_decay=config.weight_decay)
 
 
-def write_metrics(path: str, history: list[dict[str, Any]]) -> None:
-    """Rewrite the whole metrics file (CSV for ``.csv``, else JSON lines) atomically."""
-    buf = io.StringIO()
-    if path.endswith(".csv"):
-        writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(history)
-    else:
-        buf.writelines(json.dumps(row) + "\n" for row in history)
-    with atomic_write(path, "w") as f:
-        f.write(buf.getvalue())
-
-
-def progress_bar(total: int, desc: str, quiet: bool) -> Any:
-    """A tqdm bar that stays silent when stderr is not a terminal; None without tqdm."""
-    if quiet:
-        return None
-    try:
-        from tqdm import tqdm  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    tune_allocator()  # keep freed temporaries in the heap: see fcnn/runtime.py
-    say: Callable[[str], None] = (lambda _: None) if args.quiet else print
-    try:
-        return run(args, say)
-    except (UsageError, DatasetNotFoundError, CheckpointError, MissingExtraError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:  # before training started; run() handles it during training
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+# Setting up: the checkpoint to resume, the outputs, the data, the model and its training step
 
 
 class UsageError(Exception):
     """Something the user can fix (bad data files, an unwritable path): one line, exit 1."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where the run writes: a checkpoint after every epoch, metrics, a plot (each optional)."""
+
+    save: str | None
+    metrics: str | None
+    plot: str | None
+
+
+@dataclass(frozen=True)
+class Data:
+    """The dataset, normalised with the per-channel ``mean`` and ``std`` of its training images."""
+
+    name: str
+    classes: tuple[str, ...]
+    x_train: np.ndarray[Any, Any]
+    y_train: np.ndarray[Any, Any]
+    x_test: np.ndarray[Any, Any]
+    y_test: np.ndarray[Any, Any]
+    mean: np.ndarray[Any, Any]
+    std: np.ndarray[Any, Any]
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything fixed once the run is set up; epochs read it and never change it."""
+
+    config: RunConfig
+    outputs: Outputs
+    data: Data
+    model: fcnn.Layer
+    step: Step
+    schedule: Schedule
+    steps_per_epoch: int
+    drop_last: bool
+    augment: Callable[[Any, np.random.Generator], Any] | None
+    meta: dict[str, Any]  # stored with every checkpoint, besides the epoch, rng and history
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands after ``epoch`` epochs; ``rng`` shuffles and augments."""
+
+    ts: fcnn.TrainState
+    rng: np.random.Generator
+    epoch: int
+    history: tuple[dict[str, Any], ...]
+    saved: str | None  # the last checkpoint written (or resumed from), for messages
 
 
 def check_writable(path: str | None) -> None:
@@ -232,7 +334,7 @@ def check_writable(path: str | None) -> None:
         raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def read_resume(path: str) -> tuple[Checkpoint, dict[str, Any]]:
+def read_resume(path: str) -> tuple[Checkpoint, RunConfig]:
     """A checkpoint written by train.py and its training config, or ``CheckpointError``."""
     ckpt = load_checkpoint(path)
     meta = ckpt.meta
@@ -255,11 +357,15 @@ def read_resume(path: str) -> tuple[Checkpoint, dict[str, Any]]:
         )
     if ckpt.opt_state is None:
         raise CheckpointError(f"{path}: has no optimizer state to resume from")
-    return ckpt, meta["config"]
+    try:
+        config = RunConfig.from_saved(meta["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot resume: its stored config: {err}") from None
+    return ckpt, config
 
 
 def resumed_model(
-    path: str, ckpt: Checkpoint, config: dict[str, Any]
+    path: str, ckpt: Checkpoint, config: RunConfig
 ) -> tuple[fcnn.Layer, dict[str, Any]]:
     """The model ``config`` names, with the checkpoint's number of classes, and its
     description; ``CheckpointError`` when the checkpoint's stored model is another one.
@@ -268,189 +374,326 @@ def resumed_model(
     other model code is refused at once."""
     saved = ckpt.meta["model"]
     try:
-        model, desc = build_and_describe(config["model"], saved.get("num_classes"), config["impl"])
+        model, desc = build_and_describe(config.model, saved.get("num_classes"), config.impl)
         check_same_model(saved, desc)
     except ValueError as err:  # CheckpointError included; also a malformed num_classes
         raise CheckpointError(f"{path}: cannot resume: {err}") from None
     return model, desc
 
 
-def run(args: argparse.Namespace, say: Callable[[str], None]) -> int:
-    ckpt, saved = read_resume(args.resume) if args.resume else (None, None)
-    config = resolve_config(args, saved)
-    built = None if ckpt is None else resumed_model(args.resume, ckpt, config)
-    epochs = int(config["epochs"])
-    save_path = args.save or args.resume
-    for path in (save_path, args.metrics, args.plot):
-        check_writable(path)  # fail before training, not after the first epoch
-    if args.plot:
-        figure_class()  # fail before training when matplotlib is missing
-
-    if args.data_dir and os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
-        raise UsageError(
-            f"--data-dir {args.data_dir} is a file; give the folder that holds the data"
-        )
+def load_data(config: RunConfig, data_dir: str | None, ckpt: Checkpoint | None) -> Data:
+    """The dataset, normalised with its own statistics (or the resumed checkpoint's)."""
+    if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UsageError(f"--data-dir {data_dir} is a file; give the folder that holds the data")
     try:
-        ds = load_dataset(config["dataset"], args.data_dir, seed=config["seed"])
+        ds = load_dataset(config.dataset, data_dir, seed=config.seed)
     except ValueError as err:  # a corrupt or truncated file; missing ones are DatasetNotFoundError
         raise UsageError(str(err)) from None
-    ds = limit_train(ds, config["limit_train"], config["seed"])
-    rng = np.random.default_rng(config["seed"])
-    init_rng, train_rng = rng.spawn(2)
+    ds = limit_train(ds, config.limit_train, config.seed)
     if ckpt is None:
         mean, std = channel_stats(ds.x_train)
     else:
         mean = np.asarray(ckpt.meta["normalization"]["mean"], np.float32)
         std = np.asarray(ckpt.meta["normalization"]["std"], np.float32)
-    x_train = normalize_images(ds.x_train, mean, std)
-    x_test = normalize_images(ds.x_test, mean, std)
-    in_shape = tuple(int(d) for d in x_train.shape[1:])
+    return Data(
+        name=ds.name,
+        classes=tuple(ds.classes),
+        x_train=normalize_images(ds.x_train, mean, std),
+        y_train=ds.y_train,
+        x_test=normalize_images(ds.x_test, mean, std),
+        y_test=ds.y_test,
+        mean=mean,
+        std=std,
+    )
 
-    if built is not None and built[1]["num_classes"] != len(ds.classes):
+
+def shifter(config: RunConfig, data: Data) -> Callable[[Any, np.random.Generator], Any] | None:
+    """Random shifts of up to ``config.augment`` pixels, filling with a normalised zero pixel."""
+    if not config.augment:
+        return None
+    background = normalize_images(np.zeros((1, len(data.mean)), np.float32), data.mean, data.std)[0]
+
+    def augment(xb: Any, g: np.random.Generator) -> Any:
+        return random_shift(xb, config.augment, g, fill=background)
+
+    return augment
+
+
+def set_up(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[Run, Progress]:
+    """Everything before the first epoch, failing early: read the checkpoint to resume and
+    check its model, prove the outputs writable, load the data, build and initialise the model
+    (or take the checkpoint's weights), the optimizer and the step."""
+    ckpt, saved = read_resume(args.resume) if args.resume else (None, None)
+    config = resolve_config(args, saved)
+    built = None if ckpt is None else resumed_model(args.resume, ckpt, config)
+    outputs = Outputs(save=args.save or args.resume, metrics=args.metrics, plot=args.plot)
+    for path in (outputs.save, outputs.metrics, outputs.plot):
+        check_writable(path)  # fail before training, not after the first epoch
+    if outputs.plot:
+        figure_class()  # fail before training when matplotlib is missing
+
+    data = load_data(config, args.data_dir, ckpt)
+    init_rng, train_rng = np.random.default_rng(config.seed).spawn(2)
+    in_shape = tuple(int(d) for d in data.x_train.shape[1:])
+    if built is not None and built[1]["num_classes"] != len(data.classes):
         raise CheckpointError(
             f"{args.resume}: cannot resume: its model has {built[1]['num_classes']} classes, "
-            f"{ds.name} has {len(ds.classes)}"
+            f"{data.name} has {len(data.classes)}"
         )
     try:
-        model, desc = built or build_and_describe(config["model"], len(ds.classes), config["impl"])
+        model, desc = built or build_and_describe(config.model, len(data.classes), config.impl)
         params, state, _ = fcnn.init(model, init_rng, in_shape)
     except ValueError as err:
-        raise UsageError(f"model {config['model']!r} on {ds.name} {in_shape}: {err}") from None
+        raise UsageError(f"model {config.model!r} on {data.name} {in_shape}: {err}") from None
     # Batch norm cannot normalise a batch of one image: skip such a final batch.
-    n, batch_size = len(x_train), int(config["batch_size"])
-    drop_last = n % batch_size == 1 and n > 1
-    steps_per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
-    schedule = make_schedule(config, epochs * steps_per_epoch)
+    n = len(data.x_train)
+    drop_last = n % config.batch_size == 1 and n > 1
+    steps_per_epoch = n // config.batch_size if drop_last else math.ceil(n / config.batch_size)
+    schedule = make_schedule(config, config.epochs * steps_per_epoch)
     opt = make_optimizer(config, schedule)
-    ts = fcnn.TrainState(params, state, opt.init(params))
-    history: list[dict[str, Any]] = []
-    start = 0
+    progress = Progress(fcnn.TrainState(params, state, opt.init(params)), train_rng, 0, (), None)
     if ckpt is not None:
-        check_params_match(params, ckpt.params, "params")
-        check_params_match(state, ckpt.state, "state")
-        check_params_match(ts.opt_state, ckpt.opt_state, "optimizer state")
-        ts = fcnn.TrainState(ckpt.params, ckpt.state, ckpt.opt_state)
-        train_rng = restore_generator(ckpt.meta["rng"])
-        history = list(ckpt.meta.get("history", []))
-        start = int(ckpt.meta["epoch"])
-        say(f"resuming {args.resume} after epoch {start}")
-    n_params = sum(a.size for a in fcnn.tree_leaves(ts.params))
-    say(
-        f"{config['model']} ({n_params:,} params) on {ds.name}: {len(x_train):,} train / "
-        f"{len(x_test):,} test images {in_shape}, {config['optimizer']} lr {config['lr']:g} "
-        f"({config['schedule']}), batch {config['batch_size']}, {epochs} epochs"
-    )
-    if start >= epochs:
-        say(f"nothing to do: the checkpoint already has {start} of {epochs} epochs")
-        return 0
-
-    step = fcnn.make_step(model, opt)
-    augment = None
-    if config["augment"]:
-        # where a pixel of 0 lands after normalisation: the value shifted in at the edges
-        background = normalize_images(np.zeros((1, len(mean)), np.float32), mean, std)[0]
-
-        def augment(xb: Any, g: np.random.Generator) -> Any:
-            return random_shift(xb, int(config["augment"]), g, fill=background)
-
+        progress = resume_progress(args.resume, ckpt, progress)
+        say(f"resuming {args.resume} after epoch {progress.epoch}")
     meta = {
         "model": desc,
         "input_shape": list(in_shape),
-        "classes": list(ds.classes),
-        "dataset": config["dataset"],
-        "normalization": {"mean": mean.tolist(), "std": std.tolist()},
-        "config": config,
+        "classes": list(data.classes),
+        "dataset": config.dataset,
+        "normalization": {"mean": data.mean.tolist(), "std": data.std.tolist()},
+        "config": config.as_dict(),
     }
-    last_saved = f"{args.resume} (epoch {start})" if args.resume else None
-    epoch = start
-    batch: int | None = 0  # the steps done in this epoch; None once it is being evaluated
+    run = Run(
+        config=config,
+        outputs=outputs,
+        data=data,
+        model=model,
+        step=fcnn.make_step(model, opt),
+        schedule=schedule,
+        steps_per_epoch=steps_per_epoch,
+        drop_last=drop_last,
+        augment=shifter(config, data),
+        meta=meta,
+        quiet=args.quiet,
+    )
+    return run, progress
+
+
+def resume_progress(path: str, ckpt: Checkpoint, fresh: Progress) -> Progress:
+    """The checkpoint's weights, optimizer state, generator and history, once their trees
+    match what the model and optimizer build now (``fresh``)."""
+    check_params_match(fresh.ts.params, ckpt.params, "params")
+    check_params_match(fresh.ts.state, ckpt.state, "state")
+    check_params_match(fresh.ts.opt_state, ckpt.opt_state, "optimizer state")
+    epoch = int(ckpt.meta["epoch"])
+    return Progress(
+        ts=fcnn.TrainState(ckpt.params, ckpt.state, ckpt.opt_state),
+        rng=restore_generator(ckpt.meta["rng"]),
+        epoch=epoch,
+        history=tuple(ckpt.meta.get("history", [])),
+        saved=f"{path} (epoch {epoch})",
+    )
+
+
+def describe(run: Run, progress: Progress) -> str:
+    """The run's header line: model, data, optimizer, batch and epochs."""
+    c, d = run.config, run.data
+    n_params = sum(a.size for a in fcnn.tree_leaves(progress.ts.params))
+    return (
+        f"{c.model} ({n_params:,} params) on {d.name}: {len(d.x_train):,} train / "
+        f"{len(d.x_test):,} test images {tuple(d.x_train.shape[1:])}, {c.optimizer} lr "
+        f"{c.lr:g} ({c.schedule}), batch {c.batch_size}, {c.epochs} epochs"
+    )
+
+
+# One epoch: train, evaluate, record, save
+
+
+def progress_bar(total: int, desc: str, quiet: bool) -> Any:
+    """A tqdm bar that stays silent when stderr is not a terminal; None without tqdm."""
+    if quiet:
+        return None
     try:
-        for epoch in range(start + 1, epochs + 1):
-            batch = 0
-            bar = progress_bar(steps_per_epoch, f"epoch {epoch}/{epochs}", args.quiet)
+        from tqdm import tqdm  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, disable=None)
 
-            def on_batch(i: int, loss: float, bar: Any = bar) -> None:
-                nonlocal batch
-                batch = i + 1
-                if bar is not None:
-                    bar.update(1)
-                    if i % 20 == 0:
-                        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
-            t0 = time.perf_counter()
-            try:
-                ts, train_loss = fcnn.train_epoch(
-                    step,
-                    ts,
-                    x_train,
-                    ds.y_train,
-                    config["batch_size"],
-                    train_rng,
-                    on_batch,
-                    augment,
-                    drop_last,
-                )
-            finally:
-                if bar is not None:
-                    bar.close()
-            train_s = time.perf_counter() - t0
-            batch = None
-            test_loss, test_acc = fcnn.evaluate(model, ts.params, ts.state, x_test, ds.y_test)
-            if not math.isfinite(test_loss):  # the epoch's last updates broke the model
-                raise fcnn.NonFiniteLossError(
-                    f"test loss is {test_loss} after the epoch's updates; stopping "
-                    "(try a smaller learning rate)"
-                )
-            row = {
-                "epoch": epoch,
-                "train_loss": round(train_loss, 6),
-                "test_loss": round(test_loss, 6),
-                "test_acc": round(test_acc, 6),
-                "lr": float(f"{schedule(epoch * steps_per_epoch - 1):.6g}"),  # the last step's
-                "train_seconds": round(train_s, 2),
-                "samples_per_second": round(len(x_train) / train_s, 1),
-            }
-            history.append(row)
-            say(
-                f"epoch {epoch}/{epochs}  train loss {train_loss:.4f}  test loss {test_loss:.4f}  "
-                f"test acc {100 * test_acc:.2f}%  ({train_s:.1f}s, {len(x_train) / train_s:.0f}/s)"
-            )
-            if save_path:
-                meta_now = {
-                    **meta,
-                    "epoch": epoch,
-                    "rng": generator_state(train_rng),
-                    "history": history,
-                }
-                save_checkpoint(
-                    save_path,
-                    params=ts.params,
-                    state=ts.state,
-                    opt_state=ts.opt_state,
-                    meta=meta_now,
-                )
-                last_saved = f"{save_path} (epoch {epoch})"
-            if args.metrics:
-                write_metrics(args.metrics, history)
-            if args.plot:
-                plot_history(history, args.plot, title=f"{config['model']} on {ds.name}")
+def train_one_epoch(
+    run: Run, ts: fcnn.TrainState, rng: np.random.Generator, epoch: int
+) -> tuple[fcnn.TrainState, float, float]:
+    """One pass over the shuffled training set: ``(new state, mean loss, seconds)``.
+
+    A non-finite loss raises ``NonFiniteLossError`` naming the epoch and batch."""
+    bar = progress_bar(run.steps_per_epoch, f"epoch {epoch}/{run.config.epochs}", run.quiet)
+    done = 0  # steps finished in this epoch
+
+    def on_batch(i: int, loss: float) -> None:
+        nonlocal done
+        done = i + 1
+        if bar is not None:
+            bar.update(1)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    t0 = time.perf_counter()
+    try:
+        ts, loss = fcnn.train_epoch(
+            run.step,
+            ts,
+            run.data.x_train,
+            run.data.y_train,
+            run.config.batch_size,
+            rng,
+            on_batch,
+            run.augment,
+            run.drop_last,
+        )
+    except fcnn.NonFiniteLossError as err:
+        raise fcnn.NonFiniteLossError(f"epoch {epoch}, batch {done + 1}: {err}") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    return ts, loss, time.perf_counter() - t0
+
+
+def evaluate(run: Run, ts: fcnn.TrainState, epoch: int) -> tuple[float, float]:
+    """Test ``(loss, accuracy)``; ``NonFiniteLossError`` if the epoch broke the model."""
+    test_loss, test_acc = fcnn.evaluate(
+        run.model, ts.params, ts.state, run.data.x_test, run.data.y_test
+    )
+    if not math.isfinite(test_loss):
+        raise fcnn.NonFiniteLossError(
+            f"epoch {epoch}: test loss is {test_loss} after the epoch's updates; stopping "
+            "(try a smaller learning rate)"
+        )
+    return test_loss, test_acc
+
+
+def epoch_row(
+    run: Run, epoch: int, train_loss: float, seconds: float, test: tuple[float, float]
+) -> dict[str, Any]:
+    """One row of the metrics file."""
+    n = len(run.data.x_train)
+    return {
+        "epoch": epoch,
+        "train_loss": round(train_loss, 6),
+        "test_loss": round(test[0], 6),
+        "test_acc": round(test[1], 6),
+        "lr": float(f"{run.schedule(epoch * run.steps_per_epoch - 1):.6g}"),  # the last step's
+        "train_seconds": round(seconds, 2),
+        "samples_per_second": round(n / seconds, 1),
+    }
+
+
+def epoch_line(run: Run, row: Mapping[str, Any]) -> str:
+    return (
+        f"epoch {row['epoch']}/{run.config.epochs}  train loss {row['train_loss']:.4f}  "
+        f"test loss {row['test_loss']:.4f}  test acc {100 * row['test_acc']:.2f}%  "
+        f"({row['train_seconds']:.1f}s, {row['samples_per_second']:.0f}/s)"
+    )
+
+
+def write_metrics(path: str, history: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite the whole metrics file (CSV for ``.csv``, else JSON lines) atomically."""
+    buf = io.StringIO()
+    if path.endswith(".csv"):
+        writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+    else:
+        buf.writelines(json.dumps(row) + "\n" for row in history)
+    with atomic_write(path, "w") as f:
+        f.write(buf.getvalue())
+
+
+def save_checkpoint_of(run: Run, progress: Progress) -> Progress:
+    """Write the checkpoint (atomically) when the run keeps one; note it in ``saved``."""
+    path = run.outputs.save
+    if not path:
+        return progress
+    meta = {
+        **run.meta,
+        "epoch": progress.epoch,
+        "rng": generator_state(progress.rng),
+        "history": list(progress.history),
+    }
+    ts = progress.ts
+    save_checkpoint(path, params=ts.params, state=ts.state, opt_state=ts.opt_state, meta=meta)
+    return dataclasses.replace(progress, saved=f"{path} (epoch {progress.epoch})")
+
+
+def write_reports(run: Run, progress: Progress) -> None:
+    """Rewrite the metrics file and the plot the run asked for, from the whole history."""
+    history = list(progress.history)
+    if run.outputs.metrics:
+        write_metrics(run.outputs.metrics, history)
+    if run.outputs.plot:
+        plot_history(history, run.outputs.plot, title=f"{run.config.model} on {run.data.name}")
+
+
+def next_epoch(run: Run, progress: Progress, say: Callable[[str], None]) -> Progress:
+    """Train one epoch and evaluate it; the new progress has its metrics row."""
+    epoch = progress.epoch + 1
+    ts, train_loss, seconds = train_one_epoch(run, progress.ts, progress.rng, epoch)
+    row = epoch_row(run, epoch, train_loss, seconds, evaluate(run, ts, epoch))
+    say(epoch_line(run, row))
+    return dataclasses.replace(progress, ts=ts, epoch=epoch, history=(*progress.history, row))
+
+
+# The story: set up, then train, evaluate and save each epoch
+
+
+def run_training(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    run, progress = set_up(args, say)
+    say(describe(run, progress))
+    epochs = run.config.epochs
+    if progress.epoch >= epochs:
+        say(f"nothing to do: the checkpoint already has {progress.epoch} of {epochs} epochs")
+        return 0
+    try:
+        while progress.epoch < epochs:
+            progress = next_epoch(run, progress, say)
+            progress = save_checkpoint_of(run, progress)
+            write_reports(run, progress)
     except fcnn.NonFiniteLossError as err:
         kept = (
-            f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was saved"
+            f"the last good checkpoint is {progress.saved}"
+            if progress.saved
+            else "no checkpoint was saved"
         )
-        where = f"epoch {epoch}" if batch is None else f"epoch {epoch}, batch {batch + 1}"
-        print(f"error: {where}: {err}; {kept}", file=sys.stderr)
+        print(f"error: {err}; {kept}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        kept = f"resume from {last_saved}" if last_saved else "no checkpoint was saved (use --save)"
-        print(f"\ninterrupted during epoch {epoch}; {kept}", file=sys.stderr)
+        kept = (
+            f"resume from {progress.saved}"
+            if progress.saved
+            else "no checkpoint was saved (use --save)"
+        )
+        # progress.epoch is the last epoch finished (or being saved): the one under way is next
+        print(f"\ninterrupted during epoch {progress.epoch + 1}; {kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    final = history[-1]
+    seconds = sum(r["train_seconds"] for r in progress.history)
     print(
-        f"done: test accuracy {100 * final['test_acc']:.2f}% after {epochs} epochs "
-        f"({sum(r['train_seconds'] for r in history):.1f}s of training)"
+        f"done: test accuracy {100 * progress.history[-1]['test_acc']:.2f}% after {epochs} epochs "
+        f"({seconds:.1f}s of training)"
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    tune_allocator()  # keep freed temporaries in the heap: see fcnn/runtime.py
+    say: Callable[[str], None] = (lambda _: None) if args.quiet else print
+    try:
+        return run_training(args, say)
+    except (UsageError, DatasetNotFoundError, CheckpointError, MissingExtraError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # before training started; run_training handles it during training
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
