@@ -203,6 +203,7 @@ def test_ctrl_c_stops_cleanly_after_saving_finished_epochs(
         ["--model", "huge"],
         ["--limit-train", "0"],
         ["--augment", "-1"],
+        ["--seed", "-1"],
     ],
 )
 def test_bad_flags_exit_2(argv: list[str]) -> None:
@@ -327,9 +328,7 @@ def _with_pooling_3x3(path: Path) -> None:
     pool = meta["model"]["spec"]["layers"][2]
     assert pool["type"] == "MaxPool2d" and pool["window"] == [2, 2]
     pool["window"], pool["padding"] = [3, 3], [[1, 1], [1, 1]]
-    save_checkpoint(
-        path, params=ckpt.params, state=ckpt.state, opt_state=ckpt.opt_state, meta=meta
-    )
+    save_checkpoint(path, params=ckpt.params, state=ckpt.state, opt_state=ckpt.opt_state, meta=meta)
 
 
 def test_regression_resume_never_compared_the_stored_model_spec(
@@ -417,3 +416,31 @@ def test_data_dir_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     afile.write_text("x")
     assert run("--dataset", "mnist", "--data-dir", str(afile), "--quiet") == 1
     assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("batch_size", 0, "--batch-size must be >= 1, got 0"),
+        ("epochs", -3, "--epochs must be >= 1, got -3"),
+        ("optimizer", "rmsprop", "--optimizer must be one of"),
+        ("lr", "fast", "--lr must be a number, got 'fast'"),
+        ("limit_train", 1.5, "--limit-train must be an integer, got 1.5"),
+        ("colour", "red", "unknown settings ['colour']"),
+    ],
+)
+def test_resume_validates_the_stored_config_like_the_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: Any, message: str
+) -> None:
+    """A tampered stored config is refused in one line, as the same flag would be (it once
+    ended --resume in a ZeroDivisionError for batch_size 0)."""
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
+    good = load_checkpoint(ckpt)
+    meta = {**good.meta, "config": {**good.meta["config"], key: value}}
+    save_checkpoint(ckpt, params=good.params, state=good.state, opt_state=good.opt_state, meta=meta)
+    capsys.readouterr()
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "cannot resume" in err and message in err
+    assert "Traceback" not in err and err.count("\n") == 1
