@@ -62,6 +62,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _int_at_least(low: int) -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -206,6 +211,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--save", metavar="PATH", help="checkpoint written after every epoch (atomically)")
     add(
+        "--overwrite",
+        action="store_true",
+        help="let --save replace an existing file that is not the checkpoint being resumed",
+    )
+    add(
         "--resume",
         metavar="PATH",
         help="continue a run from its checkpoint (exactly, unless --epochs changes the total: "
@@ -334,6 +344,22 @@ def check_writable(path: str | None) -> None:
         raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
 
 
+def check_not_another_run(path: str) -> None:
+    """``UsageError`` when ``path`` exists: --save never silently replaces another run's file."""
+    if os.path.isfile(path):
+        raise UsageError(
+            f"--save {path}: the file exists and is not the checkpoint being resumed; "
+            f"continue that run with --resume {path}, choose another path, or pass "
+            "--overwrite to replace it"
+        )
+
+
+def has_batch_norm(spec: Mapping[str, Any]) -> bool:
+    """Whether a model ``spec`` (see ``Layer.spec``) holds a batch norm layer at any depth."""
+    children = spec.get("layers", [])
+    return str(spec.get("type", "")).startswith("BatchNorm") or any(map(has_batch_norm, children))
+
+
 def read_resume(path: str) -> tuple[Checkpoint, RunConfig]:
     """A checkpoint written by train.py and its training config, or ``CheckpointError``."""
     ckpt = load_checkpoint(path)
@@ -427,6 +453,8 @@ def set_up(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[Run, P
     config = resolve_config(args, saved)
     built = None if ckpt is None else resumed_model(args.resume, ckpt, config)
     outputs = Outputs(save=args.save or args.resume, metrics=args.metrics, plot=args.plot)
+    if outputs.save and outputs.save != args.resume and not args.overwrite:
+        check_not_another_run(outputs.save)
     for path in (outputs.save, outputs.metrics, outputs.plot):
         check_writable(path)  # fail before training, not after the first epoch
     if outputs.plot:
@@ -445,6 +473,11 @@ def set_up(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[Run, P
         params, state, _ = fcnn.init(model, init_rng, in_shape)
     except ValueError as err:
         raise UsageError(f"model {config.model!r} on {data.name} {in_shape}: {err}") from None
+    if config.batch_size == 1 and has_batch_norm(model.spec):
+        raise UsageError(
+            f"model {config.model!r} has batch norm, which cannot normalise one image per "
+            "batch: use --batch-size 2 or more"
+        )
     # Batch norm cannot normalise a batch of one image: skip such a final batch.
     n = len(data.x_train)
     drop_last = n % config.batch_size == 1 and n > 1
@@ -498,11 +531,15 @@ def resume_progress(path: str, ckpt: Checkpoint, fresh: Progress) -> Progress:
 def describe(run: Run, progress: Progress) -> str:
     """The run's header line: model, data, optimizer, batch and epochs."""
     c, d = run.config, run.data
+    n = len(d.x_train)
+    batch = str(c.batch_size)
+    if c.batch_size > n:  # every batch is then the whole (shuffled) training set
+        batch = f"{n} (the whole training set; --batch-size {c.batch_size} is larger)"
     n_params = sum(a.size for a in fcnn.tree_leaves(progress.ts.params))
     return (
         f"{c.model} ({n_params:,} params) on {d.name}: {len(d.x_train):,} train / "
         f"{len(d.x_test):,} test images {tuple(d.x_train.shape[1:])}, {c.optimizer} lr "
-        f"{c.lr:g} ({c.schedule}), batch {c.batch_size}, {c.epochs} epochs"
+        f"{c.lr:g} ({c.schedule}), batch {batch}, {plural(c.epochs, 'epoch')}"
     )
 
 
@@ -666,18 +703,21 @@ def run_training(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         print(f"error: {err}; {kept}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        kept = (
-            f"resume from {progress.saved}"
-            if progress.saved
-            else "no checkpoint was saved (use --save)"
-        )
+        if progress.saved:
+            kept = f"resume from {progress.saved}"
+        elif run.outputs.save:
+            kept = (
+                f"no checkpoint was saved yet (the first goes to {run.outputs.save} after an epoch)"
+            )
+        else:
+            kept = "no checkpoint was saved (use --save)"
         # progress.epoch is the last epoch finished (or being saved): the one under way is next
         print(f"\ninterrupted during epoch {progress.epoch + 1}; {kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
     seconds = sum(r["train_seconds"] for r in progress.history)
     print(
-        f"done: test accuracy {100 * progress.history[-1]['test_acc']:.2f}% after {epochs} epochs "
-        f"({seconds:.1f}s of training)"
+        f"done: test accuracy {100 * progress.history[-1]['test_acc']:.2f}% after "
+        f"{plural(epochs, 'epoch')} ({seconds:.1f}s of training)"
     )
     return 0
 

@@ -176,6 +176,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
         "3",
         "--save",
         str(ckpt),
+        "--overwrite",  # another run's file: replaced only when said so
     )
     assert code == 1
     err = capsys.readouterr().err
@@ -444,3 +445,58 @@ def test_resume_validates_the_stored_config_like_the_flags(
     err = capsys.readouterr().err
     assert err.startswith("error:") and "cannot resume" in err and message in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_save_refuses_to_overwrite_another_runs_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--save once silently replaced the checkpoint of a different run."""
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
+    before = ckpt.read_bytes()
+    capsys.readouterr()
+    assert (
+        run("--dataset", "lines", *FAST, "--epochs", "1", "--seed", "3", "--save", str(ckpt)) == 1
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "--overwrite" in err and f"--resume {ckpt}" in err
+    assert ckpt.read_bytes() == before
+    # resuming it (it is this run's own) is fine, and so is saying --overwrite
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 0
+    args = ("--dataset", "lines", *FAST, "--epochs", "1", "--seed", "3")
+    assert run(*args, "--save", str(ckpt), "--overwrite") == 0
+    assert load_checkpoint(ckpt).meta["config"]["seed"] == 3
+
+
+def test_ctrl_c_in_the_first_epoch_with_save_says_none_was_saved_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to say "no checkpoint was saved (use --save)" when --save was given."""
+    interrupt_at_epoch(monkeypatch, 1)
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "2", "--save", str(ckpt)) == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint was saved yet" in err and str(ckpt) in err and "use --save" not in err
+    assert not ckpt.exists()
+
+
+def test_batch_norm_with_batch_size_1_is_refused_up_front(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--model bn --batch-size 1 ended in a traceback from inside batch norm."""
+    argv = ("--model", "bn", "--limit-train", "64", "--batch-size", "1", "--quiet")
+    assert run(*argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "batch norm" in err and "--batch-size 2" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_batch_size_larger_than_the_training_set_is_reported(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The header used to report the flag's value while the batches were clamped."""
+    argv = ("--dataset", "lines", "--model", "small", "--limit-train", "50", "--epochs", "1")
+    assert run(*argv, "--batch-size", "64") == 0
+    out = capsys.readouterr().out
+    assert "batch 50 (the whole training set; --batch-size 64 is larger)" in out
+    assert "1 epoch\n" in out and "after 1 epoch " in out and "1 epochs" not in out
