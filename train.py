@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -44,6 +45,18 @@ from fcnn.io import (
 )
 from fcnn.models import MODELS, build_and_describe, check_same_model
 from fcnn.optim import Schedule
+from fcnn.parallel import (
+    Comm,
+    MissingMPIError,
+    abort_on_failure,
+    allreduce_mean,
+    broadcast,
+    check_same_everywhere,
+    data_parallel_step,
+    evaluate_sharded,
+    shard,
+    world,
+)
 from fcnn.plots import MissingExtraError, figure_class, plot_history
 from fcnn.runtime import tune_allocator
 from fcnn.training import Step
@@ -301,6 +314,54 @@ class Data:
 
 
 @dataclass(frozen=True)
+class Ranks:
+    """The MPI ranks training together (``comm`` is None in a plain one-process run).
+
+    Every rank trains on its slice of each global batch; only rank 0 prints and writes.
+    """
+
+    comm: Comm | None = None
+    rank: int = 0
+    size: int = 1
+    threads: str = ""  # the BLAS threads per rank, as said in the header
+
+    @property
+    def root(self) -> bool:
+        return self.rank == 0
+
+
+def join_ranks() -> Ranks:
+    """This process's place among the ranks ``mpiexec`` started, if any, with BLAS threads
+    set to cores / ranks unless OMP_NUM_THREADS (or the BLAS's own variable) says otherwise."""
+    comm = world()
+    if comm is None:
+        return Ranks()
+    size = comm.Get_size()
+    set_by = [v for v in BLAS_THREAD_VARS if os.environ.get(v)]
+    if set_by:
+        threads = f"BLAS threads per rank from {set_by[0]}={os.environ[set_by[0]]}"
+    else:
+        n = max(1, len(os.sched_getaffinity(0)) // size)
+        try:
+            from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+            threadpool_limits(n, user_api="blas")
+            threads = (
+                f"{plural(n, 'BLAS thread')} per rank (cores / ranks; OMP_NUM_THREADS overrides)"
+            )
+        except ImportError:
+            threads = 'BLAS threads left as they were (pip install "fcnn[mpi]" adds threadpoolctl)'
+    return Ranks(comm, comm.Get_rank(), size, threads)
+
+
+BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class RanksDisagreeError(UsageError):
+    """The ranks were started with different settings or data; raised on every rank."""
+
+
+@dataclass(frozen=True)
 class Run:
     """Everything fixed once the run is set up; epochs read it and never change it."""
 
@@ -315,6 +376,7 @@ class Run:
     augment: Callable[[Any, np.random.Generator], Any] | None
     meta: dict[str, Any]  # stored with every checkpoint, besides the epoch, rng and history
     quiet: bool
+    ranks: Ranks
 
 
 @dataclass(frozen=True)
@@ -354,10 +416,12 @@ def check_not_another_run(path: str) -> None:
         )
 
 
-def has_batch_norm(spec: Mapping[str, Any]) -> bool:
-    """Whether a model ``spec`` (see ``Layer.spec``) holds a batch norm layer at any depth."""
+def has_layer(spec: Mapping[str, Any], kind: str) -> bool:
+    """Whether a model ``spec`` (see ``Layer.spec``) holds, at any depth, a layer whose
+    type names ``kind`` (``"BatchNorm"`` finds BatchNorm1d and BatchNorm2d, ``"Dropout"``
+    finds Dropout and SpatialDropout2d)."""
     children = spec.get("layers", [])
-    return str(spec.get("type", "")).startswith("BatchNorm") or any(map(has_batch_norm, children))
+    return kind in str(spec.get("type", "")) or any(has_layer(c, kind) for c in children)
 
 
 def read_resume(path: str) -> tuple[Checkpoint, RunConfig]:
@@ -445,20 +509,24 @@ def shifter(config: RunConfig, data: Data) -> Callable[[Any, np.random.Generator
     return augment
 
 
-def set_up(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[Run, Progress]:
+def set_up(
+    args: argparse.Namespace, say: Callable[[str], None], ranks: Ranks
+) -> tuple[Run, Progress]:
     """Everything before the first epoch, failing early: read the checkpoint to resume and
     check its model, prove the outputs writable, load the data, build and initialise the model
-    (or take the checkpoint's weights), the optimizer and the step."""
+    (or take the checkpoint's weights), the optimizer and the step; under MPI, check that
+    every rank was started alike and give them all rank 0's state."""
     ckpt, saved = read_resume(args.resume) if args.resume else (None, None)
     config = resolve_config(args, saved)
     built = None if ckpt is None else resumed_model(args.resume, ckpt, config)
     outputs = Outputs(save=args.save or args.resume, metrics=args.metrics, plot=args.plot)
-    if outputs.save and outputs.save != args.resume and not args.overwrite:
-        check_not_another_run(outputs.save)
-    for path in (outputs.save, outputs.metrics, outputs.plot):
-        check_writable(path)  # fail before training, not after the first epoch
-    if outputs.plot:
-        figure_class()  # fail before training when matplotlib is missing
+    if ranks.root:  # the only rank that writes
+        if outputs.save and outputs.save != args.resume and not args.overwrite:
+            check_not_another_run(outputs.save)
+        for path in (outputs.save, outputs.metrics, outputs.plot):
+            check_writable(path)  # fail before training, not after the first epoch
+        if outputs.plot:
+            figure_class()  # fail before training when matplotlib is missing
 
     data = load_data(config, args.data_dir, ckpt)
     init_rng, train_rng = np.random.default_rng(config.seed).spawn(2)
@@ -473,14 +541,15 @@ def set_up(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[Run, P
         params, state, _ = fcnn.init(model, init_rng, in_shape)
     except ValueError as err:
         raise UsageError(f"model {config.model!r} on {data.name} {in_shape}: {err}") from None
-    if config.batch_size == 1 and has_batch_norm(model.spec):
+    batch_norm = has_layer(model.spec, "BatchNorm")
+    if batch_norm and config.batch_size < 2 * ranks.size:
+        per = "batch" if ranks.size == 1 else f"rank's slice of a batch ({ranks.size} ranks)"
         raise UsageError(
             f"model {config.model!r} has batch norm, which cannot normalise one image per "
-            "batch: use --batch-size 2 or more"
+            f"{per}: use --batch-size {2 * ranks.size} or more"
         )
-    # Batch norm cannot normalise a batch of one image: skip such a final batch.
     n = len(data.x_train)
-    drop_last = n % config.batch_size == 1 and n > 1
+    drop_last = drop_last_batch(n, config.batch_size, ranks.size, batch_norm)
     steps_per_epoch = n // config.batch_size if drop_last else math.ceil(n / config.batch_size)
     schedule = make_schedule(config, config.epochs * steps_per_epoch)
     opt = make_optimizer(config, schedule)
@@ -488,6 +557,8 @@ def set_up(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[Run, P
     if ckpt is not None:
         progress = resume_progress(args.resume, ckpt, progress)
         say(f"resuming {args.resume} after epoch {progress.epoch}")
+    if ranks.comm is not None:
+        progress = agree(ranks.comm, config, data, progress)
     meta = {
         "model": desc,
         "input_shape": list(in_shape),
@@ -501,15 +572,67 @@ def set_up(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[Run, P
         outputs=outputs,
         data=data,
         model=model,
-        step=fcnn.make_step(model, opt),
+        step=(
+            fcnn.make_step(model, opt)
+            if ranks.comm is None
+            else data_parallel_step(
+                model, opt, ranks.comm, random_layers=has_layer(model.spec, "Dropout")
+            )
+        ),
         schedule=schedule,
         steps_per_epoch=steps_per_epoch,
         drop_last=drop_last,
         augment=shifter(config, data),
         meta=meta,
-        quiet=args.quiet,
+        quiet=args.quiet or not ranks.root,
+        ranks=ranks,
     )
     return run, progress
+
+
+def drop_last_batch(n: int, batch_size: int, ranks: int, batch_norm: bool) -> bool:
+    """Whether to skip an epoch's short last batch.
+
+    Batch norm cannot normalise one image: a last batch of one image is skipped (for
+    every model, as always), and with batch norm also one that would leave some rank's
+    slice with a single image."""
+    rest = n % batch_size
+    if rest == 0 or n == 1:
+        return False
+    if rest == 1:
+        return True
+    sizes = {len(range(n)[shard(rest, r, ranks)]) for r in range(ranks)}
+    return batch_norm and 1 in sizes
+
+
+def fingerprint(config: RunConfig, data: Data, progress: Progress) -> str:
+    """A digest of everything the ranks must share: settings, data and the starting state."""
+    h = hashlib.blake2b(json.dumps(config.as_dict(), sort_keys=True).encode())
+    for a in (data.x_train, data.y_train, data.x_test, data.y_test, data.mean, data.std):
+        h.update(repr((a.shape, a.dtype.str)).encode())
+        h.update(np.ascontiguousarray(a).data)
+    h.update(str(progress.epoch).encode())
+    return h.hexdigest()
+
+
+def agree(comm: Comm, config: RunConfig, data: Data, progress: Progress) -> Progress:
+    """Refuse ranks started with other settings or data than rank 0 (on every rank, before
+    training); then every rank starts from rank 0's weights and optimizer state."""
+    differ = check_same_everywhere(fingerprint(config, data, progress), comm)
+    if differ:
+        raise RanksDisagreeError(
+            f"rank{'s' * (len(differ) > 1)} {', '.join(map(str, differ))} started with other "
+            "settings, data or checkpoint than rank 0; start every rank with the same command"
+        )
+    return dataclasses.replace(progress, ts=sync(progress.ts, comm))
+
+
+def sync(ts: fcnn.TrainState, comm: Comm) -> fcnn.TrainState:
+    """Rank 0's params and optimizer state on every rank, with the ranks' batch-norm
+    running statistics averaged (each rank normalised its own slices)."""
+    state = allreduce_mean(ts.state, comm) if ts.state else ts.state
+    shared = broadcast({"params": ts.params, "opt_state": ts.opt_state}, comm)
+    return fcnn.TrainState(shared["params"], state, shared["opt_state"])
 
 
 def resume_progress(path: str, ckpt: Checkpoint, fresh: Progress) -> Progress:
@@ -536,10 +659,17 @@ def describe(run: Run, progress: Progress) -> str:
     if c.batch_size > n:  # every batch is then the whole (shuffled) training set
         batch = f"{n} (the whole training set; --batch-size {c.batch_size} is larger)"
     n_params = sum(a.size for a in fcnn.tree_leaves(progress.ts.params))
-    return (
+    line = (
         f"{c.model} ({n_params:,} params) on {d.name}: {len(d.x_train):,} train / "
         f"{len(d.x_test):,} test images {tuple(d.x_train.shape[1:])}, {c.optimizer} lr "
         f"{c.lr:g} ({c.schedule}), batch {batch}, {plural(c.epochs, 'epoch')}"
+    )
+    r = run.ranks
+    if r.comm is None:
+        return line
+    return (
+        f"{line}\ndata-parallel on {r.size} MPI ranks, each on 1/{r.size} of every batch; "
+        f"{r.threads}"
     )
 
 
@@ -597,9 +727,13 @@ def train_one_epoch(
 
 def evaluate(run: Run, ts: fcnn.TrainState, epoch: int) -> tuple[float, float]:
     """Test ``(loss, accuracy)``; ``NonFiniteLossError`` if the epoch broke the model."""
-    test_loss, test_acc = fcnn.evaluate(
-        run.model, ts.params, ts.state, run.data.x_test, run.data.y_test
-    )
+    d, comm = run.data, run.ranks.comm
+    if comm is None:
+        test_loss, test_acc = fcnn.evaluate(run.model, ts.params, ts.state, d.x_test, d.y_test)
+    else:
+        test_loss, test_acc = evaluate_sharded(
+            run.model, ts.params, ts.state, d.x_test, d.y_test, comm
+        )
     if not math.isfinite(test_loss):
         raise fcnn.NonFiniteLossError(
             f"epoch {epoch}: test loss is {test_loss} after the epoch's updates; stopping "
@@ -657,13 +791,18 @@ def save_checkpoint_of(run: Run, progress: Progress) -> Progress:
         "history": list(progress.history),
     }
     ts = progress.ts
-    save_checkpoint(path, params=ts.params, state=ts.state, opt_state=ts.opt_state, meta=meta)
+    if run.ranks.root:
+        save_checkpoint(path, params=ts.params, state=ts.state, opt_state=ts.opt_state, meta=meta)
+    if run.ranks.comm is not None:
+        run.ranks.comm.Barrier()  # every rank knows the checkpoint is written before going on
     return dataclasses.replace(progress, saved=f"{path} (epoch {progress.epoch})")
 
 
 def write_reports(run: Run, progress: Progress) -> None:
     """Rewrite the metrics file and the plot the run asked for, from the whole history."""
     history = list(progress.history)
+    if not run.ranks.root:
+        return
     if run.outputs.metrics:
         write_metrics(run.outputs.metrics, history)
     if run.outputs.plot:
@@ -674,6 +813,8 @@ def next_epoch(run: Run, progress: Progress, say: Callable[[str], None]) -> Prog
     """Train one epoch and evaluate it; the new progress has its metrics row."""
     epoch = progress.epoch + 1
     ts, train_loss, seconds = train_one_epoch(run, progress.ts, progress.rng, epoch)
+    if run.ranks.comm is not None:
+        ts = sync(ts, run.ranks.comm)
     row = epoch_row(run, epoch, train_loss, seconds, evaluate(run, ts, epoch))
     say(epoch_line(run, row))
     return dataclasses.replace(progress, ts=ts, epoch=epoch, history=(*progress.history, row))
@@ -682,8 +823,8 @@ def next_epoch(run: Run, progress: Progress, say: Callable[[str], None]) -> Prog
 # The story: set up, then train, evaluate and save each epoch
 
 
-def run_training(args: argparse.Namespace, say: Callable[[str], None]) -> int:
-    run, progress = set_up(args, say)
+def run_training(args: argparse.Namespace, say: Callable[[str], None], ranks: Ranks) -> int:
+    run, progress = set_up(args, say, ranks)
     say(describe(run, progress))
     epochs = run.config.epochs
     if progress.epoch >= epochs:
@@ -700,9 +841,14 @@ def run_training(args: argparse.Namespace, say: Callable[[str], None]) -> int:
             if progress.saved
             else "no checkpoint was saved"
         )
-        print(f"error: {err}; {kept}", file=sys.stderr)
+        if ranks.root:  # every rank stops here at the same step; one says so
+            print(f"error: {err}; {kept}", file=sys.stderr, flush=True)
+        if ranks.comm is not None:
+            ranks.comm.Barrier()  # the message is out before any rank ends the job
         return EXIT_FAILED
     except KeyboardInterrupt:
+        if not ranks.root:
+            time.sleep(1.0)  # rank 0, interrupted too, normally says it and ends the job first
         if progress.saved:
             kept = f"resume from {progress.saved}"
         elif run.outputs.save:
@@ -715,6 +861,8 @@ def run_training(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         print(f"\ninterrupted during epoch {progress.epoch + 1}; {kept}", file=sys.stderr)
         return EXIT_INTERRUPTED
     seconds = sum(r["train_seconds"] for r in progress.history)
+    if not ranks.root:
+        return 0
     print(
         f"done: test accuracy {100 * progress.history[-1]['test_acc']:.2f}% after "
         f"{plural(epochs, 'epoch')} ({seconds:.1f}s of training)"
@@ -725,11 +873,33 @@ def run_training(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tune_allocator()  # keep freed temporaries in the heap: see fcnn/runtime.py
-    say: Callable[[str], None] = (lambda _: None) if args.quiet else print
     try:
-        return run_training(args, say)
-    except (UsageError, DatasetNotFoundError, CheckpointError, MissingExtraError, OSError) as err:
+        ranks = join_ranks()
+    except MissingMPIError as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    with abort_on_failure(ranks.comm):  # one rank's exception ends every rank
+        code = run_on_this_rank(args, ranks)
+        if code and ranks.comm is not None and ranks.size > 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            ranks.comm.Abort(code)  # no rank may be left waiting in a collective
+    return code
+
+
+def run_on_this_rank(args: argparse.Namespace, ranks: Ranks) -> int:
+    say: Callable[[str], None] = print if ranks.root and not args.quiet else (lambda _: None)
+    try:
+        return run_training(args, say, ranks)
+    except RanksDisagreeError as err:  # raised on every rank: rank 0 says it
+        if ranks.root:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        if ranks.comm is not None:
+            ranks.comm.Barrier()
+        return EXIT_FAILED
+    except (UsageError, DatasetNotFoundError, CheckpointError, MissingExtraError, OSError) as err:
+        where = "" if ranks.comm is None else f"rank {ranks.rank}: "
+        print(f"error: {where}{err}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:  # before training started; run_training handles it during training
         print("\ninterrupted", file=sys.stderr)

@@ -1,0 +1,302 @@
+"""fcnn.parallel and ``mpiexec -n 2 python train.py``: sharding, the fused allreduce, equality
+with one process, resume, and every fault ending the whole job (each run under a timeout)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import same_tree
+
+import fcnn
+import train
+from fcnn.io import load_checkpoint
+from fcnn.models import build_model
+from fcnn.parallel import allreduce_mean, allreduce_sum, broadcast, shard, world
+from fcnn.tree import flatten_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+try:
+    import mpi4py  # noqa: F401
+
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+needs_mpi = pytest.mark.skipif(
+    not (HAVE_MPI4PY and MPIEXEC), reason='needs mpi4py and mpiexec: pip install "fcnn[mpi]"'
+)
+TIMEOUT = 120  # seconds for one mpiexec job; a hang fails the test instead of stalling CI
+# Small and quick: 600 embedded digits, batch 64 (600 = 9 * 64 + 24: a short last batch).
+QUICK = ["--model", "small", "--limit-train", "600", "--quiet"]
+
+
+class SelfComm:
+    """A one-rank stand-in with mpi4py's buffer methods, for the packing logic."""
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 1
+
+    def Allreduce(self, sendbuf: Any, recvbuf: Any) -> None:
+        recvbuf[...] = sendbuf
+
+    def Bcast(self, buf: Any, root: int = 0) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("n", "size"), [(10, 4), (3, 4), (0, 2), (64, 2), (65, 3)])
+def test_shard_covers_every_index_once_with_sizes_within_one(n: int, size: int) -> None:
+    parts = [shard(n, r, size) for r in range(size)]
+    covered = np.concatenate([np.arange(n)[p] for p in parts])
+    np.testing.assert_array_equal(covered, np.arange(n))
+    sizes = [len(range(n)[p]) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_shard_refuses_a_rank_outside_the_world() -> None:
+    with pytest.raises(ValueError, match=r"shard: rank must be in \[0, 2\), got 2"):
+        shard(10, 2, 2)
+
+
+def test_allreduce_and_broadcast_return_new_trees_of_the_same_shapes_and_dtypes(
+    rng: np.random.Generator,
+) -> None:
+    tree = {
+        "conv1": {"w": rng.standard_normal((2, 1, 3, 3)).astype(np.float32)},
+        "dense1": {
+            "w": rng.standard_normal((4, 3)).astype(np.float32),
+            "b": np.zeros(3, np.float32),
+        },
+    }
+    before = {k: v.copy() for k, v in flatten_dict(tree).items()}
+    for out in (allreduce_sum(tree, SelfComm()), allreduce_mean(tree, SelfComm()),
+                broadcast(tree, SelfComm())):  # fmt: skip
+        assert same_tree(out, tree)
+        for k, v in flatten_dict(out).items():
+            assert v.dtype == np.float32 and v is not flatten_dict(tree)[k]
+    for k, v in flatten_dict(tree).items():  # nothing written into the argument
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_world_is_none_without_a_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert world() is None
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "ranks", "batch_norm", "expected"),
+    [
+        (129, 64, 1, False, True),  # one image left: skipped, as always
+        (130, 64, 1, True, False),
+        (130, 64, 2, False, False),  # 2 left: one per rank is fine without batch norm
+        (130, 64, 2, True, True),  # ... but not with it
+        (131, 64, 2, True, True),  # 3 left: slices of 2 and 1
+        (132, 64, 2, True, False),  # 4 left: 2 and 2
+        (128, 64, 2, True, False),  # no short batch
+    ],
+)
+def test_drop_last_batch(n: int, batch: int, ranks: int, batch_norm: bool, expected: bool) -> None:
+    assert train.drop_last_batch(n, batch, ranks, batch_norm) is expected
+
+
+def mpirun(
+    *argv: str, n: int = 2, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """``mpiexec -n N python train.py ARGV`` (or another script), killed at TIMEOUT."""
+    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, *argv]
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@needs_mpi
+def test_two_ranks_train_the_same_model_as_one_process(tmp_path: Path) -> None:
+    """Same seed, data order and augmentation: after an epoch every leaf agrees with the
+    one-process run to float32 rounding (relative to the leaf's largest entry)."""
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    assert train.main([*QUICK, "--epochs", "1", "--save", str(one)]) == 0
+    done = mpirun("train.py", *QUICK, "--epochs", "1", "--save", str(two))
+    assert done.returncode == 0, done.stderr
+    a, b = load_checkpoint(one), load_checkpoint(two)
+    for path, leaf in flatten_dict(a.params).items():
+        other = flatten_dict(b.params)[path]
+        err = np.abs(leaf - other).max() / np.abs(leaf).max()
+        assert err < 1e-5, (path, err)
+    assert b.meta["config"] == a.meta["config"]
+    acc = [c.meta["history"][-1]["test_acc"] for c in (a, b)]
+    assert acc[0] == pytest.approx(acc[1], abs=2e-3)  # at most a test image or two flips
+    assert done.stdout.count("done: test accuracy") == 1  # rank 0 alone prints
+
+
+SHARDED_EVAL = """
+import numpy as np, fcnn
+from fcnn.models import build_model
+from fcnn.parallel import evaluate_sharded, world
+comm = world()
+model = build_model("small", 10)
+params, state, _ = fcnn.init(model, np.random.default_rng(0), (1, 28, 28))
+rng = np.random.default_rng(1)
+x = rng.standard_normal((101, 1, 28, 28)).astype(np.float32)
+y = rng.integers(0, 10, 101)
+loss, acc = evaluate_sharded(model, params, state, x, y, comm)
+ref_loss, ref_acc = fcnn.evaluate(model, params, state, x, y)
+assert acc == ref_acc, (acc, ref_acc)
+assert abs(loss - ref_loss) <= 1e-6 * abs(ref_loss), (loss, ref_loss)
+print("rank", comm.Get_rank(), "ok", acc)
+"""
+
+
+@needs_mpi
+def test_sharded_evaluation_equals_one_process(tmp_path: Path) -> None:
+    script = tmp_path / "eval.py"
+    script.write_text(SHARDED_EVAL)
+    done = mpirun(str(script), n=3)  # 101 images over 3 ranks: 34, 34, 33
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(" ok ") == 3
+
+
+@needs_mpi
+def test_resume_under_two_ranks_is_bit_identical_and_one_process_can_continue(
+    tmp_path: Path,
+) -> None:
+    straight, resumed = tmp_path / "straight.npz", tmp_path / "resumed.npz"
+    quick = (*QUICK, "--schedule", "constant")  # so 1 epoch + 1 resumed == 2 epochs
+    assert mpirun("train.py", *quick, "--epochs", "2", "--save", str(straight)).returncode == 0
+    assert mpirun("train.py", *quick, "--epochs", "1", "--save", str(resumed)).returncode == 0
+    done = mpirun("train.py", "--resume", str(resumed), "--epochs", "2", "--quiet")
+    assert done.returncode == 0, done.stderr
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    for path, leaf in flatten_dict(a.params).items():
+        np.testing.assert_array_equal(leaf, flatten_dict(b.params)[path], err_msg=path)
+    # the 2-rank checkpoint continues in one process
+    assert train.main(["--resume", str(resumed), "--epochs", "3", "--quiet"]) == 0
+    assert load_checkpoint(resumed).meta["epoch"] == 3
+
+
+@needs_mpi
+def test_batch_norm_trains_on_two_ranks_with_averaged_running_statistics(tmp_path: Path) -> None:
+    ckpt = tmp_path / "bn.npz"
+    args = ("--model", "bn", "--limit-train", "256", "--batch-size", "32", "--quiet")
+    done = mpirun("train.py", *args, "--epochs", "1", "--save", str(ckpt))
+    assert done.returncode == 0, done.stderr
+    state = flatten_dict(load_checkpoint(ckpt).state)
+    assert state and all(np.isfinite(v).all() for v in state.values())
+    # a batch of 2 splits into slices of 1 image, which batch norm refuses: said up front
+    done = mpirun("train.py", *args[:4], "--batch-size", "3", "--quiet")
+    assert done.returncode == 1
+    assert "use --batch-size 4 or more" in done.stderr and "Traceback" not in done.stderr
+
+
+@needs_mpi
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
+def test_a_non_finite_loss_stops_every_rank_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "m.npz"
+    assert mpirun("train.py", *QUICK, "--epochs", "1", "--save", str(ckpt)).returncode == 0
+    before = ckpt.read_bytes()
+    bad = ("--optimizer", "sgd", "--lr", "1e12", "--epochs", "3", "--overwrite")
+    done = mpirun("train.py", *QUICK, *bad, "--save", str(ckpt))
+    assert done.returncode == 1
+    assert done.stderr.count("training loss is") == 1, done.stderr  # said once, by rank 0
+    assert ckpt.read_bytes() == before
+
+
+RANK_1_FAILS = """
+import sys
+sys.path.insert(0, {root!r})
+import fcnn, train
+from fcnn.parallel import world
+if world().Get_rank() == 1:
+    def broken(*args, **kwargs):
+        raise RuntimeError("rank 1 broke on purpose")
+    fcnn.train_epoch = broken
+sys.exit(train.main({argv!r}))
+"""
+
+
+@needs_mpi
+def test_an_exception_on_one_rank_ends_the_whole_job_with_its_message(tmp_path: Path) -> None:
+    script = tmp_path / "fail.py"
+    script.write_text(RANK_1_FAILS.format(root=str(ROOT), argv=[*QUICK, "--epochs", "2"]))
+    start = time.monotonic()
+    done = mpirun(str(script))
+    assert time.monotonic() - start < 60  # promptly: rank 0 is not left in the allreduce
+    assert done.returncode == 1
+    assert "rank 1 broke on purpose" in done.stderr
+
+
+@needs_mpi
+def test_ranks_started_with_different_flags_are_refused_before_training(tmp_path: Path) -> None:
+    cmd = [str(MPIEXEC), "-n", "1", sys.executable, "train.py", *QUICK, "--seed", "0"]
+    cmd += [":", "-n", "1", sys.executable, "train.py", *QUICK, "--seed", "1"]
+    done = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 1
+    assert "rank 1 started with other settings" in done.stderr
+    assert done.stderr.count("started with other settings") == 1
+    assert "epoch 1" not in done.stdout
+
+
+@needs_mpi
+def test_ctrl_c_stops_every_rank_with_the_resume_hint(tmp_path: Path) -> None:
+    ckpt = tmp_path / "m.npz"
+    args = ["--model", "small", "--limit-train", "3000", "--epochs", "50", "--save", str(ckpt)]
+    proc = subprocess.Popen(
+        [str(MPIEXEC), "-n", "2", sys.executable, "train.py", *args, "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ckpt.exists(), "no epoch finished in time"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted during epoch" in err and f"resume from {ckpt}" in err
+    saved = load_checkpoint(ckpt)
+    assert 1 <= saved.meta["epoch"] < 50
+
+
+def test_the_step_and_state_helpers_do_not_need_mpi_for_one_rank(rng: np.random.Generator) -> None:
+    """data_parallel_step over a one-rank communicator is the plain step."""
+    from fcnn.parallel import data_parallel_step
+
+    model = build_model("small", 10)
+    params, state, _ = fcnn.init(model, np.random.default_rng(0), (1, 28, 28))
+    opt = fcnn.sgd(0.1, momentum=0.9)
+    ts = fcnn.TrainState(params, state, opt.init(params))
+    x = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    ctx = fcnn.Context(train=True, rng=np.random.default_rng(0))
+    plain, lp = fcnn.make_step(model, opt)(ts, x, y, ctx)
+    parallel, lq = data_parallel_step(model, opt, SelfComm(), random_layers=False)(ts, x, y, ctx)  # type: ignore[arg-type]
+    assert lq == pytest.approx(lp, rel=1e-6)
+    for path, leaf in flatten_dict(plain.params).items():
+        np.testing.assert_allclose(flatten_dict(parallel.params)[path], leaf, rtol=1e-5, atol=1e-7)
