@@ -28,7 +28,6 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .backend import xp_of
 from .layers.base import Array, Context, Layer, Params, Shape, State, reraise_with_path
 
 __all__ = [
@@ -219,7 +218,7 @@ def predict(
     ctx = Context(train=False)
     step = n if batch_size is None else batch_size
     outs = [model.apply(params, state, x[i : i + step], ctx)[0] for i in range(0, n, step)]
-    return outs[0] if len(outs) == 1 else xp_of(x).concatenate(outs, axis=0)
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
 
 
 class LossPair(Protocol):

@@ -25,7 +25,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .backend import xp_of
 from .tree import tree_map, tree_map_with_path, zeros_like
 
 __all__ = [
@@ -221,8 +220,7 @@ def _adam_like(
         wd = weight_decay if decoupled else 0.0
 
         def step(path: str, m: Any, v: Any, p: Any) -> Any:
-            xp = xp_of(m, v, p)
-            d = (m / c1) / (xp.sqrt(v / c2) + eps)
+            d = (m / c1) / (np.sqrt(v / c2) + eps)
             if wd != 0.0 and decay_mask(path):
                 d = d + wd * p
             return _cast(-lr_t * d, p)
