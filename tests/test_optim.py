@@ -15,6 +15,7 @@ from fcnn.optim import (
     adam,
     adamw,
     apply_updates,
+    clip_by_global_norm,
     constant,
     default_decay_mask,
     sgd,
@@ -22,6 +23,7 @@ from fcnn.optim import (
 from fcnn.tree import (
     TreeMismatchError,
     flatten_dict,
+    global_norm,
     tree_leaves,
     tree_map,
     tree_paths,
@@ -648,3 +650,31 @@ def test_matches_torch_adamw(rng: np.random.Generator) -> None:
             eps=EPS,
         ),
     )
+
+
+def test_clip_by_global_norm() -> None:
+    grads = {"a": np.array([3.0], np.float32), "b": {"w": np.array([[4.0]], np.float32)}}
+    frozen = tree_map(lambda g: g.copy(), grads)
+    clipped, norm = clip_by_global_norm(grads, 1.0)
+    assert norm == pytest.approx(5.0)
+    np.testing.assert_allclose(clipped["a"], [0.6], rtol=1e-6)
+    np.testing.assert_allclose(clipped["b"]["w"], [[0.8]], rtol=1e-6)
+    assert clipped["a"].dtype == np.float32
+    assert global_norm(clipped) == pytest.approx(1.0, rel=1e-6)
+    # Inputs untouched; a tree within the limit is unchanged.
+    np.testing.assert_array_equal(grads["a"], frozen["a"])
+    same, _ = clip_by_global_norm(grads, 10.0)
+    np.testing.assert_array_equal(same["b"]["w"], grads["b"]["w"])
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_by_global_norm(grads, 0.0)
+    with pytest.raises(FloatingPointError):
+        clip_by_global_norm({"a": np.array([np.nan])}, 1.0)
+
+
+def test_clip_by_global_norm_lives_with_the_optimizers() -> None:
+    """Clipping is an optimizer-side transform: fcnn re-exports the one in fcnn.optim."""
+    import fcnn
+    import fcnn.schedules
+
+    assert fcnn.clip_by_global_norm is clip_by_global_norm
+    assert "clip_by_global_norm" not in fcnn.schedules.__all__
