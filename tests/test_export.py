@@ -271,7 +271,23 @@ def test_batchnorm_is_eval_mode_and_dropout_is_omitted() -> None:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             assert attrs["training_mode"] == 0
             assert attrs["epsilon"] == pytest.approx(1e-5)
+            assert attrs["momentum"] == pytest.approx(0.9)  # ONNX weighs the running value
             assert len(node.output) == 1
+
+
+def test_batchnorm_momentum_is_read_from_the_spec() -> None:
+    """Export reads the stored momentum; a spec without one is malformed, not defaulted."""
+    model = fcnn.sequential(fcnn.Flatten(), fcnn.BatchNorm1d(momentum=0.25))
+    params, state = _setup(model, (4,))
+    proto = build_onnx(model, params, state, (4,))
+    (node,) = [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["momentum"] == pytest.approx(0.75)
+    no_momentum = fcnn.sequential(_weird_layer({"type": "BatchNorm1d", "eps": 1e-5}))
+    with pytest.raises(ExportError, match=r"weird1: malformed BatchNorm1d spec .*'momentum'"):
+        build_onnx(
+            no_momentum, {"weird1": params["bn1"]}, {"weird1": state["bn1"]}, (4,)
+        )
 
 
 def test_opset_can_be_chosen(tmp_path: Path) -> None:
