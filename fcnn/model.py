@@ -199,7 +199,7 @@ def param_grads(model: Layer, cache: Any, dy: Array) -> Params:
     """``backward(model, cache, dy)[1]``, skipping the gradient of the model's input.
 
     Training never needs ``dx`` of the input images; for a first convolution that
-    saves a matrix product and a col2im (about 7% of a small CNN's step).
+    saves a matrix product and a col2im.
     """
     if model.param_grads is not None:
         return model.param_grads(cache, dy)
