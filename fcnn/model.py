@@ -178,7 +178,7 @@ def init(
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"init: rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    if not np.issubdtype(np.dtype(dtype), np.floating):
+    if np.dtype(dtype).kind != "f":
         raise TypeError(f"init: dtype must be a floating dtype, got {np.dtype(dtype)}")
     return model.init(rng, tuple(int(d) for d in input_shape), dtype)
 
