@@ -156,35 +156,21 @@ def _layers() -> list[Any]:
             ),
             (1, 6, 6),
         ),
+        ("batchnorm2d", fcnn.sequential(fcnn.BatchNorm2d(eps=1e-3)), (3, 4, 5)),
+        (
+            "batchnorm1d",
+            fcnn.sequential(fcnn.Flatten(), fcnn.Dense(6), fcnn.BatchNorm1d(momentum=0.2)),
+            (2, 3, 3),
+        ),
+        (
+            "dropout",
+            fcnn.sequential(
+                fcnn.SpatialDropout2d(0.3), fcnn.Conv2d(2, 3), fcnn.Flatten(), fcnn.Dropout(0.5)
+            ),
+            (2, 5, 5),
+        ),
+        ("dropout-only", fcnn.sequential(fcnn.Dropout(0.5)), (4,)),
     ]
-    try:
-        from fcnn.layers.norm import BatchNorm1d, BatchNorm2d
-    except ImportError:
-        cases.append(pytest.param("batchnorm", None, None, marks=pytest.mark.skip("no norm.py")))
-    else:
-        cases += [
-            ("batchnorm2d", fcnn.sequential(BatchNorm2d(eps=1e-3)), (3, 4, 5)),
-            (
-                "batchnorm1d",
-                fcnn.sequential(fcnn.Flatten(), fcnn.Dense(6), BatchNorm1d(momentum=0.2)),
-                (2, 3, 3),
-            ),
-        ]
-    try:
-        from fcnn.layers.dropout import Dropout, SpatialDropout2d
-    except ImportError:
-        cases.append(pytest.param("dropout", None, None, marks=pytest.mark.skip("no dropout.py")))
-    else:
-        cases += [
-            (
-                "dropout",
-                fcnn.sequential(
-                    SpatialDropout2d(0.3), fcnn.Conv2d(2, 3), fcnn.Flatten(), Dropout(0.5)
-                ),
-                (2, 5, 5),
-            ),
-            ("dropout-only", fcnn.sequential(Dropout(0.5)), (4,)),
-        ]
     return cases
 
 

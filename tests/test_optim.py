@@ -626,24 +626,14 @@ def test_matches_torch_sgd_nesterov(rng: np.random.Generator) -> None:
     )
 
 
-def test_matches_torch_adam(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize(("make", "torch_name"), [(adam, "Adam"), (adamw, "AdamW")])
+def test_matches_torch_adam_and_adamw(
+    rng: np.random.Generator, make: Callable[..., Optimizer], torch_name: str
+) -> None:
     _torch_compare(
         rng,
-        adam(0.01, b1=B1, b2=B2, eps=EPS, weight_decay=WD),
-        lambda torch, d, o: torch.optim.Adam(
-            [{"params": d, "weight_decay": WD}, {"params": o, "weight_decay": 0.0}],
-            lr=0.01,
-            betas=(B1, B2),
-            eps=EPS,
-        ),
-    )
-
-
-def test_matches_torch_adamw(rng: np.random.Generator) -> None:
-    _torch_compare(
-        rng,
-        adamw(0.01, b1=B1, b2=B2, eps=EPS, weight_decay=WD),
-        lambda torch, d, o: torch.optim.AdamW(
+        make(0.01, b1=B1, b2=B2, eps=EPS, weight_decay=WD),
+        lambda torch, d, o: getattr(torch.optim, torch_name)(
             [{"params": d, "weight_decay": WD}, {"params": o, "weight_decay": 0.0}],
             lr=0.01,
             betas=(B1, B2),
