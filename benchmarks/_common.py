@@ -3,15 +3,11 @@
 Nothing here runs on import. Each benchmark entry point calls ``tune_allocator()``
 explicitly, first thing, in the parent and in every worker subprocess.
 
-Why the allocator matters (DESIGN.md §6): glibc returns multi-megabyte blocks to the
-OS on every ``free``, so every step page-faults its temporaries in again. Raising the
-mmap and trim thresholds keeps freed memory in the heap for reuse. The same effect
-without code, for any NumPy program on glibc (both variables are needed)::
+Why the allocator matters, and the environment variables that do the same without
+code, is said once, in ``fcnn/runtime.py``'s docstring.
 
-    MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 python train.py
-
-Timing follows the same notes: a fresh subprocess per configuration (``run_worker``),
-warm-up, medians, and ratios only between numbers measured in one run.
+Timing: a fresh subprocess per configuration (``run_worker``), warm-up, medians,
+and ratios only between numbers measured in one run.
 """
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ from .losses import (
     softmax_cross_entropy_fwd,
 )
 from .model import backward, forward, init, loss_and_grad, predict, sequential
-from .optim import Optimizer, adam, adamw, apply_updates, constant, sgd
-from .schedules import clip_by_global_norm, cosine_decay, linear_warmup, step_decay
+from .optim import Optimizer, adam, adamw, apply_updates, clip_by_global_norm, constant, sgd
+from .schedules import cosine_decay, linear_warmup, step_decay
 from .summarize import summary
 from .training import NonFiniteLossError, TrainState, evaluate, make_step, train_epoch
 from .tree import (

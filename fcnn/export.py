@@ -188,7 +188,7 @@ def _batch_norm(
         epsilon=float(spec["eps"]),
         # Unused in eval mode. ONNX weighs the running value by momentum, fcnn (like
         # PyTorch) the batch statistic, hence 1 - m.
-        momentum=1.0 - float(spec.get("momentum", 0.1)),
+        momentum=1.0 - float(spec["momentum"]),
         training_mode=0,
     )
     return [node], [_init(n, a) for n, a in zip(names, arrays, strict=True)], path

@@ -7,6 +7,9 @@ An optimizer is two functions and holds no arrays itself::
     updates, opt_state = opt.update(grads, opt_state, params)  # new trees, nothing mutated
     params = apply_updates(params, updates)                    # params + updates
 
+Gradient clipping is a transformation without state, so it is one function:
+``grads, norm = clip_by_global_norm(grads, max_norm)`` before ``opt.update``.
+
 ``opt_state`` is a dict of arrays only (the step count is a 0-d int64 array), so
 ``flatten_dict`` / ``unflatten_dict`` save and restore it as an ``.npz``. The
 step count ``t`` is the number of updates already taken (0 before the first).
@@ -25,8 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .backend import xp_of
-from .tree import tree_map, tree_map_with_path, zeros_like
+from .tree import global_norm, tree_map, tree_map_with_path, zeros_like
 
 __all__ = [
     "Optimizer",
@@ -34,6 +36,7 @@ __all__ = [
     "adam",
     "adamw",
     "apply_updates",
+    "clip_by_global_norm",
     "constant",
     "default_decay_mask",
     "sgd",
@@ -62,6 +65,26 @@ def apply_updates(params: Tree, updates: Tree) -> Tree:
         return (p + u).astype(p.dtype, copy=False)
 
     return tree_map(add, params, updates)
+
+
+def clip_by_global_norm(grads: Any, max_norm: float) -> tuple[Any, float]:
+    """Scale every leaf of ``grads`` by ``min(1, max_norm / global_norm(grads))``.
+
+    Returns ``(clipped, norm)`` where ``norm`` is the global norm before clipping
+    (sqrt of the sum of squares of every leaf, accumulated in float64). Leaves keep
+    their dtypes; nothing is modified in place. A tree whose norm is within
+    ``max_norm`` comes back as equal (new) arrays.
+    """
+    limit = _check_real("max_norm", max_norm, positive=True)
+    norm = global_norm(grads)
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"clip_by_global_norm: the gradient norm is {norm}")
+    scale = min(1.0, limit / norm) if norm > 0 else 1.0
+
+    def clip(g: Any) -> Any:
+        return (g * scale).astype(g.dtype, copy=False)
+
+    return tree_map(clip, grads), norm
 
 
 def constant(lr: float) -> Schedule:
@@ -221,8 +244,7 @@ def _adam_like(
         wd = weight_decay if decoupled else 0.0
 
         def step(path: str, m: Any, v: Any, p: Any) -> Any:
-            xp = xp_of(m, v, p)
-            d = (m / c1) / (xp.sqrt(v / c2) + eps)
+            d = (m / c1) / (np.sqrt(v / c2) + eps)
             if wd != 0.0 and decay_mask(path):
                 d = d + wd * p
             return _cast(-lr_t * d, p)

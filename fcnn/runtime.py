@@ -4,11 +4,10 @@ Nothing here runs on import: an entry point calls ``tune_allocator()`` explicitl
 first thing. Library functions never touch process state.
 
 Why the allocator matters: glibc returns multi-megabyte blocks to the OS on every
-``free``, so every training step page-faults its temporaries in again (about 3.5x
-on a small CNN step on 2 cores). Raising the mmap and trim thresholds keeps freed
-memory in the heap for reuse, which is as fast as a preallocated workspace while
-every function stays pure. The same effect without code, for any NumPy program on
-glibc (both variables are needed)::
+``free``, so every training step page-faults its temporaries in again. Raising
+the mmap and trim thresholds keeps freed memory in the heap for reuse, which is as
+fast as a preallocated workspace while every function stays pure. The same effect
+without code, for any NumPy program on glibc (both variables are needed)::
 
     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 python train.py
 """

@@ -1,4 +1,4 @@
-"""Learning-rate schedules and gradient clipping, as plain functions.
+"""Learning-rate schedules, as plain functions.
 
 A schedule maps the 0-based count of updates already taken, ``t``, to a
 learning rate; every optimizer in ``fcnn.optim`` accepts one wherever it takes
@@ -17,10 +17,8 @@ import numbers
 from typing import Any
 
 from .optim import Schedule, _as_schedule, _check_real, constant
-from .tree import global_norm, tree_map
 
 __all__ = [
-    "clip_by_global_norm",
     "constant",
     "cosine_decay",
     "linear_warmup",
@@ -76,23 +74,3 @@ def linear_warmup(schedule: Schedule | float, warmup_steps: int) -> Schedule:
         return scale * float(inner(t))
 
     return warmed
-
-
-def clip_by_global_norm(grads: Any, max_norm: float) -> tuple[Any, float]:
-    """Scale every leaf of ``grads`` by ``min(1, max_norm / global_norm(grads))``.
-
-    Returns ``(clipped, norm)`` where ``norm`` is the global norm before clipping
-    (sqrt of the sum of squares of every leaf, accumulated in float64). Leaves keep
-    their dtypes; nothing is modified in place. A tree whose norm is within
-    ``max_norm`` comes back as equal (new) arrays.
-    """
-    limit = _check_real("max_norm", max_norm, positive=True)
-    norm = global_norm(grads)
-    if not math.isfinite(norm):
-        raise FloatingPointError(f"clip_by_global_norm: the gradient norm is {norm}")
-    scale = min(1.0, limit / norm) if norm > 0 else 1.0
-
-    def clip(g: Any) -> Any:
-        return (g * scale).astype(g.dtype, copy=False)
-
-    return tree_map(clip, grads), norm

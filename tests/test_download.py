@@ -295,6 +295,26 @@ def test_fetch_all_keeps_going_after_a_404(server: _Server, tmp_path: Path) -> N
     assert _leftovers(tmp_path) == ["b.bin"]  # what was fetched stays
 
 
+def test_fetch_all_without_download_lists_the_missing_and_asks_no_server(
+    server: _Server, tmp_path: Path
+) -> None:
+    """download=False: files already there are fine, the rest are named with their URLs."""
+    server.routes["/b.bin"] = _send(PAYLOAD)
+    check = Checksum("sha256", PAYLOAD_SHA)
+    remotes = [
+        RemoteFile(n, (f"{server.url}/{n}",), check, str(check), 1 << 20)
+        for n in ("a.bin", "b.bin")
+    ]
+    (tmp_path / "a.bin").write_bytes(PAYLOAD)
+    assert fetch_all(remotes[:1], tmp_path, download=False) == [tmp_path / "a.bin"]
+    with pytest.raises(DatasetNotFoundError) as info:
+        fetch_all(remotes, tmp_path, dataset="Toy", download=False)
+    msg = str(info.value)
+    assert "Toy: 1 file(s) not found" in msg and "(downloading is disabled)" in msg
+    assert f"url: {server.url}/b.bin" in msg and "tried:" not in msg
+    assert server.hits == [] and _leftovers(tmp_path) == ["a.bin"]
+
+
 # --- small pieces ---------------------------------------------------------------------
 
 

@@ -156,35 +156,21 @@ def _layers() -> list[Any]:
             ),
             (1, 6, 6),
         ),
+        ("batchnorm2d", fcnn.sequential(fcnn.BatchNorm2d(eps=1e-3)), (3, 4, 5)),
+        (
+            "batchnorm1d",
+            fcnn.sequential(fcnn.Flatten(), fcnn.Dense(6), fcnn.BatchNorm1d(momentum=0.2)),
+            (2, 3, 3),
+        ),
+        (
+            "dropout",
+            fcnn.sequential(
+                fcnn.SpatialDropout2d(0.3), fcnn.Conv2d(2, 3), fcnn.Flatten(), fcnn.Dropout(0.5)
+            ),
+            (2, 5, 5),
+        ),
+        ("dropout-only", fcnn.sequential(fcnn.Dropout(0.5)), (4,)),
     ]
-    try:
-        from fcnn.layers.norm import BatchNorm1d, BatchNorm2d
-    except ImportError:
-        cases.append(pytest.param("batchnorm", None, None, marks=pytest.mark.skip("no norm.py")))
-    else:
-        cases += [
-            ("batchnorm2d", fcnn.sequential(BatchNorm2d(eps=1e-3)), (3, 4, 5)),
-            (
-                "batchnorm1d",
-                fcnn.sequential(fcnn.Flatten(), fcnn.Dense(6), BatchNorm1d(momentum=0.2)),
-                (2, 3, 3),
-            ),
-        ]
-    try:
-        from fcnn.layers.dropout import Dropout, SpatialDropout2d
-    except ImportError:
-        cases.append(pytest.param("dropout", None, None, marks=pytest.mark.skip("no dropout.py")))
-    else:
-        cases += [
-            (
-                "dropout",
-                fcnn.sequential(
-                    SpatialDropout2d(0.3), fcnn.Conv2d(2, 3), fcnn.Flatten(), Dropout(0.5)
-                ),
-                (2, 5, 5),
-            ),
-            ("dropout-only", fcnn.sequential(Dropout(0.5)), (4,)),
-        ]
     return cases
 
 
@@ -271,7 +257,23 @@ def test_batchnorm_is_eval_mode_and_dropout_is_omitted() -> None:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             assert attrs["training_mode"] == 0
             assert attrs["epsilon"] == pytest.approx(1e-5)
+            assert attrs["momentum"] == pytest.approx(0.9)  # ONNX weighs the running value
             assert len(node.output) == 1
+
+
+def test_batchnorm_momentum_is_read_from_the_spec() -> None:
+    """Export reads the stored momentum; a spec without one is malformed, not defaulted."""
+    model = fcnn.sequential(fcnn.Flatten(), fcnn.BatchNorm1d(momentum=0.25))
+    params, state = _setup(model, (4,))
+    proto = build_onnx(model, params, state, (4,))
+    (node,) = [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["momentum"] == pytest.approx(0.75)
+    no_momentum = fcnn.sequential(_weird_layer({"type": "BatchNorm1d", "eps": 1e-5}))
+    with pytest.raises(ExportError, match=r"weird1: malformed BatchNorm1d spec .*'momentum'"):
+        build_onnx(
+            no_momentum, {"weird1": params["bn1"]}, {"weird1": state["bn1"]}, (4,)
+        )
 
 
 def test_opset_can_be_chosen(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from fcnn.optim import (
     adam,
     adamw,
     apply_updates,
+    clip_by_global_norm,
     constant,
     default_decay_mask,
     sgd,
@@ -22,6 +23,7 @@ from fcnn.optim import (
 from fcnn.tree import (
     TreeMismatchError,
     flatten_dict,
+    global_norm,
     tree_leaves,
     tree_map,
     tree_paths,
@@ -373,14 +375,19 @@ ALL: dict[str, Callable[[], Optimizer]] = {
 }
 
 
+@pytest.mark.parametrize("grad_dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(ALL))
-def test_float32_is_preserved(rng: np.random.Generator, name: str) -> None:
+def test_float32_params_stay_float32(
+    rng: np.random.Generator, name: str, grad_dtype: type[np.floating[Any]]
+) -> None:
     # NumPy scalars (np.float64 hyperparameters, schedules returning np.float64) included.
+    # Float64 grads too: updates and buffers follow the params' dtype, so the state's
+    # dtypes never drift.
     params = make_params(rng, np.float32)
     opt = ALL[name]()
     state = opt.init(params)
-    for g in grad_sequence(rng, params, 2):
-        assert all(a.dtype == np.float32 for a in tree_leaves(g))
+    for g in grad_sequence(rng, make_params(rng, grad_dtype), 2):
+        assert all(a.dtype == grad_dtype for a in tree_leaves(g))
         updates, state = opt.update(g, state, params)
         params = apply_updates(params, updates)
         for leaf in tree_leaves(updates) + tree_leaves(params):
@@ -388,21 +395,6 @@ def test_float32_is_preserved(rng: np.random.Generator, name: str) -> None:
         for path, leaf in flatten_dict(state).items():
             assert leaf.dtype == (np.int64 if path == "step" else np.float32), path
     assert state["step"].shape == () and int(state["step"]) == 2
-
-
-@pytest.mark.parametrize("name", list(ALL))
-def test_float64_grads_on_float32_params_keep_float32(rng: np.random.Generator, name: str) -> None:
-    # Updates and buffers follow the params' dtype, so the state's dtypes never drift.
-    params = make_params(rng, np.float32)
-    opt = ALL[name]()
-    state = opt.init(params)
-    for g in grad_sequence(rng, make_params(rng), 2):
-        updates, state = opt.update(g, state, params)
-        params = apply_updates(params, updates)
-        for leaf in tree_leaves(updates) + tree_leaves(params):
-            assert leaf.dtype == np.float32
-        for path, leaf in flatten_dict(state).items():
-            assert leaf.dtype == (np.int64 if path == "step" else np.float32), path
 
 
 def test_apply_updates_keeps_param_dtype(rng: np.random.Generator) -> None:
@@ -624,11 +616,14 @@ def test_matches_torch_sgd_nesterov(rng: np.random.Generator) -> None:
     )
 
 
-def test_matches_torch_adam(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize(("make", "torch_name"), [(adam, "Adam"), (adamw, "AdamW")])
+def test_matches_torch_adam_and_adamw(
+    rng: np.random.Generator, make: Callable[..., Optimizer], torch_name: str
+) -> None:
     _torch_compare(
         rng,
-        adam(0.01, b1=B1, b2=B2, eps=EPS, weight_decay=WD),
-        lambda torch, d, o: torch.optim.Adam(
+        make(0.01, b1=B1, b2=B2, eps=EPS, weight_decay=WD),
+        lambda torch, d, o: getattr(torch.optim, torch_name)(
             [{"params": d, "weight_decay": WD}, {"params": o, "weight_decay": 0.0}],
             lr=0.01,
             betas=(B1, B2),
@@ -637,14 +632,29 @@ def test_matches_torch_adam(rng: np.random.Generator) -> None:
     )
 
 
-def test_matches_torch_adamw(rng: np.random.Generator) -> None:
-    _torch_compare(
-        rng,
-        adamw(0.01, b1=B1, b2=B2, eps=EPS, weight_decay=WD),
-        lambda torch, d, o: torch.optim.AdamW(
-            [{"params": d, "weight_decay": WD}, {"params": o, "weight_decay": 0.0}],
-            lr=0.01,
-            betas=(B1, B2),
-            eps=EPS,
-        ),
-    )
+def test_clip_by_global_norm() -> None:
+    grads: Tree = {"a": np.array([3.0], np.float32), "b": {"w": np.array([[4.0]], np.float32)}}
+    frozen = tree_map(lambda g: g.copy(), grads)
+    clipped, norm = clip_by_global_norm(grads, 1.0)
+    assert norm == pytest.approx(5.0)
+    np.testing.assert_allclose(clipped["a"], [0.6], rtol=1e-6)
+    np.testing.assert_allclose(clipped["b"]["w"], [[0.8]], rtol=1e-6)
+    assert clipped["a"].dtype == np.float32
+    assert global_norm(clipped) == pytest.approx(1.0, rel=1e-6)
+    # Inputs untouched; a tree within the limit is unchanged.
+    np.testing.assert_array_equal(grads["a"], frozen["a"])
+    same, _ = clip_by_global_norm(grads, 10.0)
+    np.testing.assert_array_equal(same["b"]["w"], grads["b"]["w"])
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_by_global_norm(grads, 0.0)
+    with pytest.raises(FloatingPointError):
+        clip_by_global_norm({"a": np.array([np.nan])}, 1.0)
+
+
+def test_clip_by_global_norm_lives_with_the_optimizers() -> None:
+    """Clipping is an optimizer-side transform: fcnn re-exports the one in fcnn.optim."""
+    import fcnn
+    import fcnn.schedules
+
+    assert fcnn.clip_by_global_norm is clip_by_global_norm
+    assert "clip_by_global_norm" not in fcnn.schedules.__all__

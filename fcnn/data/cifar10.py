@@ -41,12 +41,10 @@ from .dataset import Dataset, uint8_to_unit
 from .download import (
     DEFAULT_TIMEOUT,
     Checksum,
-    DatasetNotFoundError,
     Progress,
     RemoteFile,
     data_home,
     fetch_all,
-    missing_message,
 )
 
 __all__ = [
@@ -225,16 +223,13 @@ def load_cifar10(
         )
         searched = list(dict.fromkeys([root / "cifar10", root]))
         note = f"An extracted {CIFAR10_FOLDER}/ folder in one of these folders is also accepted."
-        if not download:
-            raise DatasetNotFoundError(
-                missing_message("CIFAR-10", searched, [(remote, [])], downloaded=False, note=note)
-            )
         (path,) = fetch_all(
             [remote],
             root / "cifar10",
             dataset="CIFAR-10",
             searched=searched,
             note=note,
+            download=download,
             timeout=timeout,
             progress=progress,
         )

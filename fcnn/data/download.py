@@ -179,6 +179,7 @@ def fetch_all(
     dataset: str = "dataset",
     searched: Sequence[Path] = (),
     note: str = "",
+    download: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
     progress: Progress | None = None,
 ) -> list[Path]:
@@ -187,7 +188,8 @@ def fetch_all(
     If a file fails on every mirror without any server answering (offline), the
     files after it are not tried. Raises one ``DatasetNotFoundError`` listing all
     the files that could not be obtained (``note``, if any, is added to it); files
-    fetched before stay in place.
+    fetched before stay in place. ``download=False`` fetches nothing: the files not
+    already in ``dest_dir`` are listed with their URLs in the error.
     """
     dest = Path(dest_dir)
     paths: list[Path] = []
@@ -197,6 +199,9 @@ def fetch_all(
         final = dest / remote.filename
         if final.exists():
             paths.append(final)
+            continue
+        if not download:
+            failures.append((remote, []))
             continue
         if offline:
             failures.append((remote, ["not tried: the previous file could not reach any mirror"]))
@@ -210,7 +215,7 @@ def fetch_all(
     if failures:
         folders = list(dict.fromkeys([*searched, dest]))
         raise DatasetNotFoundError(
-            missing_message(dataset, folders, failures, downloaded=True, note=note)
+            missing_message(dataset, folders, failures, downloaded=download, note=note)
         )
     return paths
 

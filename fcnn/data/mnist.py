@@ -41,12 +41,10 @@ from numpy.typing import NDArray
 from .dataset import Dataset, uint8_to_unit
 from .download import (
     DEFAULT_TIMEOUT,
-    DatasetNotFoundError,
     Progress,
     RemoteFile,
     data_home,
     fetch_all,
-    missing_message,
 )
 
 __all__ = [
@@ -285,18 +283,13 @@ def load_mnist_uint8(
             )
             for n in missing
         ]
-        if not download:
-            raise DatasetNotFoundError(
-                missing_message(
-                    "MNIST", searched, [(r, []) for r in remotes], downloaded=False, note=_NOTE
-                )
-            )
         paths = fetch_all(
             remotes,
             root / "mnist",
             dataset="MNIST",
             searched=searched,
             note=_NOTE,
+            download=download,
             timeout=timeout,
             progress=progress,
         )
