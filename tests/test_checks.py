@@ -17,7 +17,8 @@ from fcnn import (
     batch_norm2d_fwd,
     pair_layer,
 )
-from fcnn.layers._checks import RNG, TRAIN, Signature, to_spec
+from fcnn.layers._checks import RNG, TRAIN, Signature
+from fcnn.layers.base import to_spec
 from fcnn.models import build_model
 
 _SIG = Signature(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,6 @@ __all__ = [
     "check_float",
     "positive_int",
     "prefixed",
-    "to_spec",
 ]
 
 
@@ -242,18 +241,3 @@ def prefixed(op: str) -> Iterator[None]:
         yield
     except ValueError as err:
         raise ValueError(f"{op}: {err}") from None
-
-
-def to_spec(type_name: str, cfg: Any = None, **args: Any) -> dict[str, Any]:
-    """A layer's JSON description: its type, the constructor's own ``args``, then cfg's fields.
-
-    Tuples become lists, so the spec equals its JSON round trip.
-    """
-    spec = {"type": type_name, **args}
-    if cfg is not None:
-        spec.update({f.name: getattr(cfg, f.name) for f in fields(cfg)})
-    return {k: _jsonable(v) for k, v in spec.items()}
-
-
-def _jsonable(v: Any) -> Any:
-    return [_jsonable(e) for e in v] if isinstance(v, tuple | list) else v

@@ -16,8 +16,8 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ..ops.layout import memory_flat
-from ._checks import Signature, to_spec
-from .base import Array, Layer, Params, Shape, State, pair_layer
+from ._checks import Signature
+from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
 __all__ = ["Relu", "ReluCache", "relu_bwd", "relu_fwd"]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
 import numpy as np
@@ -47,6 +47,7 @@ __all__ = [
     "State",
     "pair_layer",
     "reraise_with_path",
+    "to_spec",
 ]
 
 Array = NDArray[Any]
@@ -156,3 +157,18 @@ def reraise_with_path(name: str, err: Exception) -> NoReturn:
     new.fcnn_path = new_path  # type: ignore[attr-defined]
     new.fcnn_msg = msg  # type: ignore[attr-defined]
     raise new from err
+
+
+def to_spec(type_name: str, cfg: Any = None, **args: Any) -> dict[str, Any]:
+    """A layer's JSON description: its type, the constructor's own ``args``, then cfg's fields.
+
+    Tuples become lists, so the spec equals its JSON round trip.
+    """
+    spec = {"type": type_name, **args}
+    if cfg is not None:
+        spec.update({f.name: getattr(cfg, f.name) for f in fields(cfg)})
+    return {k: _jsonable(v) for k, v in spec.items()}
+
+
+def _jsonable(v: Any) -> Any:
+    return [_jsonable(e) for e in v] if isinstance(v, tuple | list) else v

@@ -31,8 +31,8 @@ from ..ops.conv_im2col import conv2d_im2col_bwd, conv2d_im2col_fwd, conv2d_im2co
 from ..ops.conv_naive import conv2d_naive_bwd, conv2d_naive_fwd
 from ..ops.conv_strided import conv2d_strided_bwd, conv2d_strided_fwd
 from ..ops.shapes import Pad2d, normalize_padding, out_hw, positive_pair
-from ._checks import Signature, positive_int, prefixed, to_spec
-from .base import Array, Layer, Params, Shape, State, pair_layer
+from ._checks import Signature, positive_int, prefixed
+from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
 __all__ = [
     "Conv2d",

@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._checks import RNG, TRAIN, Signature, to_spec
-from .base import Array, Layer, Params, Shape, State, pair_layer
+from ._checks import RNG, TRAIN, Signature
+from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
 __all__ = [
     "Dropout",

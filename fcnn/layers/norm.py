@@ -43,8 +43,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._checks import TRAIN, Signature, to_spec
-from .base import Array, Layer, Params, Shape, State, pair_layer
+from ._checks import TRAIN, Signature
+from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
 __all__ = [
     "BatchNorm1d",

@@ -28,8 +28,8 @@ from numpy.typing import DTypeLike
 
 from ..ops import pool as kernels
 from ..ops.shapes import Pad2d, normalize_padding, out_hw, positive_pair
-from ._checks import Signature, prefixed, to_spec
-from .base import Array, Layer, Params, Shape, State, pair_layer
+from ._checks import Signature, prefixed
+from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
 __all__ = [
     "AvgPool2d",

@@ -16,8 +16,8 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ._checks import Signature, to_spec
-from .base import Array, Layer, Params, Shape, State, pair_layer
+from ._checks import Signature
+from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
 __all__ = ["Flatten", "FlattenCache", "flatten_bwd", "flatten_fwd"]
 
