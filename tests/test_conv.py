@@ -262,7 +262,7 @@ def test_wrong_rank_of_w(rng: np.random.Generator) -> None:
 def test_channel_mismatch(rng: np.random.Generator) -> None:
     params, _ = _good(rng)
     x3 = rng.standard_normal((1, 3, 5, 5))
-    with pytest.raises(ValueError, match=r"^conv2d: x has 3 channels but w expects 1$"):
+    with pytest.raises(ValueError, match=r"^conv2d: x has 3 channels \(C\) but w expects 1$"):
         conv2d_fwd(params, x3, Conv2dCfg())
 
 
@@ -399,13 +399,13 @@ def test_layer_spec_is_json(rng: np.random.Generator) -> None:
 
 
 def test_layer_constructor_errors() -> None:
-    with pytest.raises(ValueError, match=r"Conv2d.kernel_size must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"^conv2d: kernel_size must be >= 1, got 0"):
         Conv2d(4, 0)
-    with pytest.raises(ValueError, match=r"Conv2d.kernel_size must be >= 1, got \(3, 0\)"):
+    with pytest.raises(ValueError, match=r"^conv2d: kernel_size must be >= 1, got \(3, 0\)"):
         Conv2d(4, (3, 0))
-    with pytest.raises(ValueError, match=r"Conv2d.out_channels must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"^conv2d: out_channels must be >= 1, got 0"):
         Conv2d(0, 3)
-    with pytest.raises(TypeError, match=r"Conv2d.out_channels must be an int"):
+    with pytest.raises(TypeError, match=r"^conv2d: out_channels must be an int"):
         Conv2d(2.5, 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"Conv2dCfg.impl must be one of"):
         Conv2d(4, 3, impl="winograd")
@@ -414,12 +414,12 @@ def test_layer_constructor_errors() -> None:
 
 
 def test_layer_init_errors(rng: np.random.Generator) -> None:
-    msg = r"^Conv2d: kernel W=5 is larger than the padded input W=4 \(input 3 \+ padding 1\+0\)"
+    msg = r"^conv2d: kernel W=5 is larger than the padded input W=4 \(input 3 \+ padding 1\+0\)"
     with pytest.raises(ValueError, match=msg):
         Conv2d(2, (1, 5), padding=((0, 0), (1, 0))).init(rng, (1, 6, 3), np.float32)
-    with pytest.raises(ValueError, match=r"^Conv2d: input shape must be \(C, H, W\)"):
+    with pytest.raises(ValueError, match=r"^conv2d: input shape must be \(C, H, W\)"):
         Conv2d(2, 3).init(rng, (1, 6), np.float32)
-    with pytest.raises(TypeError, match=r"^Conv2d: dtype must be a floating dtype, got int32"):
+    with pytest.raises(TypeError, match=r"^conv2d: dtype must be a floating dtype, got int32"):
         Conv2d(2, 3).init(rng, (1, 6, 6), np.int32)
 
 

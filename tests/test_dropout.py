@@ -276,7 +276,7 @@ def test_layer_records_and_init() -> None:
     assert d.init(rng, (7,), np.float32) == ({}, {}, (7,))
     assert d.init(rng, (2, 3, 4), np.float32) == ({}, {}, (2, 3, 4))
     assert s.init(rng, (2, 3, 4), np.float32) == ({}, {}, (2, 3, 4))
-    with pytest.raises(ValueError, match=r"SpatialDropout2d: input shape must be \(C, H, W\)"):
+    with pytest.raises(ValueError, match=r"^spatial_dropout2d: input shape must be \(C, H, W\)"):
         s.init(rng, (7,), np.float32)
     model = sequential(Dense(3), Dropout(0.5), Dropout(0.5))
     params, state, _ = init(model, rng, (2,))

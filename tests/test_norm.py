@@ -28,7 +28,7 @@ from fcnn.model import init, sequential
 from fcnn.tree import flatten_dict, tree_map
 
 Arr = np.ndarray[Any, Any]
-Fwd = Callable[..., tuple[Arr, BatchNormCache, dict[str, Arr]]]
+Fwd = Callable[..., tuple[Arr, BatchNormCache]]
 Bwd = Callable[[BatchNormCache, Arr], tuple[Arr, dict[str, Arr]]]
 
 # (fwd, bwd, x shape): conv maps with H != W, and features.
@@ -79,7 +79,7 @@ def test_gradcheck(
     cfg = BatchNormCfg(momentum=0.3, eps=1e-3)
 
     def pair_fwd(p: Any, xx: Arr, c: BatchNormCfg) -> tuple[Arr, BatchNormCache]:
-        y, cache, _ = fwd(p, state, xx, c, train=train)
+        y, cache = fwd(p, xx, c, state=state, train=train)
         return y, cache
 
     report = check_pair(pair_fwd, bwd, params, x, cfg, rng=rng)
@@ -90,7 +90,7 @@ def test_gradcheck(
 def test_train_dx_is_not_the_eval_formula(rng: np.random.Generator) -> None:
     """The train-mode dx differs from gamma / std * dy: the batch statistics depend on x."""
     params, state, x = make(rng, (4, 3, 3, 3))
-    y, cache, _ = batch_norm2d_fwd(params, state, x, BatchNormCfg(eps=1e-12), train=True)
+    y, cache = batch_norm2d_fwd(params, x, BatchNormCfg(eps=1e-12), state=state, train=True)
     dy = randn(rng, y.shape)
     dx, _ = batch_norm2d_bwd(cache, dy)
     std = np.sqrt(x.var(axis=(0, 2, 3)) + 1e-12)
@@ -136,7 +136,8 @@ def test_train_forward_matches_the_formula(
 ) -> None:
     params, state, x = make(rng, shape)
     cfg = BatchNormCfg(momentum=0.25, eps=1e-4)
-    y, _, new_state = fwd(params, state, x, cfg, train=True)
+    y, _c = fwd(params, x, cfg, state=state, train=True)
+    new_state = _c.state
     ax = axes_of(x)
     mean, var = x.mean(axis=ax), x.var(axis=ax)
     want = bcast(params["gamma"], x) * (x - bcast(mean, x)) / np.sqrt(bcast(var, x) + 1e-4)
@@ -155,7 +156,8 @@ def test_eval_forward_uses_running_statistics(
     rng: np.random.Generator, fwd: Fwd, bwd: Bwd, shape: tuple[int, ...]
 ) -> None:
     params, state, x = make(rng, shape)
-    y, _, new_state = fwd(params, state, x, BatchNormCfg(eps=1e-3), train=False)
+    y, _c = fwd(params, x, BatchNormCfg(eps=1e-3), state=state, train=False)
+    new_state = _c.state
     scale = params["gamma"] / np.sqrt(state["var"] + 1e-3)
     want = (x - bcast(state["mean"], x)) * bcast(scale, x) + bcast(params["beta"], x)
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
@@ -173,12 +175,13 @@ def test_running_statistics_converge_to_the_data_statistics(
     cfg = BatchNormCfg(momentum=momentum)
     for _ in range(300):
         x = mu.reshape(1, c, 1, 1) + sigma.reshape(1, c, 1, 1) * rng.standard_normal((8, c, 4, 4))
-        _, _, state = batch_norm2d_fwd(params, state, x, cfg, train=True)
+        _, _c = batch_norm2d_fwd(params, x, cfg, state=state, train=True)
+        state = _c.state
     np.testing.assert_allclose(state["mean"], mu, atol=0.05 * sigma.max())
     np.testing.assert_allclose(state["var"], sigma**2, rtol=0.15)
     # ... after which eval mode standardises data from that distribution.
     x = mu.reshape(1, c, 1, 1) + sigma.reshape(1, c, 1, 1) * rng.standard_normal((64, c, 8, 8))
-    y, _, _ = batch_norm2d_fwd(params, state, x, cfg, train=False)
+    y, _ = batch_norm2d_fwd(params, x, cfg, state=state, train=False)
     np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0.0, atol=0.1)
     np.testing.assert_allclose(y.std(axis=(0, 2, 3)), 1.0, atol=0.1)
 
@@ -192,7 +195,7 @@ def test_running_variance_is_unbiased_on_average(rng: np.random.Generator) -> No
     seen = []
     for _ in range(4000):
         x = 2.0 * rng.standard_normal((4, 1))
-        seen.append(batch_norm1d_fwd(params, state, x, cfg, train=True)[2]["var"][0])
+        seen.append(batch_norm1d_fwd(params, x, cfg, state=state, train=True)[1].state["var"][0])
     assert abs(np.mean(seen) - 4.0) < 0.2  # biased would be 3.0
 
 
@@ -202,16 +205,16 @@ def test_eval_is_deterministic_and_independent_of_batch_size(
 ) -> None:
     params, state, x = make(rng, shape)
     cfg = BatchNormCfg()
-    y_all, _, _ = fwd(params, state, x, cfg, train=False)
-    y_again, _, _ = fwd(params, state, x, cfg, train=False)
+    y_all, _ = fwd(params, x, cfg, state=state, train=False)
+    y_again, _ = fwd(params, x, cfg, state=state, train=False)
     np.testing.assert_array_equal(y_all, y_again)
     one_by_one = np.concatenate(
-        [fwd(params, state, x[i : i + 1], cfg, train=False)[0] for i in range(len(x))]
+        [fwd(params, x[i : i + 1], cfg, state=state, train=False)[0] for i in range(len(x))]
     )
     np.testing.assert_allclose(one_by_one, y_all, rtol=1e-14, atol=1e-14)
     # Train mode, by contrast, depends on the rest of the batch.
-    y_train, _, _ = fwd(params, state, x, cfg, train=True)
-    y_half, _, _ = fwd(params, state, x[:2], cfg, train=True)
+    y_train, _ = fwd(params, x, cfg, state=state, train=True)
+    y_half, _ = fwd(params, x[:2], cfg, state=state, train=True)
     assert not np.allclose(y_half, y_train[:2])
 
 
@@ -220,7 +223,7 @@ def test_eval_backward(
     rng: np.random.Generator, fwd: Fwd, bwd: Bwd, shape: tuple[int, ...]
 ) -> None:
     params, state, x = make(rng, shape)
-    y, cache, _ = fwd(params, state, x, BatchNormCfg(eps=1e-3), train=False)
+    y, cache = fwd(params, x, BatchNormCfg(eps=1e-3), state=state, train=False)
     dy = randn(rng, y.shape)
     dx, grads = bwd(cache, dy)
     inv_std = 1.0 / np.sqrt(state["var"] + 1e-3)
@@ -245,7 +248,8 @@ def test_dtype_in_dtype_out(
     train: bool,
 ) -> None:
     params, state, x = make(rng, shape, dtype)
-    y, cache, new_state = fwd(params, state, x, BatchNormCfg(), train=train)
+    y, cache = fwd(params, x, BatchNormCfg(), state=state, train=train)
+    new_state = cache.state
     dx, grads = bwd(cache, randn(rng, y.shape).astype(dtype))
     for name, a in {
         "y": y,
@@ -260,15 +264,17 @@ def test_float32_agrees_with_float64(rng: np.random.Generator) -> None:
     params, state, x = make(rng, (16, 4, 6, 5))
     dy = randn(rng, x.shape)
     cfg = BatchNormCfg()
-    y64, c64, s64 = batch_norm2d_fwd(params, state, x, cfg, train=True)
+    y64, c64 = batch_norm2d_fwd(params, x, cfg, state=state, train=True)
+    s64 = c64.state
     dx64, g64 = batch_norm2d_bwd(c64, dy)
 
     def f32(a: Arr) -> Arr:
         return a.astype(np.float32)
 
-    y32, c32, s32 = batch_norm2d_fwd(
-        tree_map(f32, params), tree_map(f32, state), f32(x), cfg, train=True
+    y32, c32 = batch_norm2d_fwd(
+        tree_map(f32, params), f32(x), cfg, state=tree_map(f32, state), train=True
     )
+    s32 = c32.state
     dx32, g32 = batch_norm2d_bwd(c32, f32(dy))
     np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dx32, dx64, rtol=1e-3, atol=1e-4)
@@ -286,14 +292,16 @@ def test_read_only_inputs_are_not_written(
     params, state, x = make(rng, shape)
     dy = rng.standard_normal(shape)
     cfg = BatchNormCfg()
-    y_ref, c_ref, s_ref = fwd(params, state, x, cfg, train=train)
+    y_ref, c_ref = fwd(params, x, cfg, state=state, train=train)
+    s_ref = c_ref.state
     dx_ref, g_ref = bwd(c_ref, dy)
     saved = copy.deepcopy((params, state, x, dy))
 
     def ro(a: Arr) -> Arr:
         return read_only_view(a) if a.ndim > 1 else _frozen(a)
 
-    y, cache, new_state = fwd(tree_map(ro, params), tree_map(ro, state), ro(x), cfg, train=train)
+    y, cache = fwd(tree_map(ro, params), ro(x), cfg, state=tree_map(ro, state), train=train)
+    new_state = cache.state
     dx, grads = bwd(cache, ro(dy))
     # Same values (non-contiguous x, dy may be summed in another order: rounding only).
     np.testing.assert_allclose(y, y_ref, rtol=1e-13, atol=1e-13)
@@ -330,12 +338,16 @@ def test_bad_input_raises_naming_the_op(rng: np.random.Generator) -> None:
     def call(**kw: Any) -> Any:
         args = {"params": params, "state": state, "x": x, "cfg": cfg, "train": True, **kw}
         return batch_norm2d_fwd(
-            args["params"], args["state"], args["x"], args["cfg"], train=args["train"]
+            args["params"], args["x"], args["cfg"], state=args["state"], train=args["train"]
         )
 
     cases: list[tuple[dict[str, Any], type[Exception], str]] = [
         ({"x": x[:, :, 0]}, ValueError, r"batch_norm2d: x must have rank 4 \(N, C, H, W\)"),
-        ({"x": x[:, :2]}, ValueError, r"gamma must have shape \(C,\) = \(2,\)"),
+        (
+            {"x": x[:, :2]},
+            ValueError,
+            r"^batch_norm2d: x has 2 channels \(C\) but gamma expects 3$",
+        ),
         ({"x": x.astype(np.int64)}, TypeError, "floating dtype"),
         ({"x": x.astype(np.float32)}, TypeError, "dtypes must match"),
         ({"params": {"gamma": params["gamma"]}}, ValueError, r"missing \['beta'\]"),
@@ -354,11 +366,11 @@ def test_bad_input_raises_naming_the_op(rng: np.random.Generator) -> None:
         with pytest.raises(err, match=match):
             call(**kw)
     # One value per channel is fine in eval mode.
-    y, _, _ = call(x=x[:1, :, :1, :1], train=False)
+    y, _ = call(x=x[:1, :, :1, :1], train=False)
     assert y.shape == (1, 3, 1, 1)
     with pytest.raises(ValueError, match=r"batch_norm1d: x must have rank 2 \(N, C\)"):
-        batch_norm1d_fwd(params, state, x, cfg, train=True)
-    y, cache, _ = batch_norm2d_fwd(params, state, x, cfg, train=True)
+        batch_norm1d_fwd(params, x, cfg, state=state, train=True)
+    y, cache = batch_norm2d_fwd(params, x, cfg, state=state, train=True)
     with pytest.raises(ValueError, match="dy must have the shape of y"):
         batch_norm2d_bwd(cache, y[:2])
     with pytest.raises(TypeError, match="dtypes must match"):
@@ -409,9 +421,9 @@ def test_layer_records_and_init(rng: np.random.Generator) -> None:
     assert all(a.dtype == np.float32 for a in (*params.values(), *state.values()))
     params, state, out = bn1.init(rng, (7,), np.float64)
     assert out == (7,) and params["gamma"].shape == state["var"].shape == (7,)
-    with pytest.raises(ValueError, match=r"BatchNorm1d: input shape must be \(C,\).*BatchNorm2d"):
+    with pytest.raises(ValueError, match=r"^batch_norm1d: input shape must be \(C,\).*BatchNorm2d"):
         bn1.init(rng, (5, 3, 4), np.float32)
-    with pytest.raises(ValueError, match=r"BatchNorm2d: input shape must be \(C, H, W\)"):
+    with pytest.raises(ValueError, match=r"^batch_norm2d: input shape must be \(C, H, W\)"):
         bn2.init(rng, (5,), np.float32)
     with pytest.raises(TypeError, match="floating"):
         bn2.init(rng, (5, 3, 4), np.int32)
@@ -430,7 +442,9 @@ def test_layer_threads_state_through_a_model(rng: np.random.Generator) -> None:
     np.testing.assert_allclose(s_train["bn1"]["mean"], 0.5 * x.mean(axis=(0, 2, 3)))
     for k, v in flatten_dict(before).items():  # the input state was not written
         np.testing.assert_array_equal(flatten_dict(state)[k], v)
-    with pytest.raises(ValueError, match=r"^bn2: batch_norm2d: gamma must have shape"):
+    with pytest.raises(
+        ValueError, match=r"^bn2: batch_norm2d: x has 3 channels \(C\) but gamma expects 2$"
+    ):
         bad = {**params, "bn2": {"gamma": np.ones(2), "beta": np.zeros(2)}}
         model.apply(bad, state, x, Context(train=True))
 
@@ -449,7 +463,8 @@ def test_matches_torch(
     params, state, x = make(rng, shape)
     dy = rng.standard_normal(shape)
     momentum, eps = 0.3, 1e-4
-    y, cache, new_state = fwd(params, state, x, BatchNormCfg(momentum, eps), train=train)
+    y, cache = fwd(params, x, BatchNormCfg(momentum, eps), state=state, train=train)
+    new_state = cache.state
     dx, grads = bwd(cache, dy)
 
     tx = torch.tensor(x, requires_grad=True)

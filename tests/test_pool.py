@@ -384,7 +384,7 @@ def test_constructor(rng: np.random.Generator, ctor: Any, kind: str, type_name: 
 
 @pytest.mark.parametrize("ctor", [MaxPool2d, AvgPool2d])
 def test_constructor_rejects(rng: np.random.Generator, ctor: Any) -> None:
-    name = ctor.__name__
+    name = {MaxPool2d: "max_pool2d", AvgPool2d: "avg_pool2d"}[ctor]  # the op's one name
     with pytest.raises(ValueError, match=r"Pool2dCfg.window must be >= 1"):
         ctor(0)
     with pytest.raises(ValueError, match=r"Pool2dCfg.stride must be >= 1"):
@@ -483,22 +483,42 @@ def test_max_disjoint_ties_go_to_exactly_one_element(rng: np.random.Generator) -
     np.testing.assert_array_equal(dx[0, 0, 2:, 2:4], [[0, dy[0, 0, 1, 1]], [0, 0]])
 
 
-def test_max_disjoint_window_with_nan_sends_its_gradient_to_its_last_cell() -> None:
-    # NaN equals nothing, so no cell claims the window; the last offset takes it
-    # (documented in _max_pool2d_bwd_disjoint). Other windows are unaffected.
-    x = np.array([[[[1.0, np.nan, 3.0, 4.0], [2.0, 0.0, 1.0, 0.5]]]])
+def test_max_nan_window_sends_its_gradient_to_its_first_nan_cell() -> None:
+    # NaN propagates through the maximum; its window's gradient goes to the first NaN
+    # cell in row-major order, on the fast (disjoint) and the general path alike.
+    x = np.array([[[[1.0, np.nan, 3.0, 4.0], [np.nan, 0.0, 1.0, 0.5]]]])
     _, cache = max_pool2d_fwd({}, x, Pool2dCfg(2))
     dx, _ = max_pool2d_bwd(cache, np.array([[[[10.0, 20.0]]]]))
-    np.testing.assert_array_equal(dx, [[[[0, 0, 0, 20.0], [0, 10.0, 0, 0]]]])
+    np.testing.assert_array_equal(dx, [[[[0, 10.0, 0, 20.0], [0, 0, 0, 0]]]])
     # Disjoint but not tiling x (stride 3 skips a column): the same rule.
-    x3 = np.array([[[[1.0, np.nan, 9.0, 3.0, 4.0], [2.0, 0.0, 9.0, 1.0, 0.5]]]])
+    x3 = np.array([[[[1.0, 2.0, 9.0, 3.0, 4.0], [2.0, np.nan, 9.0, 1.0, 0.5]]]])
     _, cache = max_pool2d_fwd({}, x3, Pool2dCfg(2, stride=(2, 3)))
     dx3, _ = max_pool2d_bwd(cache, np.array([[[[10.0, 20.0]]]]))
     np.testing.assert_array_equal(dx3, [[[[0, 0, 0, 0, 20.0], [0, 10.0, 0, 0, 0]]]])
-    # Padded windows take the general path, which drops a NaN window's gradient.
+    # Padded windows take the general path: the same rule.
     _, cache = max_pool2d_fwd({}, x, Pool2dCfg(2, padding=((0, 0), (1, 1))))
     dxp, _ = max_pool2d_bwd(cache, np.array([[[[1.0, 2.0, 3.0]]]]))
-    np.testing.assert_array_equal(dxp, [[[[0, 0, 0, 3.0], [1.0, 0, 0, 0]]]])
+    np.testing.assert_array_equal(dxp, [[[[0, 2.0, 0, 3.0], [1.0, 0, 0, 0]]]])
+
+
+@pytest.mark.parametrize(
+    ("window", "stride"), [((2, 2), (2, 2)), ((3, 2), (3, 2)), ((2, 2), (3, 2))]
+)
+def test_max_backward_paths_agree_on_nan_windows(
+    rng: np.random.Generator, window: tuple[int, int], stride: tuple[int, int]
+) -> None:
+    """Regression: the fast path sent a NaN window's gradient to its last cell, the
+    general path dropped it."""
+    x = rng.standard_normal((3, 2, 7, 8))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    y = ops_pool.max_pool2d_fwd(x, window, stride, ((0, 0), (0, 0)))
+    assert np.isnan(y).any()
+    dy = rng.standard_normal(y.shape)
+    fast = ops_pool._max_pool2d_bwd_disjoint(dy, x, y, window, stride)
+    general = ops_pool._max_pool2d_bwd_general(dy, x, y, window, stride, ((0, 0), (0, 0)))
+    np.testing.assert_array_equal(fast, general)
+    # Every window's gradient lands on exactly one cell: the total is kept.
+    np.testing.assert_allclose(fast.sum(), dy.sum())
 
 
 def test_max_disjoint_path_is_taken_only_without_overlap_or_padding(

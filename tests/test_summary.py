@@ -77,7 +77,7 @@ def test_a_single_layer() -> None:
 
 def test_bad_shapes_name_the_layer() -> None:
     model = build_model("cifar", 10)
-    with pytest.raises(ValueError, match=r"^block1/conv1: Conv2d: input shape must be"):
+    with pytest.raises(ValueError, match=r"^block1/conv1: conv2d: input shape must be"):
         fcnn.summary(model, (32, 32))
     with pytest.raises(ValueError, match="sizes >= 1"):
         fcnn.summary(model, (3, 0, 32))

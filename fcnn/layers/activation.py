@@ -1,47 +1,45 @@
 """The rectified linear unit: the pure pair ``relu_fwd`` / ``relu_bwd`` and the ``Relu`` layer.
 
-Elementwise, any input rank, no parameters (``params`` must be ``{}``)::
+Elementwise, any input rank >= 1, no parameters (``params`` must be ``{}``)::
 
-    y, cache = relu_fwd({}, x)          # x: (...) -> y: (...), y = max(x, 0)
-    dx, grads = relu_bwd(cache, dy)     # dx = dy * (x > 0), grads == {}
+    y, cache = relu_fwd({}, x)          # x: (N, ...) -> y: (N, ...), y = max(x, 0)
+    dx, grads = relu_bwd(cache, dy)     # dx = dy * (y > 0), grads == {}
 
 The derivative at exactly 0 is taken as 0 (like PyTorch).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ..backend import xp_of
 from ..ops.layout import memory_flat
-from ._checks import check_dy, check_float, check_no_cfg
-from .base import Array, Layer, Params, Shape, State, pair_layer
+from ._checks import Signature
+from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
 __all__ = ["Relu", "ReluCache", "relu_bwd", "relu_fwd"]
 
-_OP = "relu"
+_SIG = Signature("relu", x="(N, ...)")
 _BLOCK = 4096  # elements of the zeros block ``_positive_part`` compares against
 
 
 class ReluCache(NamedTuple):
-    """What ``relu_bwd`` needs: the mask ``x > 0`` (bool, x's shape) and x's dtype."""
+    """What ``relu_bwd`` needs: the output y (x's shape and dtype); ``y > 0`` is ``x > 0``."""
 
-    mask: Array
-    dtype: np.dtype[Any]
+    y: Array
 
 
 def relu_fwd(params: Params, x: Array, cfg: None = None) -> tuple[Array, ReluCache]:
-    """ReLU forward. params: {}; x: (...) float -> y: (...) = max(x, 0), x's dtype.
+    """ReLU forward. params: {}; x: (N, ...) float -> y: (N, ...) = max(x, 0), x's dtype.
 
-    Raises ``ValueError``/``TypeError`` starting with ``"relu: "`` on bad input.
+    The cache keeps ``y`` itself (do not write into it before ``relu_bwd``). Raises
+    ``ValueError``/``TypeError`` starting with ``"relu: "`` on bad input.
     """
-    check_no_cfg(params, cfg, _OP)
-    check_float(x, _OP, "x")
-    mask = x > 0
-    return _positive_part(x), ReluCache(mask, x.dtype)
+    _SIG.check(params, x, cfg)
+    y = _positive_part(x)
+    return y, ReluCache(y)
 
 
 def _positive_part(x: Array) -> Array:
@@ -49,29 +47,28 @@ def _positive_part(x: Array) -> Array:
 
     ``maximum`` rather than ``x * mask``: -inf * 0 would be NaN. NumPy's ``maximum``
     has no fast loop for a scalar 0, so x's memory is compared, as rows of ``_BLOCK``
-    elements, with one small zeros block: 2-3x faster than ``maximum(x, 0)``, and no
-    zeros array as large as x to fill and read.
+    elements, with one small zeros block, which the fast array-array loop takes; and
+    no zeros array as large as x to fill and read.
     """
-    xp = xp_of(x)
-    y: Array = xp.empty_like(x)
+    y: Array = np.empty_like(x)
     src, dst = memory_flat(x), memory_flat(y)
     # empty_like keeps a dense x's layout, so src and dst list the same elements in turn.
     if src is None or dst is None:
-        xp.maximum(x, 0, out=y)  # a strided x: the plain way
+        np.maximum(x, 0, out=y)  # a strided x: the plain way
         return y
-    zeros = xp.zeros(min(src.size, _BLOCK), dtype=x.dtype)
+    zeros = np.zeros(min(src.size, _BLOCK), dtype=x.dtype)
     rows = src.size // _BLOCK
     head = rows * _BLOCK
     if rows:
-        xp.maximum(src[:head].reshape(rows, _BLOCK), zeros, out=dst[:head].reshape(rows, _BLOCK))
-    xp.maximum(src[head:], zeros[: src.size - head], out=dst[head:])
+        np.maximum(src[:head].reshape(rows, _BLOCK), zeros, out=dst[:head].reshape(rows, _BLOCK))
+    np.maximum(src[head:], zeros[: src.size - head], out=dst[head:])
     return y
 
 
 def relu_bwd(cache: ReluCache, dy: Array) -> tuple[Array, Params]:
-    """ReLU backward. dy: (...) like y -> dx: (...) = dy * (x > 0), grads ``{}``."""
-    check_dy(dy, cache.mask.shape, cache.dtype, _OP)
-    dx: Array = dy * cache.mask
+    """ReLU backward. dy: (N, ...) like y -> dx: (N, ...) = dy * (y > 0), grads ``{}``."""
+    _SIG.check_dy(dy, y=cache.y)
+    dx: Array = dy * (cache.y > 0)
     return dx, {}
 
 
@@ -81,6 +78,6 @@ def Relu(*, name: str | None = None) -> Layer:
     def init(
         rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike
     ) -> tuple[Params, State, Shape]:
-        return {}, {}, tuple(int(d) for d in in_shape)
+        return {}, {}, _SIG.check_init(in_shape, dtype)
 
-    return pair_layer("relu", relu_fwd, relu_bwd, None, init, {"type": "Relu"}, name)
+    return pair_layer("relu", relu_fwd, relu_bwd, None, init, to_spec("Relu"), name)

@@ -1,9 +1,16 @@
-"""The layer protocol shared by every layer and by the composer.
+"""The layer protocol shared by every layer and by the composer
+(docs/architecture.md#layer-protocol).
 
 A *pure pair* is the public form of a layer::
 
-    y, cache = <op>_fwd(params, x, cfg)
+    y, cache = <op>_fwd(params, x, cfg, **extras)
     dx, grads = <op>_bwd(cache, dy)            # grads has exactly the keys of params
+
+``extras`` are keyword-only and declared by the pairs that need them: ``train``
+(bool: batch norm, dropout), ``rng`` (a ``numpy.random.Generator``: dropout) and
+``state`` (batch norm's running statistics, a dict of arrays). A pair never
+returns more than ``(y, cache)``: new state leaves by one route, the cache's
+``state`` field (``cache.state``), read by the ``Layer`` wrapper below.
 
 A ``Layer`` record is the composer's form. It gives every layer one internal
 shape, whatever it needs (state, randomness, a train flag)::
@@ -12,15 +19,16 @@ shape, whatever it needs (state, randomness, a train flag)::
     y, cache, state = layer.apply(params, state, x, ctx)
     dx, grads = layer.backward(cache, dy)
 
-``pair_layer`` wraps a stateless pair into that shape, so the composer never
-has a second implementation of any layer. Layers with state (batch norm) return
-their new state; layers with randomness (dropout) draw from ``ctx.rng``.
+``pair_layer`` wraps any pair into that shape, passing ``ctx.train``, ``ctx.rng``
+and the layer's state only to pairs that declare those keywords, so the composer
+never has a second implementation of any layer.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
 import numpy as np
@@ -39,6 +47,7 @@ __all__ = [
     "State",
     "pair_layer",
     "reraise_with_path",
+    "to_spec",
 ]
 
 Array = NDArray[Any]
@@ -89,7 +98,7 @@ class Layer:
 
 def pair_layer(
     kind: str,
-    fwd: Callable[[Params, Array, Any], tuple[Array, Any]],
+    fwd: Callable[..., tuple[Array, Any]],
     bwd: BackwardFn,
     cfg: Any,
     init: InitFn,
@@ -97,14 +106,30 @@ def pair_layer(
     name: str | None = None,
     param_grads: ParamGradsFn | None = None,
 ) -> Layer:
-    """Wrap a stateless pure pair ``fwd(params, x, cfg)`` / ``bwd(cache, dy)`` as a ``Layer``.
+    """Wrap a pure pair ``fwd(params, x, cfg, **extras)`` / ``bwd(cache, dy)`` as a ``Layer``.
 
-    ``param_grads(cache, dy)``: optional, ``bwd(cache, dy)[1]`` without computing ``dx``.
+    Of ``train``, ``rng`` and ``state``, ``fwd`` gets the keywords it declares (from
+    ``ctx`` and the layer's state); a pair that takes ``state`` returns the new one as
+    ``cache.state``. ``param_grads(cache, dy)``: optional, ``bwd(cache, dy)[1]``
+    without computing ``dx``.
     """
+    declared = inspect.signature(fwd).parameters
+    wants_train, wants_rng, wants_state = (
+        "train" in declared,
+        "rng" in declared,
+        "state" in declared,
+    )
 
     def apply(params: Params, state: State, x: Array, ctx: Context) -> tuple[Array, Any, State]:
-        y, cache = fwd(params, x, cfg)
-        return y, cache, state
+        extras: dict[str, Any] = {}
+        if wants_train:
+            extras["train"] = bool(ctx.train)
+        if wants_rng:
+            extras["rng"] = ctx.rng
+        if wants_state:
+            extras["state"] = state
+        y, cache = fwd(params, x, cfg, **extras)
+        return y, cache, cache.state if wants_state else state
 
     return Layer(
         kind=kind,
@@ -132,3 +157,18 @@ def reraise_with_path(name: str, err: Exception) -> NoReturn:
     new.fcnn_path = new_path  # type: ignore[attr-defined]
     new.fcnn_msg = msg  # type: ignore[attr-defined]
     raise new from err
+
+
+def to_spec(type_name: str, cfg: Any = None, **args: Any) -> dict[str, Any]:
+    """A layer's JSON description: its type, the constructor's own ``args``, then cfg's fields.
+
+    Tuples become lists, so the spec equals its JSON round trip.
+    """
+    spec = {"type": type_name, **args}
+    if cfg is not None:
+        spec.update({f.name: getattr(cfg, f.name) for f in fields(cfg)})
+    return {k: _jsonable(v) for k, v in spec.items()}
+
+
+def _jsonable(v: Any) -> Any:
+    return [_jsonable(e) for e in v] if isinstance(v, tuple | list) else v

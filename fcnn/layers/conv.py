@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -31,15 +31,8 @@ from ..ops.conv_im2col import conv2d_im2col_bwd, conv2d_im2col_fwd, conv2d_im2co
 from ..ops.conv_naive import conv2d_naive_bwd, conv2d_naive_fwd
 from ..ops.conv_strided import conv2d_strided_bwd, conv2d_strided_fwd
 from ..ops.shapes import Pad2d, normalize_padding, out_hw, positive_pair
-from ._checks import (
-    check_dy,
-    check_float,
-    check_params,
-    check_rank,
-    check_same_dtype,
-    check_shape_in,
-)
-from .base import Array, Layer, Params, Shape, State, pair_layer
+from ._checks import Signature, positive_int, prefixed
+from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
 __all__ = [
     "Conv2d",
@@ -51,7 +44,6 @@ __all__ = [
 ]
 
 _IMPLS = ("im2col", "naive", "strided")
-_OP = "conv2d"
 
 
 @dataclass(frozen=True, init=False)
@@ -82,7 +74,8 @@ class Conv2dCfg:
 
 
 class Conv2dCache(NamedTuple):
-    """What ``conv2d_bwd`` needs: the cfg, ``w``, the input shape and the impl's saved array.
+    """What ``conv2d_bwd`` needs: the cfg, ``w``, the input and output shapes and the
+    impl's saved array.
 
     ``saved`` is ``x`` for ``"naive"``, the columns (C*KH*KW + 1, OH*OW*N) (with a row
     of ones for the bias) for ``"im2col"`` and the read-only window view
@@ -96,32 +89,14 @@ class Conv2dCache(NamedTuple):
     saved: Array
 
 
-def _check_inputs(params: Any, x: Any) -> tuple[Array, Array, tuple[int, int]]:
-    """Validate ``params`` and ``x``; return ``w``, ``b`` and ``(OH, OW)``."""
-    check_params(params, ("w", "b"), _OP)
-    w, b = params["w"], params["b"]
-    check_float(x, _OP, "x")
-    check_float(w, _OP, "w")
-    check_float(b, _OP, "b")
-    check_same_dtype(_OP, x=x, w=w, b=b)
-    check_rank(x, 4, "(N, C, H, W)", _OP, "x")
-    check_rank(w, 4, "(F, C, KH, KW)", _OP, "w")
-    f, c, kh, kw = w.shape
-    if tuple(b.shape) != (f,):
-        raise ValueError(f"{_OP}: b must have shape (F,) = ({f},), got {tuple(b.shape)}")
-    if x.shape[1] != c:
-        raise ValueError(f"{_OP}: x has {x.shape[1]} channels but w expects {c}")
-    return w, b, (kh, kw)
-
-
-def _out_hw(
-    h: int, wd: int, kh: int, kw: int, cfg: Conv2dCfg, op: str
-) -> tuple[int, int]:
-    """``(OH, OW)`` via ``out_hw``, with ``op`` prefixed to its error."""
-    try:
-        return out_hw(h, wd, kh, kw, cfg.stride, cfg.padding)
-    except ValueError as err:
-        raise ValueError(f"{op}: {err}") from None
+_SIG = Signature(
+    "conv2d",
+    x="(N, C, H, W)",
+    y="(N, F, OH, OW)",
+    params={"w": "(F, C, KH, KW)", "b": "(F,)"},
+    cfg=Conv2dCfg,
+    words={"C": "channel"},
+)
 
 
 def conv2d_fwd(params: Params, x: Array, cfg: Conv2dCfg) -> tuple[Array, Conv2dCache]:
@@ -138,17 +113,15 @@ def conv2d_fwd(params: Params, x: Array, cfg: Conv2dCfg) -> tuple[Array, Conv2dC
     ``ValueError``/``TypeError`` starting with ``"conv2d: "`` on bad input.
     Returns ``(y, cache)``; pass the cache to ``conv2d_bwd``.
     """
-    if not isinstance(cfg, Conv2dCfg):
-        raise TypeError(f"{_OP}: cfg must be a Conv2dCfg, got {type(cfg).__name__}")
-    w, b, (kh, kw) = _check_inputs(params, x)
-    _out_hw(x.shape[2], x.shape[3], kh, kw, cfg, _OP)
+    w, b = _SIG.check(params, x, cfg)
     saved: Array
-    if cfg.impl == "im2col":
-        y, saved = conv2d_im2col_fwd(x, w, b, cfg.stride, cfg.padding)
-    elif cfg.impl == "strided":
-        y, saved = conv2d_strided_fwd(x, w, b, cfg.stride, cfg.padding)
-    else:
-        y, saved = conv2d_naive_fwd(x, w, b, cfg.stride, cfg.padding), x
+    with prefixed(_SIG.op):  # the kernel's error when no window fits
+        if cfg.impl == "im2col":
+            y, saved = conv2d_im2col_fwd(x, w, b, cfg.stride, cfg.padding)
+        elif cfg.impl == "strided":
+            y, saved = conv2d_strided_fwd(x, w, b, cfg.stride, cfg.padding)
+        else:
+            y, saved = conv2d_naive_fwd(x, w, b, cfg.stride, cfg.padding), x
     return y, Conv2dCache(cfg, w, tuple(x.shape), tuple(y.shape), saved)
 
 
@@ -159,7 +132,7 @@ def conv2d_bwd(cache: Conv2dCache, dy: Array) -> tuple[Array, Params]:
     {"w": dw (F, C, KH, KW), "b": db (F,)}, all in that dtype.
     """
     cfg, w = cache.cfg, cache.w
-    check_dy(dy, cache.y_shape, cache.w.dtype, _OP)
+    _SIG.check_dy(dy, w=w, y=cache.y_shape)
     if cfg.impl == "im2col":
         dx, dw, db = conv2d_im2col_bwd(dy, cache.saved, cache.x_shape, w, cfg.stride, cfg.padding)
     elif cfg.impl == "strided":
@@ -177,7 +150,7 @@ def conv2d_param_grads(cache: Conv2dCache, dy: Array) -> Params:
     """
     if cache.cfg.impl != "im2col":
         return conv2d_bwd(cache, dy)[1]
-    check_dy(dy, cache.y_shape, cache.w.dtype, _OP)
+    _SIG.check_dy(dy, w=cache.w, y=cache.y_shape)
     dw, db = conv2d_im2col_param_grads(dy, cache.saved, cache.w)
     return {"w": dw, "b": db}
 
@@ -197,36 +170,22 @@ def Conv2d(
     the output shape is (F, OH, OW) with ``OH = (H + pad_top + pad_bottom - KH) //
     stride_h + 1``. Weights are He-normal (std ``sqrt(2 / (C*KH*KW))``), biases zero.
     """
-    if isinstance(out_channels, bool) or not isinstance(out_channels, int | np.integer):
-        raise TypeError(f"Conv2d.out_channels must be an int, got {out_channels!r}")
-    if out_channels < 1:
-        raise ValueError(f"Conv2d.out_channels must be >= 1, got {out_channels!r}")
-    f = int(out_channels)
-    kh, kw = positive_pair(kernel_size, "Conv2d.kernel_size")
+    f = positive_int(out_channels, _SIG.op, "out_channels")
+    kh, kw = positive_pair(kernel_size, f"{_SIG.op}: kernel_size")
     cfg = Conv2dCfg(stride=stride, padding=padding, impl=impl)
 
-    def init(rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike) -> tuple[
-        Params, State, Shape
-    ]:
-        shape = tuple(int(d) for d in in_shape)
-        check_shape_in(shape, 3, "(C, H, W)", "Conv2d")
-        if not np.issubdtype(np.dtype(dtype), np.floating):
-            raise TypeError(f"Conv2d: dtype must be a floating dtype, got {np.dtype(dtype)}")
-        c, h, wd = shape
-        oh, ow = _out_hw(h, wd, kh, kw, cfg, "Conv2d")
+    def init(
+        rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike
+    ) -> tuple[Params, State, Shape]:
+        c, h, width = _SIG.check_init(in_shape, dtype)
+        with prefixed(_SIG.op):
+            oh, ow = out_hw(h, width, kh, kw, cfg.stride, cfg.padding)
         std = math.sqrt(2.0 / (c * kh * kw))
         w = (rng.standard_normal((f, c, kh, kw)) * std).astype(dtype)
         params: Params = {"w": w, "b": np.zeros((f,), dtype=dtype)}
         return params, {}, (f, oh, ow)
 
-    spec = {
-        "type": "Conv2d",
-        "out_channels": f,
-        "kernel_size": [kh, kw],
-        "stride": list(cfg.stride),
-        "padding": [list(cfg.padding[0]), list(cfg.padding[1])],
-        "impl": cfg.impl,
-    }
+    spec = to_spec("Conv2d", cfg, out_channels=f, kernel_size=[kh, kw])
     return pair_layer(
         "conv", conv2d_fwd, conv2d_bwd, cfg, init, spec, name, param_grads=conv2d_param_grads
     )

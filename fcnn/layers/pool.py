@@ -10,9 +10,10 @@ NCHW activations, no parameters (``params`` must be ``{}``)::
     OW = (W + pad_left + pad_right - KW) // stride_w + 1
 
 Max pooling pads with ``-inf`` and sends each window's gradient to its first
-maximum (row-major window order); average pooling pads with zeros and divides by
-``KH * KW`` (PyTorch's ``count_include_pad=True``). Overlapping windows accumulate;
-rows no window touches get zero gradient. The kernels live in ``fcnn.ops.pool``;
+maximum (row-major window order; a window whose maximum is NaN: its first NaN
+cell); average pooling pads with zeros and divides by ``KH * KW`` (PyTorch's
+``count_include_pad=True``). Overlapping windows accumulate; rows no window
+touches get zero gradient. The kernels live in ``fcnn.ops.pool``;
 they return ``y`` and ``dx`` as NCHW-shaped views of batch-last ``(C, H, W, N)``
 memory (see ``fcnn.ops.layout``) and accept inputs in any memory layout.
 """
@@ -27,8 +28,8 @@ from numpy.typing import DTypeLike
 
 from ..ops import pool as kernels
 from ..ops.shapes import Pad2d, normalize_padding, out_hw, positive_pair
-from ._checks import check_dy, check_float, check_params, check_rank, check_shape_in
-from .base import Array, Layer, Params, Shape, State, pair_layer
+from ._checks import Signature, prefixed
+from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
 __all__ = [
     "AvgPool2d",
@@ -41,9 +42,6 @@ __all__ = [
     "max_pool2d_bwd",
     "max_pool2d_fwd",
 ]
-
-_MAX = "max_pool2d"
-_AVG = "avg_pool2d"
 
 
 @dataclass(frozen=True, init=False)
@@ -92,43 +90,29 @@ class MaxPool2dCache(NamedTuple):
 
 
 class AvgPool2dCache(NamedTuple):
-    """What ``avg_pool2d_bwd`` needs: the cfg, the input and output shapes and the dtype."""
+    """What ``avg_pool2d_bwd`` needs: the cfg, the input shape and y: (N, C, OH, OW)."""
 
     cfg: Pool2dCfg
     x_shape: tuple[int, ...]
-    y_shape: tuple[int, ...]
-    dtype: np.dtype[Any]
+    y: Array
 
 
-def _out_hw(h: int, w: int, cfg: Pool2dCfg, op: str) -> tuple[int, int]:
-    """``(OH, OW)``, with ``op`` prefixed to the error when the window does not fit."""
-    try:
-        return out_hw(h, w, *cfg.window, cfg.stride, cfg.padding)
-    except ValueError as err:
-        raise ValueError(f"{op}: {err}") from None
-
-
-def _check_fwd(params: Any, x: Any, cfg: Any, op: str) -> None:
-    """Validate the forward arguments of either pooling op."""
-    check_params(params, (), op)
-    if not isinstance(cfg, Pool2dCfg):
-        raise TypeError(f"{op}: cfg must be a Pool2dCfg, got {type(cfg).__name__}")
-    check_float(x, op, "x")
-    check_rank(x, 4, "(N, C, H, W)", op, "x")
-    _out_hw(x.shape[2], x.shape[3], cfg, op)
+_MAX = Signature("max_pool2d", x="(N, C, H, W)", y="(N, C, OH, OW)", cfg=Pool2dCfg)
+_AVG = Signature("avg_pool2d", x="(N, C, H, W)", y="(N, C, OH, OW)", cfg=Pool2dCfg)
 
 
 def max_pool2d_fwd(params: Params, x: Array, cfg: Pool2dCfg) -> tuple[Array, MaxPool2dCache]:
     """Max pooling forward. params: {}; x: (N, C, H, W) -> y: (N, C, OH, OW), x's dtype.
 
     ``OH = (H + pad_top + pad_bottom - KH) // stride_h + 1`` (likewise ``OW``).
-    The cache keeps ``x`` and ``y`` itself (no copy, for speed): like every cached
-    array, do not write into them before ``max_pool2d_bwd``, which finds each
-    window's maximum by comparing ``x`` with ``y``.
+    The cache keeps ``x`` and ``y`` themselves (no copy): like every cached array,
+    do not write into them before ``max_pool2d_bwd``, which finds each window's
+    maximum by comparing ``x`` with ``y``.
     Raises ``ValueError``/``TypeError`` starting with ``"max_pool2d: "`` on bad input.
     """
-    _check_fwd(params, x, cfg, _MAX)
-    y = kernels.max_pool2d_fwd(x, cfg.window, cfg.stride, cfg.padding)
+    _MAX.check(params, x, cfg)
+    with prefixed(_MAX.op):  # the kernel's error when no window fits
+        y = kernels.max_pool2d_fwd(x, cfg.window, cfg.stride, cfg.padding)
     return y, MaxPool2dCache(cfg, x, y)
 
 
@@ -137,10 +121,10 @@ def max_pool2d_bwd(cache: MaxPool2dCache, dy: Array) -> tuple[Array, Params]:
 
     Each window's gradient goes to exactly one element, its first maximum in
     row-major order; overlapping windows accumulate. A window whose maximum is NaN
-    sends it to its last cell when windows are disjoint and unpadded, else nowhere.
+    sends it to its first NaN cell, on every path.
     """
     cfg, x, y = cache
-    check_dy(dy, tuple(y.shape), x.dtype, _MAX)
+    _MAX.check_dy(dy, y=y)
     dx = kernels.max_pool2d_bwd(dy, x, y, cfg.window, cfg.stride, cfg.padding)
     return dx, {}
 
@@ -152,15 +136,16 @@ def avg_pool2d_fwd(params: Params, x: Array, cfg: Pool2dCfg) -> tuple[Array, Avg
     window is divided by ``KH * KW``, padded zeros included. Raises
     ``ValueError``/``TypeError`` starting with ``"avg_pool2d: "`` on bad input.
     """
-    _check_fwd(params, x, cfg, _AVG)
-    y = kernels.avg_pool2d_fwd(x, cfg.window, cfg.stride, cfg.padding)
-    return y, AvgPool2dCache(cfg, tuple(x.shape), tuple(y.shape), x.dtype)
+    _AVG.check(params, x, cfg)
+    with prefixed(_AVG.op):
+        y = kernels.avg_pool2d_fwd(x, cfg.window, cfg.stride, cfg.padding)
+    return y, AvgPool2dCache(cfg, tuple(x.shape), y)
 
 
 def avg_pool2d_bwd(cache: AvgPool2dCache, dy: Array) -> tuple[Array, Params]:
     """Average pooling backward. dy: (N, C, OH, OW) -> dx: (N, C, H, W), grads ``{}``."""
     cfg = cache.cfg
-    check_dy(dy, cache.y_shape, cache.dtype, _AVG)
+    _AVG.check_dy(dy, y=cache.y)
     dx = kernels.avg_pool2d_bwd(dy, cache.x_shape, cfg.window, cfg.stride, cfg.padding)
     return dx, {}
 
@@ -168,34 +153,23 @@ def avg_pool2d_bwd(cache: AvgPool2dCache, dy: Array) -> tuple[Array, Params]:
 def _pool_layer(
     kind: str,
     type_name: str,
+    sig: Signature,
     fwd: Any,
     bwd: Any,
-    window: int | tuple[int, int],
-    stride: int | tuple[int, int] | None,
-    padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]],
+    cfg: Pool2dCfg,
     name: str | None,
 ) -> Layer:
     """Shared constructor body of ``MaxPool2d`` and ``AvgPool2d``."""
-    cfg = Pool2dCfg(window, stride, padding)
 
     def init(
         rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike
     ) -> tuple[Params, State, Shape]:
-        shape = tuple(int(d) for d in in_shape)
-        check_shape_in(shape, 3, "(C, H, W)", type_name)
-        if not np.issubdtype(np.dtype(dtype), np.floating):
-            raise TypeError(f"{type_name}: dtype must be a floating dtype, got {np.dtype(dtype)}")
-        c, h, w = shape
-        oh, ow = _out_hw(h, w, cfg, type_name)
+        c, h, w = sig.check_init(in_shape, dtype)
+        with prefixed(sig.op):
+            oh, ow = out_hw(h, w, *cfg.window, cfg.stride, cfg.padding)
         return {}, {}, (c, oh, ow)
 
-    spec = {
-        "type": type_name,
-        "window": list(cfg.window),
-        "stride": list(cfg.stride),
-        "padding": [list(cfg.padding[0]), list(cfg.padding[1])],
-    }
-    return pair_layer(kind, fwd, bwd, cfg, init, spec, name)
+    return pair_layer(kind, fwd, bwd, cfg, init, to_spec(type_name, cfg), name)
 
 
 def MaxPool2d(
@@ -210,9 +184,8 @@ def MaxPool2d(
     Per-sample shapes: (C, H, W) -> (C, OH, OW), ``OH = (H + pad_top + pad_bottom -
     KH) // stride_h + 1``. No parameters.
     """
-    return _pool_layer(
-        "maxpool", "MaxPool2d", max_pool2d_fwd, max_pool2d_bwd, window, stride, padding, name
-    )
+    cfg = Pool2dCfg(window, stride, padding)
+    return _pool_layer("maxpool", "MaxPool2d", _MAX, max_pool2d_fwd, max_pool2d_bwd, cfg, name)
 
 
 def AvgPool2d(
@@ -227,6 +200,5 @@ def AvgPool2d(
     Per-sample shapes: (C, H, W) -> (C, OH, OW), ``OH = (H + pad_top + pad_bottom -
     KH) // stride_h + 1``. No parameters.
     """
-    return _pool_layer(
-        "avgpool", "AvgPool2d", avg_pool2d_fwd, avg_pool2d_bwd, window, stride, padding, name
-    )
+    cfg = Pool2dCfg(window, stride, padding)
+    return _pool_layer("avgpool", "AvgPool2d", _AVG, avg_pool2d_fwd, avg_pool2d_bwd, cfg, name)

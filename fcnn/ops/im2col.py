@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
-from ..backend import xp_of
 from .layout import batch_last, nchw_view, padded_batch_last
 from .shapes import Pad2d, inside_input, out_hw
 
@@ -49,13 +49,12 @@ def im2col(
     With ``ones_row`` a last row of ones is appended, (C*KH*KW + 1, OH*OW*N), so that
     a weight matrix with the bias as its last column adds the bias in the product.
     """
-    xp = xp_of(x)
     n, c, h, w = x.shape
     sh, sw = stride
     oh, ow = out_hw(h, w, kh, kw, stride, padding)
     xpad = padded_batch_last(x, padding)  # (C, Hp, Wp, N)
     k = c * kh * kw
-    flat: Array = xp.empty((k + int(ones_row), oh * ow * n), dtype=x.dtype)
+    flat: Array = np.empty((k + int(ones_row), oh * ow * n), dtype=x.dtype)
     cols = flat[:k].reshape(c, kh, kw, oh, ow, n)
     for i in range(kh):
         for j in range(kw):
@@ -79,7 +78,6 @@ def col2im(
     as ``cols``, memory batch-last. Entries that fall on padding are dropped; pixels
     no window touches are zero.
     """
-    xp = xp_of(cols)
     n, c, h, w = (int(d) for d in x_shape)
     (top, _), (left, _) = padding
     sh, sw = stride
@@ -100,10 +98,10 @@ def col2im(
     )
     if first is not None:
         (wr, _), (wc, _) = rows[first[0]], cols_at[first[1]]
-        acc = xp.array(c6[:, first[0], first[1], wr, wc], copy=True, order="C")  # (C, H, W, N)
+        acc = np.array(c6[:, first[0], first[1], wr, wc], copy=True, order="C")  # (C, H, W, N)
         offsets.remove(first)
     else:
-        acc = xp.zeros((c, h, w, n), dtype=cols.dtype)
+        acc = np.zeros((c, h, w, n), dtype=cols.dtype)
     for i, j in offsets:
         (wr, xr), (wc, xc) = rows[i], cols_at[j]
         # Overlapping windows hit the same pixel from different offsets: accumulate.

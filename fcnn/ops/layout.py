@@ -10,22 +10,23 @@ PyTorch's ``channels_last`` tensors are NCHW-shaped with NHWC memory::
     p = padded_batch_last(x, ((1, 1), (1, 1)))   # (C, H + 2, W + 2, N), zeros around
     batch_last(y) is a view  # so a chain of layers converts once, at the network input
 
-Why it is faster (DESIGN.md section 6): with the batch innermost, every slice the
-kernels copy, add or compare (a kernel offset's window origins, a pooling offset)
-has contiguous inner runs of ``OW * N`` or ``N`` elements instead of ``OW`` or a
-stride of 2, and the convolution's matrix product comes out ``(F, OH, OW, N)``,
-already in that layout, so no transpose is ever copied. Elementwise NumPy ops
-(ReLU, ``dy * mask``) keep their input's memory order, so they stay batch-last too.
-``np.ascontiguousarray(y)`` gives C-ordered NCHW memory when something needs it.
+Why it is faster (docs/architecture.md#batch-last-memory-order): with the batch
+innermost, every slice the kernels copy, add or compare (a kernel offset's window
+origins, a pooling offset) has contiguous inner runs of ``OW * N`` or ``N``
+elements instead of ``OW`` or a stride of 2, and the convolution's matrix product
+comes out ``(F, OH, OW, N)``, already in that layout, so no transpose is ever
+copied. Elementwise NumPy ops (ReLU, ``dy * mask``) keep their input's memory
+order, so they stay batch-last too. ``np.ascontiguousarray(y)`` gives C-ordered
+NCHW memory when something needs it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
-from ..backend import xp_of
 from .shapes import Pad2d
 
 __all__ = ["batch_last", "memory_flat", "nchw_view", "padded_batch_last"]
@@ -38,7 +39,7 @@ def batch_last(x: Array) -> Array:
 
     Otherwise a copy (one transpose); ``x`` is never written.
     """
-    a: Array = xp_of(x).ascontiguousarray(x.transpose(1, 2, 3, 0))
+    a: Array = np.ascontiguousarray(x.transpose(1, 2, 3, 0))
     return a
 
 
@@ -56,9 +57,8 @@ def padded_batch_last(x: Array, padding: Pad2d, fill: float = 0.0) -> Array:
     (top, bottom), (left, right) = padding
     if not (top or bottom or left or right):
         return batch_last(x)
-    xp = xp_of(x)
     n, c, h, w = x.shape
-    xpad: Array = xp.full((c, h + top + bottom, w + left + right, n), fill, dtype=x.dtype)
+    xpad: Array = np.full((c, h + top + bottom, w + left + right, n), fill, dtype=x.dtype)
     xpad[:, top : top + h, left : left + w, :] = x.transpose(1, 2, 3, 0)
     return xpad
 

@@ -17,15 +17,14 @@ with ``maximum`` or ``+``. Within one offset a slice has no repeated indices, so
 ``+=`` is exact; overlapping windows (stride < window) accumulate across offsets.
 The kernels work in the batch-last memory layout (``ops.layout``): a slice of a
 ``(C, H, W, N)`` array has contiguous inner runs of N elements, where an NCHW
-slice steps through memory two floats at a time (1.1-2x faster on the models'
-2x2 pools, forward and backward). Inputs may have any strides; outputs are
+slice steps through memory two floats at a time. Inputs may have any strides; outputs are
 NCHW-shaped views of batch-last memory.
 
 - Max pooling pads with ``-inf`` of the input's dtype, so padded cells never win.
   Backward routes each window's gradient to exactly one element, the *first*
-  maximum in row-major window order (ties go to the earliest offset). A window
-  whose maximum is NaN equals none of its cells: with disjoint, unpadded windows
-  its gradient goes to the window's last cell, otherwise it is dropped.
+  maximum in row-major window order (ties go to the earliest offset). NaN
+  propagates through the maximum, and a window whose maximum is NaN sends its
+  gradient to its first NaN cell, on both backward paths.
 - Average pooling pads with zeros and always divides by ``KH * KW`` (PyTorch's
   default ``count_include_pad=True``).
 
@@ -38,9 +37,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
-from ..backend import xp_of
 from .layout import batch_last, nchw_view, padded_batch_last
 from .shapes import Pad2d, out_hw
 
@@ -55,11 +54,11 @@ def _cropped(buf: Array, x_shape: tuple[int, ...], padding: Pad2d) -> Array:
     if not (top or bottom or left or right):
         return nchw_view(buf)
     h, w = int(x_shape[2]), int(x_shape[3])
-    out: Array = xp_of(buf).ascontiguousarray(buf[:, top : top + h, left : left + w, :])
+    out: Array = np.ascontiguousarray(buf[:, top : top + h, left : left + w, :])
     return nchw_view(out)
 
 
-def _windows(
+def _window_slices(
     oh: int, ow: int, window: tuple[int, int], stride: tuple[int, int]
 ) -> list[tuple[slice, slice]]:
     """The (rows, cols) slices of the padded input seen at each window offset, row-major."""
@@ -68,6 +67,24 @@ def _windows(
     return [
         (slice(i, i + sh * oh, sh), slice(j, j + sw * ow, sw)) for i in range(kh) for j in range(kw)
     ]
+
+
+def _is_max(cells: Array, yt: Array, nan_windows: bool) -> Array:
+    """Which cells hold their window's maximum: cells, yt: (C, OH, OW, N) -> bool, same shape.
+
+    ``cells == y``; and, when some window's maximum is NaN (``nan_windows``), its NaN
+    cells too: NaN equals nothing, but only a window holding a NaN has a NaN maximum.
+    """
+    hit: Array = cells == yt
+    if nan_windows:
+        hit |= np.isnan(cells)
+    return hit
+
+
+def _has_nan(yt: Array) -> bool:
+    """Whether any window's maximum is NaN: ``max`` propagates NaN, in one pass and
+    without a boolean temporary."""
+    return bool(yt.size) and bool(np.isnan(yt.max()))
 
 
 def _reduce_windows(
@@ -84,7 +101,6 @@ def _reduce_windows(
     slices, then over the KW column offsets: KH + KW passes instead of KH * KW, and
     the first ones read whole contiguous rows.
     """
-    xp = xp_of(xpad)
     kh, kw = window
     sh, sw = stride
 
@@ -100,7 +116,7 @@ def _reduce_windows(
         return rows[:, :, j : j + sw * ow : sw]  # (C, OH, OW, N)
 
     if kw == 1:
-        y: Array = xp.array(col_offset(0), copy=True)  # our own array, never a view of x
+        y: Array = np.array(col_offset(0), copy=True)  # our own array, never a view of x
     else:
         y = combine(col_offset(0), col_offset(1))
     for j in range(2, kw):
@@ -112,10 +128,9 @@ def max_pool2d_fwd(
     x: Array, window: tuple[int, int], stride: tuple[int, int], padding: Pad2d
 ) -> Array:
     """Max over each window. x: (N, C, H, W) -> y: (N, C, OH, OW), same dtype as ``x``."""
-    xp = xp_of(x)
     oh, ow = out_hw(x.shape[2], x.shape[3], *window, stride, padding)
     xpad = padded_batch_last(x, padding, -float("inf"))
-    return nchw_view(_reduce_windows(xpad, oh, ow, window, stride, xp.maximum))
+    return nchw_view(_reduce_windows(xpad, oh, ow, window, stride, np.maximum))
 
 
 def max_pool2d_bwd(
@@ -147,17 +162,17 @@ def _max_pool2d_bwd_general(
     padding: Pad2d,
 ) -> Array:
     """``max_pool2d_bwd`` for any window, stride and padding (overlapping windows add up)."""
-    xp = xp_of(dy, x, y)
     oh, ow = int(y.shape[2]), int(y.shape[3])
     xpad = padded_batch_last(x, padding, -float("inf"))  # (C, Hp, Wp, N)
     yt, dyt = batch_last(y), batch_last(dy)
-    buf = xp.zeros(xpad.shape, dtype=dy.dtype)
+    buf = np.zeros(xpad.shape, dtype=dy.dtype)
     # ``free`` marks windows whose maximum has not been claimed yet; a later equal
     # maximum in the same window must not get the gradient a second time.
-    free = xp.ones(yt.shape, dtype=bool)
-    offsets = _windows(oh, ow, window, stride)
+    free = np.ones(yt.shape, dtype=bool)
+    nan_windows = _has_nan(yt)
+    offsets = _window_slices(oh, ow, window, stride)
     for k, (rows, cols) in enumerate(offsets):
-        hit = xpad[:, rows, cols] == yt
+        hit = _is_max(xpad[:, rows, cols], yt, nan_windows)
         hit &= free
         buf[:, rows, cols] += dyt * hit
         if k + 1 < len(offsets):
@@ -173,35 +188,34 @@ def _max_pool2d_bwd_disjoint(
     The common 2x2 stride-2 case. Each cell of x is in one window at most, so every
     offset's ``dy * hit`` is written straight into its strided slice of dx: no
     padded gradient buffer, no ``+=`` and no dense mask (one window-sized boolean
-    per offset), and no zero fill when the windows tile x exactly -- up to 1.15x
-    faster than the general loop on large inputs. Ties still go to the first
-    maximum only. The last offset takes every window not yet claimed without
-    comparing (without padding, each window's maximum is one of its cells): 0.89-0.90x
-    the time at the models' sizes. A NaN maximum matches no cell, so its window's
-    gradient goes to the last cell (the general path drops it).
+    per offset), and no zero fill when the windows tile x exactly. Ties still go
+    to the first maximum only, and a NaN window to its first NaN cell, as on the
+    general path. The last offset takes every window not yet claimed without
+    comparing (without padding, each window's maximum is one of its cells, so a
+    window no earlier cell claimed has it in the last one): one comparison fewer.
     """
-    xp = xp_of(dy, x, y)
     n, c, h, w = (int(d) for d in x.shape)
     oh, ow = int(y.shape[2]), int(y.shape[3])
     xt, yt, dyt = batch_last(x), batch_last(y), batch_last(dy)
     tiled = tuple(stride) == tuple(window) and (oh * window[0], ow * window[1]) == (h, w)
     if tiled:
-        dxt: Array = xp.empty((c, h, w, n), dtype=dy.dtype)  # every cell is written below
+        dxt: Array = np.empty((c, h, w, n), dtype=dy.dtype)  # every cell is written below
     else:
-        dxt = xp.zeros((c, h, w, n), dtype=dy.dtype)
-    offsets = _windows(oh, ow, window, stride)
+        dxt = np.zeros((c, h, w, n), dtype=dy.dtype)
+    nan_windows = _has_nan(yt)
+    offsets = _window_slices(oh, ow, window, stride)
     free: Array | None = None  # windows whose maximum is still unclaimed
     last = len(offsets) - 1
     for k, (rows, cols) in enumerate(offsets):
         if k == last and free is not None:
             hit = free  # the windows whose maximum no earlier cell held
         else:
-            hit = xt[:, rows, cols] == yt
+            hit = _is_max(xt[:, rows, cols], yt, nan_windows)
             if free is not None:
                 hit &= free
-        xp.multiply(dyt, hit, out=dxt[:, rows, cols])
+        np.multiply(dyt, hit, out=dxt[:, rows, cols])
         if k < last:
-            free = ~hit if free is None else xp.logical_xor(free, hit, out=free)
+            free = ~hit if free is None else np.logical_xor(free, hit, out=free)
     return nchw_view(dxt)
 
 
@@ -212,10 +226,9 @@ def avg_pool2d_fwd(
 
     x: (N, C, H, W) -> y: (N, C, OH, OW), same dtype as ``x``.
     """
-    xp = xp_of(x)
     oh, ow = out_hw(x.shape[2], x.shape[3], *window, stride, padding)
     xpad = padded_batch_last(x, padding, 0.0)
-    y = _reduce_windows(xpad, oh, ow, window, stride, xp.add)
+    y = _reduce_windows(xpad, oh, ow, window, stride, np.add)
     y /= window[0] * window[1]
     return nchw_view(y)
 
@@ -231,12 +244,11 @@ def avg_pool2d_bwd(
 
     dy: (N, C, OH, OW) -> dx: (N, C, H, W) with ``H, W`` from ``x_shape``, in ``dy``'s dtype.
     """
-    xp = xp_of(dy)
     n, c, h, w = (int(d) for d in x_shape)
     (top, bottom), (left, right) = padding
     oh, ow = int(dy.shape[2]), int(dy.shape[3])
     share = batch_last(dy) / (window[0] * window[1])
-    buf = xp.zeros((c, h + top + bottom, w + left + right, n), dtype=dy.dtype)
-    for rows, cols in _windows(oh, ow, window, stride):
+    buf = np.zeros((c, h + top + bottom, w + left + right, n), dtype=dy.dtype)
+    for rows, cols in _window_slices(oh, ow, window, stride):
         buf[:, rows, cols] += share
     return _cropped(buf, (n, c, h, w), padding)
