@@ -343,7 +343,7 @@ def join_ranks() -> Ranks:
     else:
         n = max(1, len(os.sched_getaffinity(0)) // size)
         try:
-            from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+            from threadpoolctl import threadpool_limits  # type: ignore[import-untyped,unused-ignore]
 
             threadpool_limits(n, user_api="blas")
             threads = (

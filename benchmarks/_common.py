@@ -141,7 +141,7 @@ def _blas_info() -> dict[str, Any]:
     except Exception as err:  # a diagnostic: report, never fail
         info["openblas"] = f"unavailable ({type(err).__name__})"
     try:
-        from threadpoolctl import threadpool_info  # type: ignore[import-not-found]
+        from threadpoolctl import threadpool_info  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
         info["threadpools"] = [
             {k: p.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}

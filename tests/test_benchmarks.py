@@ -468,3 +468,35 @@ def test_environment_reports_the_loaded_openblas_core(monkeypatch: pytest.Monkey
     assert runtime["config"].startswith(f"OpenBLAS {build['version']} ")  # the build's own
     assert runtime["corename"] and runtime["corename"] in runtime["config"]
     assert runtime["num_threads"] >= 1
+
+
+def test_mpi_bench_report_takes_the_median_of_per_round_ratios() -> None:
+    import mpi_bench
+
+    def row(impl: str, sps: float) -> dict[str, Any]:
+        return {"model": "small", "batch": 128, "impl": impl, "samples_per_s": sps}
+
+    rounds = [
+        [row("fcnn x1", 100.0), row("fcnn x2", 180.0), row("torch-cl", 200.0)],
+        [row("fcnn x1", 50.0), row("fcnn x2", 60.0), row("torch-cl", 40.0)],
+        [row("fcnn x1", 100.0), row("fcnn x2", 160.0), row("torch-cl", 150.0)],
+    ]
+    assert mpi_bench.ratios(rounds, "small", 128, "fcnn x2", "fcnn x1") == [1.8, 1.2, 1.6]
+    text = mpi_bench.report(rounds, [1, 2])
+    assert "fcnn x2 / fcnn x1 = 1.60 [1.20, 1.80] (target >= 1.5: met)" in text
+    assert "fcnn x2 / torch-cl = 1.07 [0.90, 1.50] (target >= 1.0: met)" in text
+    assert "| small | 128 | fcnn x2 | 180 |" in text  # the fastest round's row
+
+
+@pytest.mark.slow
+def test_mpi_bench_quick_run_on_two_ranks(tmp_path: Path) -> None:
+    pytest.importorskip("mpi4py")
+    out = tmp_path / "mpi.json"
+    cmd = [sys.executable, str(BENCH / "mpi_bench.py"), "--quick", "--json", str(out)]
+    cmd += ["--models", "small", "--batches", "32", "--no-torch"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "fcnn x2 / fcnn x1 = " in proc.stdout
+    rows = json.loads(out.read_text())["rounds"][0]
+    assert {r["impl"] for r in rows} == {"fcnn x1", "fcnn x2"}
+    assert all(r["samples_per_s"] > 0 and r["allreduce_ms"] >= 0 for r in rows)
