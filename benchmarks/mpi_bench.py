@@ -122,8 +122,68 @@ def bench_ranks(spec: dict[str, Any]) -> dict[str, Any] | None:
         "step_ms": stats["median_ms"],
         "samples_per_s": batch / (stats["median_ms"] * 1e-3),
         "allreduce_ms": summarize_ms(timed.seconds)["median_ms"],
-        "allreduce_bytes": sum(np.asarray(v).nbytes for v in fcnn.tree_leaves(params)) + 8,
+        "allreduce_bytes": gradient_bytes(model_name),
     }
+
+
+ALLREDUCE_SIZES = (1 << 10, 1 << 14, 1 << 17, 1 << 19, 1 << 21)  # bytes of float32 buffers
+
+
+def bench_allreduce(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """On every rank: median time of ``Allreduce`` over float32 buffers of ``sizes`` bytes."""
+    comm = world()
+    if comm is None:
+        raise RuntimeError("the allreduce worker must be started by mpiexec")
+    out: dict[str, float] = {}
+    for nbytes in spec["sizes"]:
+        buf = np.ones(nbytes // 4, np.float32)
+        total = np.empty_like(buf)
+        times = []
+        for i in range(int(spec["repeats"]) + 5):
+            comm.Barrier()  # time the reduction, not the wait for a late rank
+            t0 = time.perf_counter()
+            comm.Allreduce(buf, total)
+            if i >= 5:
+                times.append(time.perf_counter() - t0)
+        out[str(nbytes)] = statistics.median(times) * 1e3
+    if comm.Get_rank() != 0:
+        return None
+    return {"kind": "allreduce", "ranks": comm.Get_size(), "ms": out}
+
+
+def fit_latency_bandwidth(ms_by_bytes: dict[str, float]) -> tuple[float, float]:
+    """``(alpha_ms, bytes_per_ms)`` of ``t = alpha + n / bandwidth``, least squares."""
+    n = np.array([float(k) for k in ms_by_bytes])
+    t = np.array(list(ms_by_bytes.values()))
+    slope, alpha = np.polyfit(n, t, 1)
+    return float(alpha), float(1.0 / slope)
+
+
+def gradient_bytes(model_name: str) -> int:
+    """Bytes of a model's float32 gradient plus the step's loss and count."""
+    model = build_model(model_name, NUM_CLASSES)
+    params, _, _ = fcnn.init(model, np.random.default_rng(0), INPUT_SHAPE)
+    return sum(np.asarray(v).nbytes for v in fcnn.tree_leaves(params)) + 8
+
+
+def allreduce_report(result: dict[str, Any], models: Sequence[str]) -> str:
+    """Measured times; latency and bandwidth fitted to the generic sizes alone; and for
+    each model's gradient, the fit's prediction next to the measurement of that size."""
+    ms = result["ms"]
+    alpha, bw = fit_latency_bandwidth({k: v for k, v in ms.items() if int(k) in ALLREDUCE_SIZES})
+    lines = [f"Allreduce on {result['ranks']} ranks (median of repeats, after a barrier):"]
+    lines += [f"  {int(k):>9,} bytes: {v:.4f} ms" for k, v in ms.items()]
+    lines.append(
+        f"  fit t = alpha + bytes / B over the {len(ALLREDUCE_SIZES)} generic sizes: "
+        f"alpha = {alpha * 1e3:.1f} us, B = {bw / 1e6:.2f} GB/s"
+    )
+    for name in models:
+        nbytes = gradient_bytes(name)
+        lines.append(
+            f"  {name} model gradient, {nbytes:,} bytes: measured {ms[str(nbytes)]:.4f} ms, "
+            f"fit predicts {alpha + nbytes / bw:.4f} ms"
+        )
+    return "\n".join(lines)
 
 
 def mpiexec() -> str:
@@ -226,6 +286,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="few steps, one round (for tests)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     p.add_argument("--json", metavar="PATH", help="write every round's rows as JSON")
+    p.add_argument(
+        "--allreduce",
+        action="store_true",
+        help="time Allreduce alone over a range of buffer sizes on the largest --ranks",
+    )
     p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if any(r < 1 for r in args.ranks) or args.rounds < 1 or any(b < 1 for b in args.batches):
@@ -237,12 +302,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tune_allocator()
     if args.worker:
-        result = bench_ranks(json.loads(args.worker))
+        spec = json.loads(args.worker)
+        result = bench_allreduce(spec) if spec.get("kind") == "allreduce" else bench_ranks(spec)
         if result is not None:
             print(json.dumps(result), flush=True)
         return 0
-    torch = not args.no_torch and import_torch() is not None
     print(format_environment(environment_report()))
+    if args.allreduce:
+        sizes = [*ALLREDUCE_SIZES, *(gradient_bytes(name) for name in args.models)]
+        spec = {
+            "kind": "allreduce",
+            "sizes": sorted(set(sizes)),
+            "repeats": 5 if args.quick else 200,
+        }
+        try:
+            result = run_ranks(spec, max(args.ranks))
+        except (RuntimeError, subprocess.TimeoutExpired) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(allreduce_report(result, args.models))
+        if args.json:
+            write_json_atomic(args.json, result)
+        return 0
+    torch = not args.no_torch and import_torch() is not None
     rounds = 1 if args.quick else args.rounds
     try:
         all_rows = [

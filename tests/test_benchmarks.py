@@ -500,3 +500,11 @@ def test_mpi_bench_quick_run_on_two_ranks(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["rounds"][0]
     assert {r["impl"] for r in rows} == {"fcnn x1", "fcnn x2"}
     assert all(r["samples_per_s"] > 0 and r["allreduce_ms"] >= 0 for r in rows)
+
+
+def test_mpi_bench_fits_latency_and_bandwidth() -> None:
+    import mpi_bench
+
+    ms = {str(n): 0.01 + n / 2e6 for n in (1024, 65536, 1 << 20)}  # 10 us + 2 GB/s
+    alpha, bw = mpi_bench.fit_latency_bandwidth(ms)
+    assert alpha == pytest.approx(0.01, rel=1e-6) and bw == pytest.approx(2e6, rel=1e-6)
