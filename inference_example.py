@@ -11,8 +11,9 @@ the checkpoint was trained on are classified (``fcnn.data.registry.load_dataset`
 ``--data-dir`` locates MNIST or CIFAR-10, the embedded digits need nothing, lines are
 generated from ``--seed``, which also picks the samples).
 Prints the ``--top`` classes with their probabilities for each input; ``--show PATH``
-also saves a PNG grid of the inputs with predicted (and true) labels (needs matplotlib:
-``pip install "fcnn[plot]"``). Errors print a message (no traceback) to stderr, exit status 1.
+also saves a grid of the inputs with predicted (and true) labels, in the format the
+extension names (.png, .jpg, .svg, .pdf, ...; needs matplotlib: ``pip install "fcnn[plot]"``).
+Errors print a message (no traceback) to stderr, exit status 1.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from fcnn.data.images import load_image
 from fcnn.data.registry import load_dataset
 from fcnn.io import CheckpointError
 from fcnn.models import Trained, load_trained
-from fcnn.plots import MissingExtraError, figure_class
+from fcnn.paths import PathError, check_readable_file, check_writable_file
+from fcnn.plots import MissingExtraError, figure_class, image_format
 
 DEFAULT_SAMPLES = 8
 GRID_COLUMNS = 8
@@ -70,7 +72,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"(the default, with N = {DEFAULT_SAMPLES}, when no image is given)",
     )
     p.add_argument("--top", type=int, default=3, metavar="K", help="classes shown per input")
-    p.add_argument("--show", metavar="PATH", help="save a PNG grid of the inputs and predictions")
+    p.add_argument(
+        "--show", metavar="PATH", help="save a grid of the inputs and predictions (.png, .jpg, ...)"
+    )
     p.add_argument("--data-dir", metavar="DIR", help="dataset folder (MNIST, CIFAR-10)")
     p.add_argument("--seed", type=int, default=0, help="picks (or generates) the samples")
     args = p.parse_args(argv)
@@ -177,7 +181,8 @@ def _figure_class() -> Any:
 def save_grid(
     path: str, inputs: Inputs, probs: NDArray[np.floating[Any]], classes: Sequence[str]
 ) -> None:
-    """A PNG grid of the inputs titled with the predicted (and true) class, written atomically."""
+    """A grid of the inputs titled with the predicted (and true) class, written atomically
+    in the format ``path``'s extension names (``fcnn.plots.image_format``)."""
     n = inputs.x.shape[0]
     cols = min(n, GRID_COLUMNS)
     rows = math.ceil(n / cols)
@@ -201,12 +206,24 @@ def save_grid(
         ax.set_title(title, fontsize=9, color=color)
     try:
         with atomic_write(path, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
+            fig.savefig(f, format=image_format(path), dpi=100)
     except OSError as err:
         raise CliError(f"cannot write {path!r}: {err.strerror or err}") from None
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Fail before any work when --checkpoint or --show cannot be the file it must be."""
+    try:
+        check_readable_file(args.checkpoint, "checkpoint")
+        if args.show:
+            image_format(args.show)
+            check_writable_file(args.show)
+    except PathError as err:
+        raise CliError(str(err)) from None
+
+
 def run(args: argparse.Namespace) -> None:
+    check_paths(args)
     if args.show:
         _figure_class()  # fail before any work when matplotlib is missing
     trained = load_model(args.checkpoint)

@@ -13,7 +13,7 @@ and grads. Submodules: :mod:`fcnn.gradcheck` (finite-difference checks),
 """
 
 from .layers.activation import Relu, ReluCache, relu_bwd, relu_fwd
-from .layers.base import Context, Layer, pair_layer
+from .layers.base import Context, Layer, layer, pair_layer
 from .layers.conv import Conv2d, Conv2dCache, Conv2dCfg, conv2d_bwd, conv2d_fwd
 from .layers.dense import Dense, DenseCache, dense_bwd, dense_fwd
 from .layers.dropout import (
@@ -134,6 +134,7 @@ __all__ = [
     "forward",
     "global_norm",
     "init",
+    "layer",
     "linear_warmup",
     "log_softmax",
     "loss_and_grad",

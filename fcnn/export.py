@@ -52,12 +52,17 @@ try:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
-    raise ImportError('ONNX export needs the onnx package: pip install "fcnn[onnx]"') from _err
+    _NEEDS = 'ONNX export needs the onnx package: pip install "fcnn[onnx]"'
+    if __name__ == "__main__":  # python -m fcnn.export: the line alone, no traceback
+        print(f"error: {_NEEDS}", file=sys.stderr)
+        sys.exit(1)
+    raise ImportError(_NEEDS) from _err
 
 from .atomic import atomic_write
 from .io import fcnn_version
 from .layers.base import Array, Layer, Params, State
 from .model import predict
+from .paths import PathError, check_readable_file, check_writable_file
 
 __all__ = [
     "EXPORTABLE",
@@ -471,6 +476,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     output = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
+    try:
+        check_readable_file(args.checkpoint, "checkpoint")
+        check_writable_file(output)
+    except PathError as err:  # before any work: a directory where a file is expected, ...
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     try:
         trained = load_trained(args.checkpoint)
         norm = None if args.no_normalization else (trained.mean, trained.std)

@@ -70,6 +70,21 @@ def _child_names(layers: tuple[Layer, ...]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _not_a_layer(i: int, arg: Any) -> str:
+    """The message for a non-``Layer`` argument of ``sequential``: says how to make one."""
+    what = f"sequential: argument {i} is a {type(arg).__name__}, not a Layer"
+    how = "wrap your own pair with fcnn.layer(fwd, bwd, cfg, init=...) (see its docstring)"
+    if isinstance(arg, tuple | list):
+        return f"{what}; to use a (fwd, bwd) pair, {how}"
+    if callable(arg):
+        fn = getattr(arg, "__name__", "a function")
+        return (
+            f"{what}; {fn} is a function: for a library op use its layer constructor "
+            f"(Conv2d(...), not conv2d_fwd); for your own pair, {how}"
+        )
+    return f"{what}; build layers with the constructors (Conv2d, Relu, ...) or fcnn.layer(fwd, bwd)"
+
+
 def _check_keys(tree: Any, names: tuple[str, ...], what: str) -> None:
     if not isinstance(tree, Mapping):
         raise TypeError(f"sequential: {what} must be a dict, got {type(tree).__name__}")
@@ -87,10 +102,7 @@ def sequential(*layers: Layer, name: str | None = None) -> Layer:
         raise ValueError("sequential: needs at least one layer")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise TypeError(
-                f"sequential: argument {i} is a {type(layer).__name__}, not a Layer "
-                "(did you pass a function such as conv2d_fwd instead of Conv2d(...)?)"
-            )
+            raise TypeError(_not_a_layer(i, layer))
     names = _child_names(layers)
     children = tuple(zip(names, layers, strict=True))
 

@@ -1,10 +1,13 @@
-"""Training curves as a PNG (matplotlib, an optional extra: ``pip install "fcnn[plot]"``).
+"""Training curves as an image (matplotlib, an optional extra: ``pip install "fcnn[plot]"``).
 
 ``history`` is the list of per-epoch records ``train.py`` writes to its metrics
 file and checkpoints: dicts with ``epoch``, ``train_loss``, ``test_loss`` and
 ``test_acc`` (a fraction in [0, 1])::
 
     plot_history(history, "runs/curves.png", title="default on mnist")
+
+The file's format is the one its extension names (``image_format``: PNG, JPEG, SVG,
+PDF, TIFF, WebP); call ``image_format(path)`` before long work to refuse an unknown one early.
 """
 
 from __future__ import annotations
@@ -14,8 +17,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .atomic import atomic_write
+from .paths import PathError
 
-__all__ = ["MissingExtraError", "figure_class", "plot_history"]
+__all__ = ["IMAGE_FORMATS", "MissingExtraError", "figure_class", "image_format", "plot_history"]
+
+IMAGE_FORMATS = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".svg": "svg",
+    ".pdf": "pdf",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".webp": "webp",
+}
+"""File extension (lower case) -> the matplotlib ``savefig`` format written for it."""
 
 
 class MissingExtraError(ImportError):
@@ -38,14 +54,34 @@ def figure_class() -> Any:
     return Figure
 
 
+def image_format(path: str | os.PathLike[str]) -> str:
+    """The ``savefig`` format that ``path``'s extension names (``x.JPG`` -> ``"jpeg"``).
+
+    Needs no matplotlib, so a command line can check its output path before any work.
+    Raises ``PathError`` (a ``ValueError``) for an unknown or missing extension.
+    """
+    p = os.fspath(path)
+    ext = os.path.splitext(p)[1].lower()
+    if ext not in IMAGE_FORMATS:
+        known = ", ".join(IMAGE_FORMATS)
+        named = f"the extension {ext!r}" if ext else "no extension"
+        raise PathError(
+            f"cannot write {p}: {named} names no image format this can write; use one of {known}"
+        )
+    return IMAGE_FORMATS[ext]
+
+
 def plot_history(
     history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str = ""
 ) -> None:
-    """Write loss (train and test) and test accuracy per epoch to the PNG ``path``, atomically.
+    """Write loss (train and test) and test accuracy per epoch to ``path``, atomically,
+    in the format its extension names (``image_format``).
 
-    Raises ``ValueError`` when ``history`` is empty or a record lacks a key, and
-    ``MissingExtraError`` when matplotlib is not installed.
+    Raises ``ValueError`` when ``history`` is empty or a record lacks a key, ``PathError``
+    (a ``ValueError``) for an unknown extension, and ``MissingExtraError`` when
+    matplotlib is not installed.
     """
+    fmt = image_format(path)
     if not history:
         raise ValueError("plot_history: history is empty; nothing to plot")
     keys = ("epoch", "train_loss", "test_loss", "test_acc")
@@ -71,4 +107,4 @@ def plot_history(
         fig.suptitle(title)
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
+        fig.savefig(f, format=fmt, dpi=110)

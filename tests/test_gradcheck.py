@@ -352,3 +352,81 @@ def test_regression_non_contiguous_input_gave_zero_gradients(rng: np.random.Gene
     assert not y.flags.c_contiguous
     report = check_pair(fcnn.relu_fwd, fcnn.relu_bwd, {}, y, None, rng=rng)
     assert report.ok(1e-6), report
+
+
+# --- kinks: points where the checked function is not differentiable (issue 13) -------------
+
+
+def abs_fwd(params: Params, x: Array, cfg: Any = None) -> tuple[Array, Array]:
+    return np.abs(x), x
+
+
+def abs_bwd(cache: Array, dy: Array) -> tuple[Array, Params]:
+    return dy * np.sign(cache), {}
+
+
+def two_digits_model(rng: np.random.Generator) -> tuple[Layer, Any, Any, Array]:
+    """A Conv/ReLU/MaxPool model (zero biases) and two real digits (flat zero backgrounds)."""
+    import fcnn
+
+    model = fcnn.sequential(
+        fcnn.Conv2d(2, 3, padding=1), fcnn.Relu(), fcnn.MaxPool2d(2), fcnn.Flatten(), fcnn.Dense(3)
+    )
+    params, state, _ = fcnn.init(model, rng, (1, 28, 28))
+    x = fcnn.data.load_digits_sample().x_train[:2]
+    return model, params, state, x
+
+
+def test_regression_check_layer_misled_by_kinks_on_real_digits(rng: np.random.Generator) -> None:
+    model, params, state, x = two_digits_model(rng)
+    # What it reported before: a large error for the library's own correct layers.
+    assert not check_layer(model, params, state, x, rng=rng, exclude_kinks=False).ok(1e-3)
+    report = check_layer(model, params, state, x, rng=rng)
+    assert report.ok(1e-6), report
+    assert 0 < report.excluded["x"] < report.sizes["x"] == x.size
+    assert report.errors["x"] < 1e-6 and report.errors["conv1/w"] < 1e-6
+    assert "excluded at kinks" in str(report) and "ReLU at 0" in str(report)
+    assert f"x {report.excluded['x']} of {x.size}" in str(report)
+
+
+def test_kink_exclusion_still_fails_a_wrong_backward_on_real_digits(
+    rng: np.random.Generator,
+) -> None:
+    import fcnn
+
+    _, params, state, x = two_digits_model(rng)
+
+    def leaky_relu_bwd(cache: Any, dy: Array) -> tuple[Array, Params]:  # wrong: 1.05, not 1
+        return dy * (cache.y > 0) * 1.05, {}
+
+    wrong = fcnn.sequential(
+        fcnn.Conv2d(2, 3, padding=1),
+        fcnn.layer(fcnn.relu_fwd, leaky_relu_bwd, kind="relu"),
+        fcnn.MaxPool2d(2),
+        fcnn.Flatten(),
+        fcnn.Dense(3),
+    )
+    report = check_layer(wrong, params, state, x, rng=rng)
+    assert not report.ok(1e-3) and report.errors["x"] > 1e-2, report
+
+
+def test_kink_of_a_pair_is_counted_and_smooth_points_are_not(rng: np.random.Generator) -> None:
+    x = np.array([[-1.5, 0.0, 0.7, 0.0, 2.0]])
+    report = check_pair(abs_fwd, abs_bwd, {}, x, rng=rng)
+    assert report.excluded == {"x": 2} and report.sizes == {"x": 5} and report.ok(1e-8)
+    # Off the kinks nothing is excluded, even with curvature strong enough that the
+    # one-sided slopes differ by more than KINK_TOL (sin(100 x): f'' / f' ~ 100).
+    def wave_fwd(params: Params, x: Array, cfg: Any = None) -> tuple[Array, Array]:
+        return np.sin(100.0 * x), x
+
+    def wave_bwd(cache: Array, dy: Array) -> tuple[Array, Params]:
+        return dy * 100.0 * np.cos(100.0 * cache), {}
+
+    smooth = check_pair(wave_fwd, wave_bwd, {}, rng.standard_normal((3, 8)), rng=rng)
+    assert smooth.excluded == {} and smooth.ok(1e-6), smooth
+
+
+def test_directional_check_through_a_kink_does_not_pass(rng: np.random.Generator) -> None:
+    report = check_pair(abs_fwd, abs_bwd, {}, np.zeros((1, 3)), rng=rng, directional=True)
+    assert report.excluded == {"direction": 1} and not report.ok(1.0)
+    assert "excluded at kinks" in str(report)

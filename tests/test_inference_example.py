@@ -206,7 +206,8 @@ def test_show_into_a_missing_folder_fails_cleanly(
     target = tmp_path / "nowhere" / "grid.png"
     code, _, err = _run(capsys, "--checkpoint", str(digits_ckpt), "--show", str(target))
     assert code == 1
-    assert err.startswith(f"error: cannot write '{target}'") and err.count("\n") == 1
+    # Issue 13: the shared path check's wording (fcnn.paths), before any work.
+    assert err == f"error: cannot write {target}: the folder {target.parent} does not exist\n"
 
 
 def test_show_without_matplotlib_says_how_to_install(
@@ -230,7 +231,8 @@ def _one_error_line(err: str) -> str:
 def test_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _run(capsys, "--checkpoint", str(tmp_path / "none.npz"))
     assert code == 1 and out == ""
-    assert _one_error_line(err) == f"error: checkpoint '{tmp_path / 'none.npz'}' not found\n"
+    missing = tmp_path / "none.npz"  # issue 13: the shared wording of fcnn.paths
+    assert _one_error_line(err) == f"error: cannot read checkpoint {missing}: no such file\n"
 
 
 def test_bad_checkpoints_exit_non_zero_with_a_message(
@@ -290,3 +292,52 @@ def test_bad_command_lines_are_usage_errors(argv: list[str], tmp_path: Path) -> 
     with pytest.raises(SystemExit) as info:
         inference_example.parse_args(full)
     assert info.value.code == 2
+
+
+# --- issue 13: the same path messages as everywhere, before any work; formats; hints ------
+
+
+def test_regression_directory_where_a_file_is_expected_inference(
+    digits_ckpt: Path, tmp_path: Path, monkeypatch: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_work(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the checkpoint was read")
+
+    monkeypatch.setattr(inference_example, "load_trained", no_work)
+    code, out, err = _run(capsys, "--checkpoint", str(tmp_path))
+    assert code == 1 and out == ""
+    assert err == f"error: cannot read checkpoint {tmp_path}: it is a directory; give a file path\n"
+    show = tmp_path / "grid.png"
+    show.mkdir()
+    code, out, err = _run(capsys, "--checkpoint", str(digits_ckpt), "--show", str(show))
+    assert code == 1 and out == ""
+    assert err == f"error: cannot write {show}: it is a directory; give a file path\n"
+
+
+def test_regression_show_jpg_held_png_bytes(
+    digits_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    grid = tmp_path / "grid.jpg"
+    code, _, _ = _run(
+        capsys, "--checkpoint", str(digits_ckpt), "--samples", "2", "--show", str(grid)
+    )
+    assert code == 0 and grid.read_bytes()[:3] == b"\xff\xd8\xff"
+    code, out, err = _run(capsys, "--checkpoint", str(digits_ckpt), "--show", str(tmp_path / "g.x"))
+    assert code == 1 and out == "" and "names no image format" in err
+
+
+def test_regression_offline_mnist_hint_named_train_py(
+    tmp_path: Path, monkeypatch: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from functools import partial
+
+    from fcnn.data.registry import load_dataset
+
+    ckpt = _untrained(tmp_path / "mnist.npz", [str(d) for d in range(10)], (1, 28, 28), "mnist")
+    monkeypatch.setattr(inference_example, "load_dataset", partial(load_dataset, download=False))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = _run(capsys, "--checkpoint", str(ckpt), "--data-dir", str(empty))
+    assert code == 1 and out == ""
+    assert "train.py" not in err and "--data-dir DIR option" in err

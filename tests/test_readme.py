@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+import fcnn
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -30,3 +32,16 @@ def test_readme_examples_run() -> None:
     assert isinstance(y, np.ndarray) and y.shape == (5, 10)
     params = namespace["params"]
     assert isinstance(params, dict) and params["dense1"]["w"].shape == (784, 10)
+
+
+def test_readme_shows_own_layer_in_a_model() -> None:
+    """Issue 13: the tour wraps a user's pair with fcnn.layer, composes, trains and checks it."""
+    text = README.read_text()
+    block = next(b for b in python_blocks(text) if "fcnn.layer(" in b)
+    assert "sequential(" in block and "loss_and_grad" in block and "check_layer" in block
+    namespace: dict[str, object] = {}
+    for b in python_blocks(text):
+        exec(compile(b, str(README), "exec"), namespace)
+    mine = namespace["mine"]
+    assert isinstance(mine, fcnn.Layer)
+    assert [c.kind for c in mine.children] == ["conv", "swish", "maxpool", "flatten", "dense"]

@@ -2,7 +2,8 @@
 
 Folder (``data_home``), first that applies:
 
-1. the ``data_dir`` argument (``train.py --data-dir DIR``);
+1. the ``data_dir`` argument (the ``--data-dir DIR`` option of ``train.py`` and
+   ``inference_example.py``);
 2. the environment variable ``FCNN_DATA_DIR``;
 3. ``$XDG_CACHE_HOME/fcnn`` (when that variable holds an absolute path);
 4. ``~/.cache/fcnn``.
@@ -250,8 +251,9 @@ def missing_message(
         lines.append(note)
     lines.append(
         "Put these files in one of the folders above (or download them by hand from the "
-        "URLs listed), or point the library at a folder that holds them: "
-        f"train.py --data-dir DIR, data_dir=DIR, or the environment variable {DATA_DIR_ENV}=DIR."
+        "URLs listed), or point the library at a folder that holds them: the command's "
+        f"--data-dir DIR option, data_dir=DIR in Python, or the environment variable "
+        f"{DATA_DIR_ENV}=DIR."
     )
     return "\n".join(lines)
 

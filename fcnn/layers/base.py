@@ -21,14 +21,17 @@ shape, whatever it needs (state, randomness, a train flag)::
 
 ``pair_layer`` wraps any pair into that shape, passing ``ctx.train``, ``ctx.rng``
 and the layer's state only to pairs that declare those keywords, so the composer
-never has a second implementation of any layer.
+never has a second implementation of any layer. ``layer`` is the same wrapper
+for a user's own pair, with defaults for everything but the pair itself::
+
+    model = fcnn.sequential(fcnn.Dense(16), fcnn.layer(my_fwd, my_bwd), fcnn.Dense(10))
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -45,6 +48,8 @@ __all__ = [
     "Params",
     "Shape",
     "State",
+    "keep_shape_init",
+    "layer",
     "pair_layer",
     "reraise_with_path",
     "to_spec",
@@ -108,6 +113,9 @@ def pair_layer(
 ) -> Layer:
     """Wrap a pure pair ``fwd(params, x, cfg, **extras)`` / ``bwd(cache, dy)`` as a ``Layer``.
 
+    Every argument explicit (the library's constructors use it); for your own pair,
+    ``layer(fwd, bwd)`` fills in defaults.
+
     Of ``train``, ``rng`` and ``state``, ``fwd`` gets the keywords it declares (from
     ``ctx`` and the layer's state); a pair that takes ``state`` returns the new one as
     ``cache.state``. ``param_grads(cache, dy)``: optional, ``bwd(cache, dy)[1]``
@@ -140,6 +148,68 @@ def pair_layer(
         name=name,
         param_grads=param_grads,
     )
+
+
+def keep_shape_init(
+    rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike
+) -> tuple[Params, State, Shape]:
+    """The init of a layer without parameters or state that keeps its input's shape.
+
+    in_shape: the per-sample shape, e.g. (C, H, W) -> ``({}, {}, (C, H, W))``.
+    """
+    return {}, {}, tuple(in_shape)
+
+
+def layer(
+    fwd: Callable[..., tuple[Array, Any]],
+    bwd: BackwardFn,
+    cfg: Any = None,
+    *,
+    init: InitFn | None = None,
+    name: str | None = None,
+    kind: str | None = None,
+    spec: Mapping[str, Any] | None = None,
+    param_grads: ParamGradsFn | None = None,
+) -> Layer:
+    """Turn your own pure pair into a ``Layer`` that ``sequential`` composes.
+
+    ``fwd(params, x, cfg) -> (y, cache)`` and ``bwd(cache, dy) -> (dx, grads)``
+    (grads with exactly params' keys; ``{}`` without params), x: (N, ...) -> y: (N, ...).
+    ``fwd`` may also declare the keywords ``train``, ``rng`` and ``state``
+    (see this module's docstring); it gets those it declares. The rest is optional:
+
+    - ``cfg``: passed unchanged to every ``fwd`` call (default ``None``).
+    - ``init(rng, in_shape, dtype) -> (params, state, out_shape)``: makes the
+      layer's initial params (arrays of ``dtype``, drawn only from ``rng``) and
+      state for one sample of per-sample shape ``in_shape`` (no batch axis), and
+      says the per-sample output shape, so that the next layer's sizes are inferred.
+      Default ``keep_shape_init``: no params, no state, output shaped like the input
+      (right for elementwise layers; give ``init`` for anything else).
+    - ``kind``: the stem of the automatic name (``kind="gelu"`` -> ``gelu1``,
+      the path in messages and in the params tree). Default: ``fwd``'s name
+      without a trailing ``_fwd`` (``gelu_fwd`` -> ``gelu``), else ``"layer"``.
+    - ``name``: this layer's own name in the model instead of the automatic one.
+    - ``spec``: the JSON-able description stored in checkpoints (and compared when
+      loading them) and read by exporters. Default ``{"type": kind}`` plus the fields
+      of ``cfg`` when it is a dataclass. ONNX export knows only the library's types.
+    - ``param_grads(cache, dy) -> grads``: ``bwd(cache, dy)[1]`` without ``dx``.
+
+    Raises ``TypeError`` if ``fwd``, ``bwd`` or ``init`` is not callable.
+    """
+    for what, fn in (("fwd", fwd), ("bwd", bwd), ("init", init)):
+        if (fn is not None or what != "init") and not callable(fn):
+            raise TypeError(f"layer: {what} must be a function, got {type(fn).__name__}")
+    kind = kind or _kind_of(fwd)
+    if spec is None:
+        spec = to_spec(kind, cfg if is_dataclass(cfg) and not isinstance(cfg, type) else None)
+    return pair_layer(kind, fwd, bwd, cfg, init or keep_shape_init, spec, name, param_grads)
+
+
+def _kind_of(fwd: Callable[..., Any]) -> str:
+    """``gelu_fwd`` -> ``gelu``; a lambda or an odd name -> ``layer``."""
+    stem = getattr(fwd, "__name__", "")
+    stem = stem.removesuffix("_fwd")
+    return stem if stem.isidentifier() else "layer"
 
 
 def reraise_with_path(name: str, err: Exception) -> NoReturn:
