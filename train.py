@@ -57,7 +57,8 @@ from fcnn.parallel import (
     shard,
     world,
 )
-from fcnn.plots import MissingExtraError, figure_class, plot_history
+from fcnn.paths import PathError, check_writable_file
+from fcnn.plots import MissingExtraError, figure_class, image_format, plot_history
 from fcnn.runtime import tune_allocator
 from fcnn.training import Step
 
@@ -392,18 +393,11 @@ class Progress:
 
 def check_writable(path: str | None) -> None:
     """Create ``path``'s folder and prove a file can be written there, before any training."""
-    if not path:
-        return
-    if os.path.isdir(path):  # the probe beside it would succeed; the real write would not
-        raise UsageError(f"cannot write {path}: it is a directory; give a file path")
-    probe = f"{path}.{os.getpid()}.probe"
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(probe, "w", encoding="utf-8"):
-            pass
-        os.unlink(probe)
-    except OSError as err:
-        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
+    if path:
+        try:
+            check_writable_file(path, make_folder=True)
+        except PathError as err:
+            raise UsageError(str(err)) from None
 
 
 def check_not_another_run(path: str) -> None:
@@ -526,6 +520,10 @@ def set_up(
         for path in (outputs.save, outputs.metrics, outputs.plot):
             check_writable(path)  # fail before training, not after the first epoch
         if outputs.plot:
+            try:
+                image_format(outputs.plot)  # an extension matplotlib writes, e.g. .png, .svg
+            except PathError as err:
+                raise UsageError(str(err)) from None
             figure_class()  # fail before training when matplotlib is missing
 
     data = load_data(config, args.data_dir, ckpt)

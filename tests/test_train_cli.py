@@ -500,3 +500,19 @@ def test_batch_size_larger_than_the_training_set_is_reported(
     out = capsys.readouterr().out
     assert "batch 50 (the whole training set; --batch-size 64 is larger)" in out
     assert "1 epoch\n" in out and "after 1 epoch " in out and "1 epochs" not in out
+
+
+def test_plot_writes_the_format_its_extension_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--plot x.jpg once wrote PNG bytes into a .jpg file; an unknown extension is refused
+    before any training."""
+    pytest.importorskip("matplotlib")
+    jpg = tmp_path / "curves.jpg"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--plot", str(jpg)) == 0
+    assert jpg.read_bytes()[:3] == b"\xff\xd8\xff"  # JPEG, not PNG
+    capsys.readouterr()
+    bad = tmp_path / "curves.bmpx"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--plot", str(bad)) == 1
+    captured = capsys.readouterr()
+    assert "'.bmpx' names no image format" in captured.err and "epoch 1" not in captured.out
