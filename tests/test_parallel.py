@@ -272,6 +272,7 @@ def test_ctrl_c_stops_every_rank_with_the_resume_hint(tmp_path: Path) -> None:
         while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert ckpt.exists(), "no epoch finished in time"
+        time.sleep(0.5)  # past the moment the first file appears and the ranks note it saved
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
