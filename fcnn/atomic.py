@@ -8,17 +8,70 @@ finishes without an exception is it flushed, fsynced and renamed over ``path``
 (``os.replace``, atomic on POSIX and Windows), so a crash, an error or Ctrl-C
 never leaves a half-written file under the final name. Checkpoints, metrics,
 plots, ONNX files and benchmark results are all written this way.
+
+The temporary file is named ``.<name>.<pid>.<random>.tmp`` beside the target. A process
+killed mid-write (``kill -9``, a power cut) cannot remove its own, so every write first
+removes the temporary files of the same target whose process is gone (and unmarked ones
+from older versions of fcnn once they are ten minutes old). A full disk (or quota) is
+reported naming the target: ``[Errno 28] No space left on device: 'runs/model.npz'``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
 __all__ = ["atomic_write"]
+
+
+# Errors that mean "no room": reported naming the target, not the temporary file.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# Temporary files without a pid (older fcnn) count as stale after this many seconds.
+_UNMARKED_STALE_S = 600
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists; anything else: do not guess
+        return True
+    return True
+
+
+def _remove_stale_temps(folder: str, name: str) -> None:
+    """Remove ``.<name>.<pid>.<random>.tmp`` files in ``folder`` left by dead processes.
+
+    Only the temporary files of this target; never one of a live process (another
+    writer of the same file), nor this process's own. Errors are ignored: cleaning up
+    is a courtesy, the write goes ahead regardless.
+    """
+    marked = re.compile(rf"\.{re.escape(name)}\.(\d+)\.[a-z0-9_]+\.tmp")
+    unmarked = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}\.tmp")
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        found = marked.fullmatch(entry)
+        path = os.path.join(folder, entry)
+        with contextlib.suppress(OSError):
+            if found:
+                pid = int(found.group(1))
+                if pid != os.getpid() and not _alive(pid):
+                    os.unlink(path)
+            elif unmarked.fullmatch(entry) and (
+                time.time() - os.stat(path).st_mtime > _UNMARKED_STALE_S
+            ):
+                os.unlink(path)
 
 
 def _fsync_dir(folder: str) -> None:
@@ -41,7 +94,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 
     The folder of ``path`` must exist. An existing file keeps its permission bits;
     a new one gets ``0o644``. On an exception the temporary file is removed and
-    ``path`` is left as it was.
+    ``path`` is left as it was; a full disk raises ``OSError`` naming ``path``. Stale
+    temporary files of ``path`` (their process is gone) are removed first.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
@@ -51,7 +105,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         perms = os.stat(target).st_mode & 0o777
     except FileNotFoundError:
         perms = 0o644
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+    name = os.path.basename(target)
+    _remove_stale_temps(folder, name)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
     try:
         encoding = "utf-8" if mode == "w" else None
         with os.fdopen(fd, mode, encoding=encoding) as f:
@@ -60,8 +116,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             os.fsync(f.fileno())
         os.chmod(tmp, perms)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno in _NO_ROOM and err.filename in (None, tmp):
+            raise OSError(err.errno, err.strerror, target) from err
         raise
     _fsync_dir(folder)

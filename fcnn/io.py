@@ -24,12 +24,18 @@ is flushed and fsynced, then renamed over ``path`` (``os.replace``), so a crash
 or an error leaves any earlier checkpoint at ``path`` intact. ``path`` is used
 exactly as given (no ``.npz`` is appended). Reading uses ``allow_pickle=False``
 and refuses anything it does not recognise with a ``CheckpointError`` naming the
-file; nothing is ever unpickled.
+file; nothing is ever unpickled. Reading checks before it decompresses: the header
+(``__meta__``) may hold at most ``MAX_META_BYTES`` bytes nested at most
+``MAX_META_DEPTH`` deep, every member's shape and dtype are read from its ``.npy``
+header and must agree with its size in the zip, and with ``expected=`` (the trees
+the model builds) with the model too, so a small file that inflates to gigabytes
+is refused from a few hundred bytes of headers.
 
     save_checkpoint("run/model.npz", params=params, state=state, opt_state=opt_state,
                     meta={"model": model.spec, "epoch": 3, "rng": generator_state(rng)})
-    ckpt = load_checkpoint("run/model.npz")
-    check_params_match(init(model_from_spec, rng, in_shape)[0], ckpt.params)
+    header = read_checkpoint_header("run/model.npz")      # meta and member shapes only
+    params_like, state_like, _ = init(model_from(header.meta), rng, in_shape)
+    ckpt = load_checkpoint("run/model.npz", expected={"params": params_like, "state": state_like})
 """
 
 from __future__ import annotations
@@ -49,12 +55,17 @@ from .atomic import atomic_write
 __all__ = [
     "FORMAT_MARKER",
     "FORMAT_VERSION",
+    "MAX_META_BYTES",
+    "MAX_META_DEPTH",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointHeader",
+    "MemberInfo",
     "check_params_match",
     "fcnn_version",
     "generator_state",
     "load_checkpoint",
+    "read_checkpoint_header",
     "restore_generator",
     "save_checkpoint",
 ]
@@ -65,8 +76,25 @@ META_KEY = "__meta__"
 PREFIXES = ("params", "state", "opt_state")
 SEP = "/"
 
-# Errors that reading tampered or truncated zip/npy data can raise.
-_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+# The header is JSON a few kilobytes long (model spec, config, history, rng state): far
+# above any real one, and small enough that parsing it costs little memory.
+MAX_META_BYTES = 8 * 1024 * 1024
+# Nesting of the header's JSON (a model spec nests a few levels per block of layers).
+MAX_META_DEPTH = 64
+# Longest .npy header read (NumPy's own default guard).
+_MAX_NPY_HEADER = 10_000
+
+# Errors that reading tampered or truncated zip/npy data can raise (RuntimeError: an
+# encrypted member; NotImplementedError: an unknown compression method).
+_READ_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+)
 
 # Bit generators ``restore_generator`` knows, by the name their state carries.
 _BIT_GENERATORS: dict[str, type[np.random.BitGenerator]] = {
@@ -95,6 +123,25 @@ class Checkpoint(NamedTuple):
     opt_state: dict[str, Any] | None
     meta: dict[str, Any]
     fcnn_version: str
+
+
+class MemberInfo(NamedTuple):
+    """A checkpoint member as its ``.npy`` header declares it, read without its data;
+    ``stored_bytes``: its size in the file (smaller than the data only if compressed)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    stored_bytes: int
+
+
+class CheckpointHeader(NamedTuple):
+    """What ``read_checkpoint_header`` returns: ``meta`` and ``fcnn_version`` as in
+    ``Checkpoint``, and ``members``: every array's declared ``MemberInfo`` by its
+    ``"/"``-joined key (``"params/conv1/w"``); no array data is read."""
+
+    meta: dict[str, Any]
+    fcnn_version: str
+    members: dict[str, MemberInfo]
 
 
 # --- saving ------------------------------------------------------------------------------
@@ -248,13 +295,32 @@ def _build(skeleton: dict[str, Any], prefix: str, arrays: Mapping[str, Any]) -> 
     }
 
 
-def _parse_header(raw: Any, where: str) -> dict[str, Any]:
-    if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.ndim != 1:
-        raise CheckpointError(f"{where}: {META_KEY} is not a uint8 byte array")
+def _depth(value: Any) -> int:
+    """How many JSON containers ``value`` nests (``1`` is 0, ``[[1]]`` is 2); iterative,
+    so any depth is safe."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, outer = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if isinstance(node, dict | list):
+            deepest = max(deepest, outer + 1)
+            stack.extend((child, outer + 1) for child in children)
+    return deepest
+
+
+def _parse_header(raw: bytes, where: str) -> dict[str, Any]:
+    """The ``__meta__`` bytes as a validated header dict, or ``CheckpointError``."""
     try:
-        header = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        header = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{where}: {META_KEY} is JSON nested too deeply") from None
+    except ValueError as err:  # UnicodeDecodeError, JSONDecodeError, over-long int literals
         raise CheckpointError(f"{where}: {META_KEY} is not valid UTF-8 JSON ({err})") from err
+    if _depth(header) > MAX_META_DEPTH:
+        raise CheckpointError(
+            f"{where}: {META_KEY} is JSON nested more than {MAX_META_DEPTH} levels deep"
+        )
     if not isinstance(header, dict) or header.get("format") != FORMAT_MARKER:
         found = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise CheckpointError(
@@ -282,16 +348,90 @@ def _parse_header(raw: Any, where: str) -> dict[str, Any]:
     return header
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a checkpoint written by ``save_checkpoint``.
+def _npy_header(fp: Any, where: str, key: str, stored_bytes: int) -> MemberInfo:
+    """Read a ``.npy`` header from ``fp`` (left just before the data); never the data."""
+    try:
+        version = np.lib.format.read_magic(fp)
+    except ValueError as err:
+        raise CheckpointError(f"{where}: entry {key!r} is not a .npy array ({err})") from err
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=_MAX_NPY_HEADER)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=_MAX_NPY_HEADER)
+    else:
+        raise CheckpointError(f"{where}: entry {key!r} has unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise CheckpointError(
+            f"{where}: entry {key!r} is an object array, which cannot be read without unpickling"
+        )
+    return MemberInfo(tuple(int(d) for d in shape), dtype, stored_bytes)
 
-    Raises ``FileNotFoundError`` when ``path`` is not a file and
-    ``CheckpointError`` (a ``ValueError``) naming ``path`` when it is not a zip
-    (``.npz``) file, lacks ``__meta__``, has the wrong format marker or an
-    unsupported format version, holds object arrays or members outside
-    ``params/``, ``state/``, ``opt_state/``, or disagrees with its recorded
-    tree structure. Nothing is unpickled (``np.load(..., allow_pickle=False)``).
+
+class _Member(NamedTuple):
+    info: zipfile.ZipInfo
+    declared: MemberInfo
+
+
+def _scan(zf: zipfile.ZipFile, where: str) -> tuple[dict[str, Any], dict[str, _Member]]:
+    """The parsed header and every other member's declared shape and dtype.
+
+    Reads the ``.npy`` headers and the ``__meta__`` bytes only (at most ``MAX_META_BYTES``);
+    a member whose declared size disagrees with its size in the zip is refused here.
     """
+    keys: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if key in keys:
+            raise CheckpointError(f"{where}: entry {key!r} appears twice")
+        keys[key] = info
+    if META_KEY not in keys:
+        raise CheckpointError(f"{where}: no {META_KEY} entry; not an fcnn checkpoint")
+    unknown = [
+        k
+        for k in keys
+        if k != META_KEY and not any(k.startswith(p + SEP) and k != p + SEP for p in PREFIXES)
+    ]
+    if unknown:
+        raise CheckpointError(
+            f"{where}: unexpected entries {sorted(unknown)}; "
+            f"expected only {META_KEY} and keys under {[p + SEP for p in PREFIXES]}"
+        )
+    members: dict[str, _Member] = {}
+    raw = b""
+    for key, info in keys.items():
+        with zf.open(info) as fp:
+            declared = _npy_header(fp, where, key, info.compress_size)
+            data_bytes = math.prod(declared.shape) * declared.dtype.itemsize
+            if fp.tell() + data_bytes != info.file_size:
+                raise CheckpointError(
+                    f"{where}: entry {key!r} declares {declared.shape} {declared.dtype} "
+                    f"({data_bytes} bytes) but holds {info.file_size - fp.tell()} bytes"
+                )
+            if key == META_KEY:
+                if declared.dtype != np.uint8 or len(declared.shape) != 1:
+                    raise CheckpointError(f"{where}: {META_KEY} is not a uint8 byte array")
+                if data_bytes > MAX_META_BYTES:
+                    raise CheckpointError(
+                        f"{where}: {META_KEY} holds {data_bytes} bytes; the limit is "
+                        f"{MAX_META_BYTES}"
+                    )
+                raw = fp.read(data_bytes)
+            else:
+                members[key] = _Member(info, declared)
+    header = _parse_header(raw, where)
+    for prefix in PREFIXES:
+        skeleton = header["trees"][prefix]
+        promised = set() if skeleton is None else set(_skeleton_leaves(skeleton, prefix, where))
+        present = {k for k in members if k.startswith(prefix + SEP)}
+        if promised != present:
+            raise CheckpointError(
+                f"{where}: {prefix} entries disagree with the recorded structure: "
+                f"missing {sorted(promised - present)}, unexpected {sorted(present - promised)}"
+            )
+    return header, members
+
+
+def _open_zip(path: str | os.PathLike[str]) -> tuple[zipfile.ZipFile, str]:
     fs_path = os.fspath(path)
     where = f"checkpoint {fs_path!r}"
     if not os.path.isfile(fs_path):
@@ -299,50 +439,88 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not zipfile.is_zipfile(fs_path):
         raise CheckpointError(f"{where}: not a zip (.npz) file")
     try:
-        npz = np.load(fs_path, allow_pickle=False)
+        return zipfile.ZipFile(fs_path), where
     except _READ_ERRORS as err:
         raise CheckpointError(f"{where}: cannot be read as .npz ({err})") from err
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{where}: not an .npz archive")
-    with npz:
-        names = list(npz.files)
-        if META_KEY not in names:
-            raise CheckpointError(f"{where}: no {META_KEY} entry; not an fcnn checkpoint")
-        unknown = [
-            n
-            for n in names
-            if n != META_KEY and not any(n.startswith(p + SEP) and n != p + SEP for p in PREFIXES)
-        ]
-        if unknown:
-            raise CheckpointError(
-                f"{where}: unexpected entries {sorted(unknown)}; "
-                f"expected only {META_KEY} and keys under {[p + SEP for p in PREFIXES]}"
-            )
-        arrays: dict[str, Any] = {}
-        for name in names:
-            try:
-                arrays[name] = npz[name]
-            except _READ_ERRORS as err:
-                raise CheckpointError(
-                    f"{where}: entry {name!r} cannot be read without unpickling or is "
-                    f"corrupt ({err})"
-                ) from err
-            if not isinstance(arrays[name], np.ndarray):
-                raise CheckpointError(f"{where}: entry {name!r} is not a .npy array")
-            if arrays[name].dtype.hasobject:
-                raise CheckpointError(f"{where}: entry {name!r} is an object array")
-    header = _parse_header(arrays.pop(META_KEY), where)
+
+
+def read_checkpoint_header(path: str | os.PathLike[str]) -> CheckpointHeader:
+    """A checkpoint's ``meta``, ``fcnn_version`` and every member's declared shape and
+    dtype, without reading any array's data (see ``CheckpointHeader``).
+
+    Raises what ``load_checkpoint`` raises for the file's structure and header, so a
+    caller can build the model the meta describes and then load with ``expected=``.
+    """
+    zf, where = _open_zip(path)
+    try:
+        with zf:
+            header, members = _scan(zf, where)
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as err:
+        raise CheckpointError(f"{where}: cannot be read as .npz ({err})") from err
+    return CheckpointHeader(
+        meta=header["meta"],
+        fcnn_version=header["fcnn_version"],
+        members={k: m.declared for k, m in members.items()},
+    )
+
+
+_TREE_NAMES = {"params": "params", "state": "state", "opt_state": "optimizer state"}
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, expected: Mapping[str, Any] | None = None
+) -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint``.
+
+    ``expected``: optional trees the file must match, by prefix (``{"params": P,
+    "state": S, "opt_state": O}``, any subset), e.g. a freshly ``init``-ed model's;
+    their leaves need only ``.shape`` and ``.dtype``. Each is compared with the shapes
+    and dtypes the members declare (``check_params_match``) before any array data is
+    decompressed, so a file that would inflate to more than the model needs is refused.
+
+    Raises ``FileNotFoundError`` when ``path`` is not a file and
+    ``CheckpointError`` (a ``ValueError``) naming ``path`` when it is not a zip
+    (``.npz``) file, lacks ``__meta__``, has a header over ``MAX_META_BYTES`` bytes,
+    nested over ``MAX_META_DEPTH`` levels or otherwise unparsable, the wrong format
+    marker or an unsupported format version, holds object arrays, members outside
+    ``params/``, ``state/``, ``opt_state/`` or members whose declared size is not their
+    size, disagrees with its recorded tree structure, or with ``expected``. Nothing is
+    unpickled (``allow_pickle=False``).
+    """
+    unknown = sorted(set(expected or {}) - set(PREFIXES))
+    if unknown:
+        raise ValueError(f"load_checkpoint: expected has unknown trees {unknown}; use {PREFIXES}")
+    zf, where = _open_zip(path)
+    try:
+        with zf:
+            header, members = _scan(zf, where)
+            declared = {k: m.declared for k, m in members.items()}
+            for prefix, tree in (expected or {}).items():
+                skeleton = header["trees"][prefix]
+                if skeleton is None:
+                    raise CheckpointError(f"{where}: has no {_TREE_NAMES[prefix]} saved")
+                try:
+                    check_params_match(
+                        tree, _build(skeleton, prefix, declared), _TREE_NAMES[prefix]
+                    )
+                except CheckpointError as err:
+                    raise CheckpointError(f"{where}: {err}") from err
+            arrays: dict[str, Any] = {}
+            for key, member in members.items():
+                with zf.open(member.info) as fp:
+                    arrays[key] = np.lib.format.read_array(
+                        fp, allow_pickle=False, max_header_size=_MAX_NPY_HEADER
+                    )
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as err:
+        raise CheckpointError(f"{where}: cannot be read as .npz ({err})") from err
 
     trees: dict[str, Any] = {}
     for prefix in PREFIXES:
         skeleton = header["trees"][prefix]
-        promised = set() if skeleton is None else set(_skeleton_leaves(skeleton, prefix, where))
-        present = {n for n in arrays if n.startswith(prefix + SEP)}
-        if promised != present:
-            raise CheckpointError(
-                f"{where}: {prefix} entries disagree with the recorded structure: "
-                f"missing {sorted(promised - present)}, unexpected {sorted(present - promised)}"
-            )
         trees[prefix] = None if skeleton is None else _build(skeleton, prefix, arrays)
     return Checkpoint(
         params=trees["params"],

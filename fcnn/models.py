@@ -17,6 +17,7 @@ the training statistics stored in the checkpoint, exactly as training did.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .data import normalize
-from .io import CheckpointError, check_params_match, load_checkpoint
+from .io import CheckpointError, load_checkpoint, read_checkpoint_header
 from .layers.activation import Relu
 from .layers.base import Array, Layer, Params, State
 from .layers.conv import Conv2d
@@ -301,16 +302,60 @@ def _shape3(value: Any, what: str) -> tuple[int, int, int]:
     return (value[0], value[1], value[2])
 
 
+# Stored weights barely compress; zeros compress 1000-fold but are never drawn by init.
+_MAX_INFLATION = 8
+
+
+class _BoundedDraws(np.random.Generator):
+    """A generator that refuses to draw an array of more than ``limit`` values.
+
+    ``load_trained`` initialises the model through it: every array ``init`` draws must
+    match one stored in the checkpoint, so a stored ``input_shape`` the parameters cannot
+    fit (``[1, 1000, 1000]`` for a 28×28 model: a dense layer of gigabytes) is refused
+    before that array is allocated. Draws within the limit are the plain generator's.
+    """
+
+    def __init__(self, seed: int, limit: int) -> None:
+        super().__init__(np.random.PCG64(seed))
+        self.limit = limit
+
+    def _check(self, size: Any) -> None:
+        shape = () if size is None else tuple(np.atleast_1d(np.asarray(size, dtype=np.int64)))
+        if math.prod(int(d) for d in shape) > self.limit:
+            raise ValueError(
+                f"it needs an array of shape {tuple(int(d) for d in shape)}, more values than "
+                f"the checkpoint's largest array ({self.limit})"
+            )
+
+    def standard_normal(self, size: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self._check(size)
+        return super().standard_normal(size, *args, **kwargs)
+
+    def normal(self, loc: Any = 0.0, scale: Any = 1.0, size: Any = None) -> Any:
+        self._check(size)
+        return super().normal(loc, scale, size)
+
+    def uniform(self, low: Any = 0.0, high: Any = 1.0, size: Any = None) -> Any:
+        self._check(size)
+        return super().uniform(low, high, size)
+
+    def random(self, size: Any = None, *args: Any, **kwargs: Any) -> Any:
+        self._check(size)
+        return super().random(size, *args, **kwargs)
+
+
 def load_trained(path: str | os.PathLike[str]) -> Trained:
     """Load a checkpoint written by ``train.py`` for inference.
 
     Rebuilds the model from its description, checks that the stored params have
     exactly the shapes that model expects, and reads the classes and the
     normalisation. Raises ``CheckpointError`` naming the file when anything is
-    missing or inconsistent.
+    missing or inconsistent. Only the header and the arrays' declared shapes are read
+    before everything is checked, and the model is initialised without ever allocating
+    an array larger than the largest one in the file; the arrays' data is read last.
     """
-    ckpt = load_checkpoint(path)
-    meta = ckpt.meta
+    header = read_checkpoint_header(path)
+    meta = header.meta
     try:
         model = model_from_description(meta["model"])
         input_shape = _shape3(meta["input_shape"], "input_shape")
@@ -329,9 +374,19 @@ def load_trained(path: str | os.PathLike[str]) -> Trained:
             f"{os.fspath(path)}: normalization must have {input_shape[0]} means and "
             f"positive stds, got mean {mean.shape}, std {std.shape}"
         )
+    # Values of the largest array init may draw: no more than the file holds, counting a
+    # compressed member (a deflate bomb's) at a generous ratio of its size on disk.
+    largest = max(
+        (
+            min(math.prod(m.shape), _MAX_INFLATION * m.stored_bytes // m.dtype.itemsize)
+            for m in header.members.values()
+            if m.dtype.itemsize
+        ),
+        default=0,
+    )
     try:
         expected_params, expected_state, out_shape = init(
-            model, np.random.default_rng(0), input_shape
+            model, _BoundedDraws(0, max(largest, 1)), input_shape
         )
     except ValueError as err:
         raise CheckpointError(
@@ -341,9 +396,6 @@ def load_trained(path: str | os.PathLike[str]) -> Trained:
         raise CheckpointError(
             f"{os.fspath(path)}: the model outputs {out_shape} but there are {len(classes)} classes"
         )
-    try:
-        check_params_match(expected_params, ckpt.params, "params")
-        check_params_match(expected_state, ckpt.state, "state")
-    except CheckpointError as err:
-        raise CheckpointError(f"{os.fspath(path)}: {err}") from err
-    return Trained(model, ckpt.params, ckpt.state, input_shape, classes, mean, std, meta)
+    # The shapes and dtypes are compared with the members' headers before any data is read.
+    ckpt = load_checkpoint(path, expected={"params": expected_params, "state": expected_state})
+    return Trained(model, ckpt.params, ckpt.state, input_shape, classes, mean, std, ckpt.meta)

@@ -29,10 +29,22 @@ Bad input gets a 4xx with ``{"detail": "<what was wrong>"}``, never a 500:
   read, and counted while it streams when there is none), an image with more
   pixels than ``max_pixels`` (read from its header, before decompression:
   decompression bombs), more than ``max_batch`` images in one request;
+- 408: a request head not complete ``--header-timeout`` seconds (10) after connecting
+  or after the last response, a body not complete ``body_timeout_s`` (60) after its
+  head; the connection is then closed;
 - 415: an image in another format than PNG or JPEG, a body that is not JSON;
 - 422: a JSON array that is not ``(N, C, H, W)`` with the model's input shape,
-  or holds non-numbers, non-finite values or values outside [0, 1]; a missing
+  or holds non-numbers (``true``, ``"0.5"``), non-finite values or values outside
+  [0, 1]; an image one of whose sides is more than 1000 times the other; a missing
   ``file`` field.
+
+Resources: predictions (decoding, preparing, the forward pass) run on
+``max_concurrency`` threads of their own, and the server leaves glibc's allocator at
+its defaults, so the memory it keeps after a burst grows with ``max_concurrency``,
+not with the number of clients. ``main`` holds at most ``--max-connections`` (100)
+connections (``guarded_protocol``): at the limit the one that has waited longest
+without a request in progress is closed (408) for the newcomer, so idle sockets
+cannot lock anyone out; the limit is lowered, with a note, to fit ``ulimit -n``.
 
 Build an app in code (tests do) with ``create_app(trained_or_path, ServeLimits(...))``.
 """
@@ -40,11 +52,13 @@ Build an app in code (tests do) with ``create_app(trained_or_path, ServeLimits(.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import sys
-import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
@@ -56,7 +70,6 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, RedirectResponse
     from pydantic import BaseModel, Field
-    from starlette.concurrency import run_in_threadpool
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -64,11 +77,11 @@ except ImportError as _err:  # pragma: no cover - exercised only without the ext
         'missing): pip install "fcnn[serve]"'
     ) from _err
 
-from .data.images import ImageTooLargeError, decode_image, prepare_image
+from .data.images import ImageShapeError, ImageTooLargeError, decode_image, prepare_image
 from .layers.base import Array
 from .models import Trained, load_trained
 
-__all__ = ["SUPPORTED_FORMATS", "ServeLimits", "create_app", "main"]
+__all__ = ["SUPPORTED_FORMATS", "ServeLimits", "create_app", "guarded_protocol", "main"]
 
 # Uploads accepted by /predict, by Pillow format name.
 SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG")
@@ -89,6 +102,9 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"<svg", "SVG"),
 )
 _MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around an uploaded file
+# What json.loads gives for a JSON number (and null, refused as non-finite).
+_PIXEL_TYPES = (int, float, type(None))
+_NOTHING = object()
 
 
 @dataclass(frozen=True)
@@ -99,8 +115,10 @@ class ServeLimits:
     more); ``max_json_bytes``: the body of ``/predict/array``; ``max_pixels``: an
     image's width × height, read from its header before decompression;
     ``max_batch``: images in one ``/predict/array`` request; ``max_concurrency``:
-    predictions computed at the same time (more requests wait for a turn, which
-    bounds the memory that decoding large images takes).
+    predictions computed at the same time, each on one of that many worker threads
+    (more requests wait for a turn), which bounds the memory that decoding large
+    images takes; ``body_timeout_s``: seconds a request's body may take to arrive
+    once its head has (then a 408 and the connection is closed).
     """
 
     max_image_bytes: int = 10 * 1024 * 1024
@@ -108,6 +126,7 @@ class ServeLimits:
     max_pixels: int = 16_000_000
     max_batch: int = 64
     max_concurrency: int = 2
+    body_timeout_s: int = 60
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -189,16 +208,26 @@ _ARRAY_BODY: dict[str, Any] = {
 # --- request body limit (pure ASGI, so it runs before anything reads the body) -------------
 
 
+class _BodyTimeoutError(Exception):
+    """The request body did not arrive in time (answered 408, connection closed)."""
+
+
 class _BodyLimit:
-    """Refuse bodies over ``limit_for(path)`` bytes with a 413.
+    """Refuse bodies over ``limit_for(path)`` bytes with a 413, and bodies that take
+    more than ``timeout_s`` seconds to arrive with a 408.
 
     A declared ``Content-Length`` over the limit is answered at once, unread; a body
     without one (chunked) is counted as it arrives and reading stops at the limit.
+    The deadline runs from the moment the request's head has arrived and only while
+    the app waits for body bytes: time spent computing is the server's, not the client's.
     """
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+    def __init__(
+        self, app: ASGIApp, limit_for: Callable[[str], int], timeout_s: float = 60.0
+    ) -> None:
         self.app = app
         self.limit_for = limit_for
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -220,14 +249,23 @@ class _BodyLimit:
                 return
         received = 0
         started = False
+        complete = False
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # after the body: disconnect notices, no deadline
+                return await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(left, 0.0))
+            except TimeoutError:
+                raise _BodyTimeoutError from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise HTTPException(413, too_large)
+                complete = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -238,6 +276,11 @@ class _BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
+        except _BodyTimeoutError:  # not an HTTPException: the app's handlers would keep the
+            if started:  # connection open for the rest of the trickle
+                raise
+            detail = f"the request body did not arrive within {self.timeout_s:g} s"
+            await _send_error(send, 408, detail)
         except HTTPException as err:  # raised while reading, outside any route's handler
             if started:
                 raise
@@ -295,6 +338,8 @@ def _image_to_input(
         pixels = decode_image(data, input_shape[0], max_pixels=limits.max_pixels, formats=[fmt])
     except ImageTooLargeError as err:
         raise HTTPException(413, f"the {fmt} image is too large: {err}") from err
+    except ImageShapeError as err:
+        raise HTTPException(422, f"the {fmt} image cannot be classified: {err}") from err
     except ValueError as err:
         raise HTTPException(400, f"the {fmt} image cannot be decoded: {err}") from err
     try:
@@ -332,6 +377,16 @@ def _array_to_batch(body: bytes, input_shape: tuple[int, int, int], limits: Serv
     if arr.ndim != 4 or tuple(arr.shape[1:]) != input_shape:
         raise HTTPException(
             422, f"expected images shaped {expected}, got an array shaped {tuple(arr.shape)}"
+        )
+    # NumPy reads true as 1 and "0.5" as 0.5: only JSON numbers are pixels (null is
+    # refused below, with the non-finite values).
+    pixels = np.array(obj, dtype=object).flat
+    odd = next((v for v in pixels if type(v) not in _PIXEL_TYPES), _NOTHING)
+    if odd is not _NOTHING:
+        raise HTTPException(
+            422,
+            f"expected a JSON array of numbers shaped {expected}: it holds non-numbers "
+            f"such as {json.dumps(odd)}",
         )
     if not np.all(np.isfinite(arr)):
         raise HTTPException(422, "the array holds NaN, infinite or null values")
@@ -379,14 +434,20 @@ def create_app(
     if not isinstance(lim, ServeLimits):
         raise TypeError(f"create_app: limits must be a ServeLimits, got {type(lim).__name__}")
     shape = trained.input_shape
-    turns = threading.BoundedSemaphore(lim.max_concurrency)
+    # Predictions run on max_concurrency threads of their own, never on the shared
+    # thread pool (40 threads): glibc gives each thread that allocates big arrays an
+    # arena of its own and keeps some of it, so the memory held after a burst of large
+    # images grows with the number of threads that decoded one. Here that is at most
+    # max_concurrency.
+    workers = ThreadPoolExecutor(lim.max_concurrency, thread_name_prefix="fcnn-predict")
 
-    def in_turn(fn: Callable[[], list[Prediction]]) -> Awaitable[list[Prediction]]:
-        def run() -> list[Prediction]:
-            with turns:
-                return fn()
+    async def in_turn(fn: Callable[[], list[Prediction]]) -> list[Prediction]:
+        return await asyncio.get_running_loop().run_in_executor(workers, fn)
 
-        return run_in_threadpool(run)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        workers.shutdown(wait=False, cancel_futures=True)
 
     meta = trained.meta
     model_desc = meta.get("model")
@@ -406,6 +467,7 @@ def create_app(
         version=str(__version__),
         description=f"Classifies {'×'.join(map(str, shape))} images with the {name!s} model "
         f"into {len(trained.classes)} classes.",
+        lifespan=lifespan,
     )
 
     json_limit = lim.max_json_bytes
@@ -415,7 +477,7 @@ def create_app(
     def limit_for(path: str) -> int:
         return {"/predict": upload_limit, "/predict/array": json_limit}.get(path, small_limit)
 
-    app.add_middleware(_BodyLimit, limit_for=limit_for)
+    app.add_middleware(_BodyLimit, limit_for=limit_for, timeout_s=lim.body_timeout_s)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
@@ -487,6 +549,133 @@ def create_app(
     return app
 
 
+# --- connections (uvicorn's h11 protocol with a limit and a deadline) -----------------------
+
+
+def _raw_response(status: int, reason: str, detail: str) -> bytes:
+    """A complete HTTP/1.1 error response that closes the connection."""
+    body = json.dumps({"detail": detail}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def guarded_protocol(max_connections: int, header_timeout_s: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 HTTP protocol, holding at most ``max_connections`` connections and
+    dropping any that has not sent a complete request head ``header_timeout_s`` seconds
+    after connecting or after its last response: pass it as ``uvicorn.run(http=...)``.
+
+    A connection that is waiting (no request being answered: idle, or sending its head
+    slowly, or a body nobody reads) past its deadline gets a 408 and is closed. When a
+    new connection would exceed the limit, the connection that has been waiting longest
+    is closed instead (a 408), so idle sockets cannot lock others out; only when every
+    connection has a request in progress is the newcomer refused with a 503. The body's
+    own deadline is ``ServeLimits.body_timeout_s`` (the app enforces it).
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    if max_connections < 1 or header_timeout_s <= 0:
+        raise ValueError(
+            f"guarded_protocol: need max_connections >= 1 and header_timeout_s > 0, got "
+            f"{max_connections} and {header_timeout_s}"
+        )
+    timed_out = _raw_response(
+        408, "Request Timeout", f"no complete request within {header_timeout_s:g} s"
+    )
+    full = _raw_response(503, "Service Unavailable", "too many connections; try again")
+
+    class GuardedH11Protocol(H11Protocol):
+        waiting_since = 0.0
+        deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._start_waiting()
+            if len(self.connections) > max_connections:
+                idle = [
+                    c
+                    for c in self.connections
+                    if isinstance(c, GuardedH11Protocol)
+                    and c is not self
+                    and c.waiting()
+                    and not c.transport.is_closing()  # dropped already, not yet gone
+                ]
+                if idle:
+                    min(idle, key=lambda c: c.waiting_since).drop(timed_out)
+                else:
+                    self.drop(full)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_clock()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._start_waiting()
+
+        def waiting(self) -> bool:
+            """No request of this connection is being answered."""
+            return self.cycle is None or self.cycle.response_complete
+
+        def drop(self, response: bytes) -> None:
+            self._stop_clock()
+            if not self.transport.is_closing():
+                if self.conn.our_state in (h11.IDLE, h11.DONE):  # not mid-response
+                    self.transport.write(response)
+                self.transport.close()
+
+        def _start_waiting(self) -> None:
+            self._stop_clock()
+            self.waiting_since = self.loop.time()
+            self.deadline = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _stop_clock(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def _expire(self) -> None:
+            self.deadline = None
+            if self.waiting():  # else the app is answering; the clock restarts after it
+                self.drop(timed_out)
+
+    return GuardedH11Protocol
+
+
+# Descriptors the process needs besides its connections (libraries, the listening socket).
+_SPARE_FILES = 32
+_MAX_BACKLOG = 128
+
+
+def _open_file_limit() -> int:
+    """The soft limit on open files, raised to the hard limit where allowed (never lowered)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 65536 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _fit_open_files(max_connections: int) -> tuple[int, int]:
+    """``(connections, backlog)`` that fit the open-file limit.
+
+    asyncio accepts up to ``backlog`` sockets at a time before any connection is
+    handled (and dropped, if it must make room), and once accept fails for want of
+    descriptors it retries in a tight loop that starves everything else. So the limit
+    must hold ``max_connections`` plus two such bursts plus the process's own files.
+    """
+    limit = _open_file_limit()
+    backlog = max(8, min(_MAX_BACKLOG, (limit - _SPARE_FILES - max_connections) // 2))
+    return max(1, min(max_connections, limit - _SPARE_FILES - 2 * backlog)), backlog
+
+
 # --- command line ------------------------------------------------------------------------
 
 
@@ -546,6 +735,32 @@ def _parser() -> argparse.ArgumentParser:
         help="predictions computed at the same time (default %(default)s)",
     )
     p.add_argument(
+        "--body-timeout",
+        type=_positive,
+        default=d.body_timeout_s,
+        help="seconds a request body may take to arrive (default %(default)s)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=_positive,
+        default=10,
+        help="seconds a connection may wait before its request head is complete, "
+        "also between requests (default %(default)s)",
+    )
+    p.add_argument(
+        "--keep-alive",
+        type=_positive,
+        default=5,
+        help="seconds an idle connection is kept open after a response (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=100,
+        help="open connections at most; at the limit the longest-waiting idle one is "
+        "closed for a newcomer (default %(default)s)",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug", "trace"],
@@ -556,10 +771,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fcnn.serve --checkpoint M.npz [--host H] [--port P] ...``; the exit status."""
     from .io import CheckpointError
-    from .runtime import tune_allocator
 
     args = _parser().parse_args(argv)
-    tune_allocator()
+    # No runtime.tune_allocator() here: raising glibc's trim and mmap thresholds keeps
+    # every freed image buffer in its thread's heap, which suits a training loop (the
+    # same sizes again each step), not a server decoding images of any size.
     try:
         import uvicorn
     except ImportError:
@@ -571,13 +787,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_pixels=args.max_pixels,
         max_batch=args.max_batch,
         max_concurrency=args.max_concurrency,
+        body_timeout_s=args.body_timeout,
     )
     try:
         app = create_app(args.checkpoint, limits)
     except (CheckpointError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    max_connections, backlog = _fit_open_files(args.max_connections)
+    if max_connections < args.max_connections:
+        print(
+            f"note: --max-connections lowered to {max_connections} to fit the open-file "
+            f"limit (ulimit -n {_open_file_limit()})",
+            file=sys.stderr,
+        )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        http=guarded_protocol(max_connections, args.header_timeout),
+        timeout_keep_alive=args.keep_alive,
+        backlog=backlog,
+    )
     return 0
 
 

@@ -12,11 +12,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from measure import peak_growth
 from numpy.typing import NDArray
 
 from fcnn.data import load_digits_sample
 from fcnn.data.images import (
     DEFAULT_MAX_PIXELS,
+    MAX_ASPECT_RATIO,
+    ImageShapeError,
     ImageTooLargeError,
     decode_image,
     load_image,
@@ -83,7 +86,10 @@ def test_resize_keeps_a_constant_image_constant() -> None:
     np.testing.assert_allclose(resize(x, (28, 7)), 0.375, rtol=1e-6)
 
 
-@pytest.mark.parametrize(("shape", "size"), [((37, 53), (28, 28)), ((10, 7), (28, 33))])
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((37, 53), (28, 28)), ((10, 7), (28, 33)), ((3, 5000), (1, 20)), ((4000, 2), (20, 1))],
+)
 def test_resize_agrees_with_pillow_bilinear(
     rng: np.random.Generator, shape: tuple[int, int], size: tuple[int, int]
 ) -> None:
@@ -91,6 +97,22 @@ def test_resize_agrees_with_pillow_bilinear(
     x = rng.random(shape).astype(np.float32)
     ref = np.asarray(Image.fromarray(x, "F").resize(size[::-1], Image.Resampling.BILINEAR))
     np.testing.assert_allclose(resize(x, size), ref, atol=1e-6)
+
+
+def test_resize_of_a_16_million_pixel_strip_builds_no_dense_matrix() -> None:
+    """Regression (issue 15): resizing 1 × 4,000,000 pixels to 20 columns built a dense
+    20 × 4,000,000 float64 weight matrix (and temporaries of that size): 1.3 GB of peak
+    memory for 16 MB of pixels. Now each output pixel's window is built and applied
+    alone, so the peak grows by a few copies of the image at most."""
+    setup = (
+        "import numpy as np\n"
+        "from fcnn.data.images import prepare_gray, resize\n"
+        "x = np.zeros((1, 4_000_000), np.float32)\n"
+        "x[0, ::1000] = 1.0\n"
+    )
+    grown = peak_growth(setup, "y = prepare_gray(x)\nz = resize(x.T.copy(), (20, 1))")
+    pixels_bytes = 4_000_000 * 4
+    assert grown < 8 * pixels_bytes, f"peak grew by {grown / 2**20:.0f} MiB"
 
 
 @pytest.mark.parametrize("size", [(0, 3), (3,), (2.0, 3), (True, 3)])
@@ -333,6 +355,19 @@ def test_too_many_pixels_is_refused(pil: Any) -> None:
     with pytest.raises(ImageTooLargeError, match="4096 pixels is more than the limit of 4095"):
         load_image(data, (1, 28, 28), max_pixels=4095)
     assert load_image(data, (1, 28, 28), max_pixels=4096).shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize("shape", [(1, 1001), (2001, 2)])
+def test_a_strip_is_refused_from_the_header(pil: Any, shape: tuple[int, int]) -> None:
+    """Regression (issue 15): a 16,000,000 × 1 PNG passed max_pixels and cost gigabytes.
+    A strip more than MAX_ASPECT_RATIO times longer than wide is refused before decoding,
+    even when its header lies about the data (the data here is 10 × 10)."""
+    height, width = shape
+    data = _with_png_size(_png_bytes(np.zeros((10, 10), np.uint8)), width, height)
+    with pytest.raises(ImageShapeError, match=f"{width}×{height} is a strip"):
+        decode_image(data)
+    edge = _png_bytes(np.full((1, MAX_ASPECT_RATIO), 255, np.uint8))
+    assert decode_image(edge).shape == (1, 1, MAX_ASPECT_RATIO)
 
 
 def _with_png_size(data: bytes, width: int, height: int) -> bytes:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from measure import peak_growth
 
 import fcnn
 import fcnn.io as fio
@@ -450,3 +451,131 @@ def test_restore_generator_refuses_unknown_or_malformed() -> None:
 def test_all_exports_exist() -> None:
     for name in fio.__all__:
         assert hasattr(fio, name), name
+
+
+# --- hostile files: checked before anything is decompressed (issue 15) ----------------------
+
+
+def _deflated_member(zf: zipfile.ZipFile, name: str, shape: tuple[int, ...]) -> None:
+    """Add ``name`` to ``zf``: a ``.npy`` of float32 zeros, deflated, written in chunks."""
+    with zf.open(name, "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": shape}
+        )
+        chunk = bytes(1 << 22)
+        for _ in range(int(np.prod(shape)) * 4 // len(chunk)):
+            f.write(chunk)
+
+
+def _bomb(tmp_path: Path, values: int) -> Path:
+    """A valid checkpoint whose ``params/w`` (two values) is replaced by ``values`` float32
+    zeros that deflate to about a thousandth of their size."""
+    path = tmp_path / "bomb.npz"
+    save_checkpoint(tmp_path / "good.npz", params={"w": np.zeros(2, np.float32)}, state={})
+    with (
+        zipfile.ZipFile(tmp_path / "good.npz") as src,
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as dst,
+    ):
+        for info in src.infolist():
+            if info.filename == "params/w.npy":
+                _deflated_member(dst, info.filename, (values,))
+            else:
+                dst.writestr(info.filename, src.read(info))
+    return path
+
+
+def test_regression_a_deflate_bomb_was_inflated_before_its_shape_was_checked(
+    tmp_path: Path,
+) -> None:
+    """Issue 15: a 5.5 MB file inflated to 2.1 GB before the loader noticed its shapes
+    were wrong. With ``expected=`` the declared shape is compared first: the 256 MB
+    member is refused from its ``.npy`` header, and the loading process barely grows."""
+    path = _bomb(tmp_path, 64 * 2**20)
+    assert path.stat().st_size < 2 * 2**20
+    with pytest.raises(CheckpointError, match=r"w: shape \(2,\) in the model, \(67108864,\)"):
+        load_checkpoint(path, expected={"params": {"w": np.zeros(2, np.float32)}})
+    setup = (
+        "import numpy as np\nfrom fcnn.io import CheckpointError, load_checkpoint\n"
+        f"path = {str(path)!r}\nlike = {{'params': {{'w': np.zeros(2, np.float32)}}}}\n"
+    )
+    action = "try:\n    load_checkpoint(path, expected=like)\nexcept CheckpointError:\n    pass"
+    grown = peak_growth(setup, action)
+    assert grown < 16 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB"
+
+
+def test_a_member_whose_declared_size_is_not_its_size_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, params={"w": np.zeros(4)}, state={})
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    # The header claims 5 values, the data holds 4.
+    members["params/w.npy"] = members["params/w.npy"].replace(b"(4,)", b"(5,)")
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(CheckpointError, match=r"'params/w' declares \(5,\) float64 \(40 bytes\)"):
+        load_checkpoint(path)
+
+
+def test_load_checkpoint_expected_checks_every_tree_it_names(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    params, state, _ = _hand_trees(np.random.default_rng(0))
+    save_checkpoint(path, params=params, state=state)
+    ckpt = load_checkpoint(path, expected={"params": params, "state": state})
+    _assert_trees_equal(ckpt.params, params)
+    with pytest.raises(CheckpointError, match=r"c\.npz.*has no optimizer state saved"):
+        load_checkpoint(path, expected={"opt_state": {}})
+    with pytest.raises(CheckpointError, match=r"(?s)c\.npz.*state do not match.*bn1/mean"):
+        load_checkpoint(path, expected={"state": {**state, "bn1": {"count": np.asarray(7)}}})
+    with pytest.raises(ValueError, match=r"unknown trees \['model'\]"):
+        load_checkpoint(path, expected={"model": params})
+
+
+def test_read_checkpoint_header_reads_declared_shapes_only(tmp_path: Path) -> None:
+    path = _bomb(tmp_path, 2**20)
+    header = fio.read_checkpoint_header(path)
+    assert header.meta == {} and header.fcnn_version == fcnn.__version__
+    assert header.members["params/w"].shape == (2**20,)
+    assert header.members["params/w"].dtype == np.float32
+    assert header.members["params/w"].stored_bytes < 2**20
+
+
+def _with_meta(tmp_path: Path, meta: bytes) -> Path:
+    path = tmp_path / "m.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z, z.open("__meta__.npy", "w") as f:
+        np.lib.format.write_array(f, np.frombuffer(meta, np.uint8))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("meta", "match"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"[" * (fio.MAX_META_DEPTH + 1) + b"]" * (fio.MAX_META_DEPTH + 1), "more than 64 levels"),
+        (b'{"format": "\xff"}', "not valid UTF-8 JSON"),
+        (b'{"a": 1' + b"0" * 5000 + b"}", "not valid UTF-8 JSON"),  # int over 4300 digits
+    ],
+)
+def test_regression_an_unparsable_header_was_a_traceback(
+    tmp_path: Path, meta: bytes, match: str
+) -> None:
+    """Issue 15: deep JSON ended every command line in a RecursionError. Any header that
+    cannot be parsed is now the usual one-line CheckpointError naming the file."""
+    path = _with_meta(tmp_path, meta)
+    for read in (load_checkpoint, fio.read_checkpoint_header):
+        with pytest.raises(CheckpointError, match=rf"m\.npz.*{match}"):
+            read(path)
+
+
+def test_regression_a_huge_header_was_read_before_it_was_checked(tmp_path: Path) -> None:
+    """Issue 15: the header's size was unbounded; a 64 MB one (64 kB compressed) was
+    read and decoded whole. Its declared size is now refused before its bytes are read."""
+    path = _with_meta(tmp_path, b'{"format": "fcnn-checkpoint", "x": "' + b"x" * 2**26 + b'"}')
+    with pytest.raises(
+        CheckpointError, match=r"__meta__ holds 67108902 bytes; the limit is 8388608"
+    ):
+        load_checkpoint(path)
+    setup = f"from fcnn.io import CheckpointError, load_checkpoint\npath = {str(path)!r}\n"
+    action = "try:\n    load_checkpoint(path)\nexcept CheckpointError:\n    pass"
+    grown = peak_growth(setup, action)
+    assert grown < 16 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB"

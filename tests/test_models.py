@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import fake_cifar10, interrupt_at_epoch, same_tree, without_timing
+from measure import peak_growth
 
 import fcnn
 import train
@@ -301,3 +302,76 @@ def test_regression_a_different_number_of_layers_printed_both_whole_lists() -> N
         f"model/spec/layers: {n + 1} entries in the checkpoint, {n} now "
         "(saved by another version of the model code?)"
     )
+
+
+def _trained_meta(name: str, input_shape: tuple[int, int, int]) -> dict[str, Any]:
+    return {
+        "model": describe_model(name, 10),
+        "input_shape": list(input_shape),
+        "classes": [str(i) for i in range(10)],
+        "normalization": {"mean": [0.1], "std": [0.3]},
+    }
+
+
+def _growth_of_refused_load_trained(path: Path) -> int:
+    """Bytes a fresh process's peak memory grows by while load_trained refuses ``path``."""
+    setup = "from fcnn.io import CheckpointError\nfrom fcnn.models import load_trained\n"
+    action = f"try:\n    load_trained({str(path)!r})\nexcept CheckpointError:\n    pass"
+    return peak_growth(setup, action)
+
+
+def test_regression_a_stored_input_shape_of_1000x1000_ran_init_to_gigabytes(
+    tmp_path: Path,
+) -> None:
+    """Issue 15: a 28×28 checkpoint whose meta says input_shape [1, 1000, 1000] made
+    load_trained run init, drawing a (4000000, 128) dense weight (5.9 GB of peak memory)
+    before the params were compared. init now draws through a generator that refuses any
+    array larger than the file's largest, so the file is refused at once."""
+    from fcnn.io import CheckpointError, save_checkpoint
+
+    model = build_model("default", 10)
+    params, state, _ = fcnn.init(model, np.random.default_rng(0), (1, 28, 28))
+    path = tmp_path / "big.npz"
+    save_checkpoint(
+        path, params=params, state=state, meta=_trained_meta("default", (1, 1000, 1000))
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"does not fit input_shape \(1, 1000, 1000\): dense1: it needs an array of "
+        r"shape \(4000000, 128\), more values than the checkpoint's largest array \(401408\)",
+    ):
+        load_trained(path)
+    grown = _growth_of_refused_load_trained(path)
+    assert grown < 32 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB"
+
+
+def test_regression_load_trained_inflated_a_deflate_bomb_before_comparing_shapes(
+    tmp_path: Path,
+) -> None:
+    """Issue 15: load_trained read (and inflated) every member before comparing shapes. A
+    conv weight declared as 64 Mi float32 zeros, deflated to well under 1 MB, is now
+    refused from its .npy header: the loading process barely grows."""
+    import zipfile
+
+    from fcnn.io import CheckpointError, save_checkpoint
+
+    model = build_model("small", 10)
+    params, state, _ = fcnn.init(model, np.random.default_rng(0), (1, 28, 28))
+    good, path = tmp_path / "good.npz", tmp_path / "bomb.npz"
+    save_checkpoint(good, params=params, state=state, meta=_trained_meta("small", (1, 28, 28)))
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if info.filename != "params/conv1/w.npy":
+                dst.writestr(info.filename, src.read(info))
+                continue
+            with dst.open(info.filename, "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": "<f4", "fortran_order": False, "shape": (64 * 2**20,)}
+                )
+                for _ in range(64):
+                    f.write(bytes(4 * 2**20))
+    assert path.stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match=r"conv1/w: shape \(8, 1, 3, 3\) in the model"):
+        load_trained(path)
+    grown = _growth_of_refused_load_trained(path)
+    assert grown < 16 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB"

@@ -6,6 +6,7 @@ HTTP client for the test client (httpx2, or httpx for older Starlette).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib.util
 import io
@@ -345,6 +346,23 @@ BAD: list[tuple[str, str, Any, int, str]] = [
         "infinite",
     ),
     ("null", "/predict/array", _json(_array((1, *SHAPE)).replace("0.5", "null", 1)), 422, "null"),
+    # Issue 15: NumPy read these as 1.0, 0.0 and 0.5.
+    ("true", "/predict/array", _json(_array((1, *SHAPE)).replace("0.5", "true", 1)), 422, "true"),
+    (
+        "false",
+        "/predict/array",
+        _json(_array((1, *SHAPE)).replace("0.5", "false", 1)),
+        422,
+        "false",
+    ),
+    (
+        "str-num",
+        "/predict/array",
+        _json(_array((1, *SHAPE)).replace("0.5", '"0.5"', 1)),
+        422,
+        '"0.5"',
+    ),
+    ("strip", "/predict", _upload(_png_bomb(20_000, 1)), 422, "20000×1 is a strip"),
     ("out-of-range", "/predict/array", _json(_array((1, *SHAPE), 255.0)), 422, "[0, 1]"),
     ("too-many-images", "/predict/array", _json(_array((9, 1, 1, 1))), 413, "limit is 8"),
     ("deep-nesting", "/predict/array", _json(b"[" * 100_000 + b"]" * 100_000), 400, "nested"),
@@ -498,7 +516,11 @@ def test_main_loads_then_runs_uvicorn(checkpoint: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(fcnn.runtime, "tune_allocator", lambda: tuned.append(True))
     assert main(["--checkpoint", str(checkpoint)]) == 0
     assert runs[0]["host"] == "127.0.0.1" and runs[0]["port"] == 8000
-    assert tuned == [True]
+    # The server keeps glibc's default trim threshold (issue 15: raised, it kept every
+    # worker thread's freed image buffers), and guards its connections.
+    assert tuned == []
+    assert runs[0]["timeout_keep_alive"] == 5 and 8 <= runs[0]["backlog"] <= 128
+    assert issubclass(runs[0]["http"], asyncio.Protocol)
     c = TestClient(runs[0]["app"])
     assert c.get("/metadata").json()["classes"] == list(CLASSES)
 

@@ -11,9 +11,11 @@ It is two steps, both public so that a server can run them separately::
 only when called). Only the formats in ``IMAGE_FORMATS`` are tried. The header is read
 first and an image of more than ``max_pixels`` pixels is refused with an
 ``ImageTooLargeError`` (a ``ValueError``) before its pixel data is decompressed (a
-guard against decompression bombs). The EXIF orientation of photos is applied;
-transparent pixels are composited onto white (a drawing on a transparent canvas is
-dark ink on a light page); 16-bit images keep their full range. ``C = 1`` gives luma
+guard against decompression bombs), as is a strip whose long side is more than
+``MAX_ASPECT_RATIO`` times its short side (an ``ImageShapeError``). The EXIF
+orientation of photos is applied; transparent pixels are composited onto white (a
+drawing on a transparent canvas is dark ink on a light page); 16-bit images keep
+their full range. ``C = 1`` gives luma
 (ITU-R 601-2, as Pillow's ``"L"`` mode), ``C = 3`` RGB.
 
 **Preparing** (pure NumPy, no Pillow):
@@ -32,19 +34,24 @@ dark ink on a light page); 16-bit images keep their full range. ``C = 1`` gives 
 - ``C = 3`` (``prepare_rgb``): a plain resize of the whole picture to ``(H, W)``, as
   CIFAR-10's whole-scene images; no inversion.
 
-Resizing (``resize``) is antialiased linear interpolation, separable: each axis is a
-``(n_out, n_in)`` matrix of triangle-filter weights of radius ``max(n_in / n_out, 1)``
-input pixels around each output pixel's centre, rows normalised to sum to 1, so the
+Resizing (``resize``) is antialiased linear interpolation, separable: along each axis,
+output pixel ``i`` is a weighted mean of the input pixels within ``max(n_in / n_out, 1)``
+input pixels of its centre, with triangle-filter weights normalised to sum to 1, so the
 output stays in ``[0, 1]`` and an unchanged size is the identity::
 
     y = R_h @ x @ R_w.T        R_h: (H, H0), x: (..., H0, W0), R_w: (W, W0) -> y: (..., H, W)
+
+Only each row's non-zero window of ``R_h`` and ``R_w`` is ever built and applied, so
+resizing costs memory and time in proportion to the pixels, whatever the aspect ratio
+(a 16,000,000 × 1 image needs no 20 × 16,000,000 matrix). Preparing a grayscale image
+works on one float32 copy of it (and a one-byte mask), then only on the digit's box.
 """
 
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -60,7 +67,9 @@ __all__ = [
     "DIGIT_BOX",
     "IMAGE_FORMATS",
     "INK_THRESHOLD",
+    "MAX_ASPECT_RATIO",
     "MIN_CONTRAST",
+    "ImageShapeError",
     "ImageSource",
     "ImageTooLargeError",
     "decode_image",
@@ -75,6 +84,9 @@ ImageSource = str | os.PathLike[str] | bytes | bytearray
 
 # 50 megapixels: any phone photo, yet a bounded amount of memory (200 MB as float32 gray).
 DEFAULT_MAX_PIXELS = 50_000_000
+# Longest side over shortest side. A thinner strip is no picture of anything, and Pillow
+# keeps a pointer per row, so a 1 × 16,000,000 image would cost far more than its pixels.
+MAX_ASPECT_RATIO = 1000
 # Pillow plugins tried when decoding; others (EPS runs Ghostscript, ...) are never used.
 IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "PPM")
 DIGIT_BOX = 20 / 28  # MNIST: a 20×20 box in a 28×28 image
@@ -101,6 +113,11 @@ class ImageTooLargeError(ValueError):
     """An image with more pixels than allowed, refused from its header before decompression."""
 
 
+class ImageShapeError(ValueError):
+    """An image whose sides differ by more than ``MAX_ASPECT_RATIO`` times, refused from its
+    header before decompression."""
+
+
 # --- pure array steps ------------------------------------------------------------------------
 
 
@@ -125,38 +142,62 @@ def _check_size(where: str, size: Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _resample_matrix(n_in: int, n_out: int, dtype: np.dtype[Any]) -> FloatArray:
-    """``(n_out, n_in)`` antialiased linear-interpolation weights; rows sum to 1.
+def _resample_taps(n_in: int, n_out: int) -> Iterator[tuple[int, NDArray[np.float64]]]:
+    """Per output pixel ``i < n_out``: ``(lo_i, w_i)``, the antialiased linear-interpolation
+    weights ``w_i`` of input pixels ``lo_i .. lo_i + len(w_i) - 1``; each ``w_i`` sums to 1.
 
     Pixel ``j`` of the input covers ``[j, j + 1)``; output pixel ``i`` is centred at
     ``(i + 0.5) * n_in / n_out`` in input coordinates. The triangle filter's radius is
     one output pixel when shrinking (so every input pixel is averaged in) and one input
-    pixel when enlarging (plain linear interpolation).
+    pixel when enlarging (plain linear interpolation). Only the inputs within the radius
+    are listed, one window at a time (each about ``2 * n_in / n_out + 2`` weights), never
+    an ``(n_out, n_in)`` matrix (an image 16 million pixels wide would need gigabytes).
     """
     scale = n_in / n_out
     radius = max(scale, 1.0)
-    centres = (np.arange(n_out, dtype=np.float64) + 0.5) * scale
-    positions = np.arange(n_in, dtype=np.float64) + 0.5
-    weights = np.maximum(0.0, 1.0 - np.abs(positions[None, :] - centres[:, None]) / radius)
-    # The nearest input pixel is at most 0.5 away and radius >= 1, so no row is all zero.
-    weights /= weights.sum(axis=1, keepdims=True)
-    return weights.astype(dtype)
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        lo = max(0, int(np.floor(centre - radius - 0.5)))
+        hi = min(n_in, int(np.ceil(centre + radius - 0.5)) + 1)
+        positions = np.arange(lo, hi, dtype=np.float64) + 0.5
+        weights = np.maximum(0.0, 1.0 - np.abs(positions - centre) / radius)
+        # The nearest input pixel is at most 0.5 away and radius >= 1: the sum is positive.
+        yield lo, weights / weights.sum()
 
 
 def resize(x: FloatArray, size: Sequence[int]) -> FloatArray:
     """``x: (..., H0, W0)`` resized to ``(..., H, W)`` with ``size = (H, W)``; dtype kept.
 
     Antialiased linear interpolation (see the module docstring); a new array, and
-    values stay within ``[x.min(), x.max()]``.
+    values stay within ``[x.min(), x.max()]``. Memory and time grow with the number
+    of pixels of ``x`` (plus those of the output), whatever its aspect ratio.
     """
     if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"resize: expected a floating-point array, got {type(x).__name__}")
     if x.ndim < 2 or 0 in x.shape[-2:]:
         raise ValueError(f"resize: expected x of shape (..., H0, W0), got {x.shape}")
     h, w = _check_size("resize", size)
-    rows = _resample_matrix(x.shape[-2], h, x.dtype)
-    cols = _resample_matrix(x.shape[-1], w, x.dtype)
-    out: FloatArray = np.matmul(np.matmul(rows, x), cols.T)
+    # One axis at a time, the one that shrinks more first (so the second pass reads the
+    # smaller intermediate); rows are resampled as the columns of the transposed view.
+    if x.shape[-2] / h >= x.shape[-1] / w:
+        rows = _resize_last_axis(x.swapaxes(-1, -2), h).swapaxes(-1, -2)
+        out = _resize_last_axis(rows, w)
+    else:
+        cols = _resize_last_axis(x, w)
+        out = _resize_last_axis(cols.swapaxes(-1, -2), h).swapaxes(-1, -2)
+    return np.ascontiguousarray(out) if out is not x else out.copy()
+
+
+def _resize_last_axis(x: FloatArray, n_out: int) -> FloatArray:
+    """``x: (..., n_in)`` resampled to ``(..., n_out)``: one weighted window per output;
+    ``x`` itself when ``n_in == n_out`` (the identity)."""
+    if x.shape[-1] == n_out:
+        return x
+    out: FloatArray = np.empty((*x.shape[:-1], n_out), dtype=x.dtype)
+    for i, (lo, weights) in enumerate(_resample_taps(x.shape[-1], n_out)):
+        # float64 weights: sums accumulate in float64 (one window at a time), so a constant
+        # image stays exactly constant after the cast back to x's dtype.
+        out[..., i] = np.matmul(x[..., lo : lo + len(weights)], weights)
     return out
 
 
@@ -179,21 +220,26 @@ def prepare_gray(
     """
     _check_pixels("prepare_gray", gray, 2, "(H0, W0)")
     h, w = _check_size("prepare_gray", size)
+    # One copy, then only in-place steps: a huge image costs its float32 copy, not several.
     x = gray.astype(np.float32)  # a copy: nothing below writes into the argument
-    background = float(np.median(_border(x)))
+    background = float(np.median(_border(x), overwrite_input=True))  # a temporary: no copy
     if invert is None:
         invert = background > 0.5
     if invert:
-        x = np.float32(1.0) - x
+        np.subtract(np.float32(1.0), x, out=x)
         background = 1.0 - background
     peak = float(x.max())
     canvas = np.zeros((h, w), dtype=np.float32)
     if peak - background < MIN_CONTRAST:
         return canvas
-    x = np.clip((x - np.float32(background)) / np.float32(peak - background), 0.0, 1.0)
+    x -= np.float32(background)
+    x /= np.float32(peak - background)
+    np.clip(x, 0.0, 1.0, out=x)
 
-    ink_rows = np.flatnonzero((x > INK_THRESHOLD).any(axis=1))
-    ink_cols = np.flatnonzero((x > INK_THRESHOLD).any(axis=0))
+    ink = x > INK_THRESHOLD
+    ink_rows = np.flatnonzero(ink.any(axis=1))
+    ink_cols = np.flatnonzero(ink.any(axis=0))
+    del ink
     digit = x[ink_rows[0] : ink_rows[-1] + 1, ink_cols[0] : ink_cols[-1] + 1]
 
     box_h, box_w = max(1, round(DIGIT_BOX * h)), max(1, round(DIGIT_BOX * w))
@@ -221,7 +267,8 @@ def prepare_rgb(rgb: FloatArray, size: Sequence[int] = (32, 32)) -> NDArray[np.f
     _check_pixels("prepare_rgb", rgb, 3, "(3, H0, W0)")
     if rgb.shape[0] != 3:
         raise ValueError(f"prepare_rgb: expected (3, H0, W0), got shape {rgb.shape}")
-    out = np.clip(resize(rgb.astype(np.float32), size), 0.0, 1.0)
+    # resize never writes into its argument, so float32 pixels need no copy.
+    out = np.clip(resize(rgb.astype(np.float32, copy=False), size), 0.0, 1.0)
     return out.astype(np.float32, copy=False)
 
 
@@ -305,9 +352,11 @@ def decode_image(
     ``channels``: 1 (luma) or 3 (RGB). Raises ``ImageTooLargeError`` (a ``ValueError``)
     when the image has more than ``max_pixels`` pixels or more than Pillow's own
     decompression-bomb limit (checked from the header, before the pixel data is
-    decompressed); ``ValueError`` when the data is not an image in one of ``formats``
-    or is corrupt or truncated; ``FileNotFoundError`` (an ``OSError``) when a path
-    cannot be opened; ``ImportError`` when Pillow is not installed.
+    decompressed); ``ImageShapeError`` (a ``ValueError``) when one side is more than
+    ``MAX_ASPECT_RATIO`` times the other (from the header too); ``ValueError`` when the
+    data is not an image in one of ``formats`` or is corrupt or truncated;
+    ``FileNotFoundError`` (an ``OSError``) when a path cannot be opened; ``ImportError``
+    when Pillow is not installed.
     """
     if channels not in (1, 3):
         raise ValueError(f"decode_image: channels must be 1 or 3, got {channels!r}")
@@ -344,6 +393,11 @@ def decode_image(
                 )
             if width * height == 0:
                 raise ValueError(f"{where}: the image is empty ({width}×{height})")
+            if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+                raise ImageShapeError(
+                    f"{where}: {width}×{height} is a strip, not a picture: one side is more "
+                    f"than {MAX_ASPECT_RATIO} times the other"
+                )
             try:
                 im.load()
                 oriented = ops_mod.exif_transpose(im)
