@@ -35,11 +35,11 @@ from fcnn.data import DATASETS, DatasetNotFoundError, channel_stats, limit_train
 from fcnn.data import normalize as normalize_images
 from fcnn.data.augment import random_shift
 from fcnn.io import (
-    Checkpoint,
     CheckpointError,
-    check_params_match,
+    CheckpointHeader,
     generator_state,
     load_checkpoint,
+    read_checkpoint_header,
     restore_generator,
     save_checkpoint,
 )
@@ -418,10 +418,10 @@ def has_layer(spec: Mapping[str, Any], kind: str) -> bool:
     return kind in str(spec.get("type", "")) or any(has_layer(c, kind) for c in children)
 
 
-def read_resume(path: str) -> tuple[Checkpoint, RunConfig]:
+def read_resume(path: str) -> tuple[CheckpointHeader, RunConfig]:
     """A checkpoint written by train.py and its training config, or ``CheckpointError``."""
-    ckpt = load_checkpoint(path)
-    meta = ckpt.meta
+    header = read_checkpoint_header(path)  # no array is read before the model is known
+    meta = header.meta
     norm = meta.get("normalization")
     problems = [
         key
@@ -439,17 +439,17 @@ def read_resume(path: str) -> tuple[Checkpoint, RunConfig]:
         raise CheckpointError(
             f"{path}: cannot resume: missing or malformed {problems}; was it written by train.py?"
         )
-    if ckpt.opt_state is None:
+    if not any(key.startswith("opt_state/") for key in header.members):
         raise CheckpointError(f"{path}: has no optimizer state to resume from")
     try:
         config = RunConfig.from_saved(meta["config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot resume: its stored config: {err}") from None
-    return ckpt, config
+    return header, config
 
 
 def resumed_model(
-    path: str, ckpt: Checkpoint, config: RunConfig
+    path: str, ckpt: CheckpointHeader, config: RunConfig
 ) -> tuple[fcnn.Layer, dict[str, Any]]:
     """The model ``config`` names, with the checkpoint's number of classes, and its
     description; ``CheckpointError`` when the checkpoint's stored model is another one.
@@ -465,7 +465,7 @@ def resumed_model(
     return model, desc
 
 
-def load_data(config: RunConfig, data_dir: str | None, ckpt: Checkpoint | None) -> Data:
+def load_data(config: RunConfig, data_dir: str | None, ckpt: CheckpointHeader | None) -> Data:
     """The dataset, normalised with its own statistics (or the resumed checkpoint's)."""
     if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
         raise UsageError(f"--data-dir {data_dir} is a file; give the folder that holds the data")
@@ -553,7 +553,7 @@ def set_up(
     opt = make_optimizer(config, schedule)
     progress = Progress(fcnn.TrainState(params, state, opt.init(params)), train_rng, 0, (), None)
     if ckpt is not None:
-        progress = resume_progress(args.resume, ckpt, progress)
+        progress = resume_progress(args.resume, progress)
         say(f"resuming {args.resume} after epoch {progress.epoch}")
     if ranks.comm is not None:
         progress = agree(ranks.comm, config, data, progress)
@@ -633,12 +633,13 @@ def sync(ts: fcnn.TrainState, comm: Comm) -> fcnn.TrainState:
     return fcnn.TrainState(shared["params"], state, shared["opt_state"])
 
 
-def resume_progress(path: str, ckpt: Checkpoint, fresh: Progress) -> Progress:
-    """The checkpoint's weights, optimizer state, generator and history, once their trees
-    match what the model and optimizer build now (``fresh``)."""
-    check_params_match(fresh.ts.params, ckpt.params, "params")
-    check_params_match(fresh.ts.state, ckpt.state, "state")
-    check_params_match(fresh.ts.opt_state, ckpt.opt_state, "optimizer state")
+def resume_progress(path: str, fresh: Progress) -> Progress:
+    """The checkpoint's weights, optimizer state, generator and history. Its arrays are
+    compared with what the model and optimizer build now (``fresh``) by their declared
+    shapes before any is decompressed, so a file cannot inflate past the model's size."""
+    ts = fresh.ts
+    expected = {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state}
+    ckpt = load_checkpoint(path, expected=expected)
     epoch = int(ckpt.meta["epoch"])
     return Progress(
         ts=fcnn.TrainState(ckpt.params, ckpt.state, ckpt.opt_state),

@@ -516,3 +516,31 @@ def test_plot_writes_the_format_its_extension_names(
     assert run("--dataset", "lines", *FAST, "--epochs", "1", "--plot", str(bad)) == 1
     captured = capsys.readouterr()
     assert "'.bmpx' names no image format" in captured.err and "epoch 1" not in captured.out
+
+
+def test_resume_refuses_a_deflate_bomb_before_inflating_it(tmp_path: Path) -> None:
+    """Issue 15: --resume read every array of a 5.5 MB file (2.1 GB inflated) before
+    comparing shapes. Now the header is read first and each member's declared shape is
+    compared with the model's before any data is decompressed."""
+    import zipfile
+
+    from measure import peak_growth
+
+    good, bomb = tmp_path / "good.npz", tmp_path / "bomb.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(good)) == 0
+    values = 64 * 2**20  # 256 MiB of float32 zeros in place of conv1/w
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if info.filename != "params/conv1/w.npy":
+                dst.writestr(info.filename, src.read(info))
+                continue
+            with dst.open(info.filename, "w", force_zip64=True) as f:
+                header = {"descr": "<f4", "fortran_order": False, "shape": (values,)}
+                np.lib.format.write_array_header_1_0(f, header)
+                for _ in range(values * 4 // (1 << 22)):
+                    f.write(bytes(1 << 22))
+    assert bomb.stat().st_size < 2 * 2**20
+    setup = "import sys, train\nsys.stderr = open('/dev/null', 'w')"
+    action = f"code = train.main(['--resume', {str(bomb)!r}, '--quiet'])\nassert code == 1, code"
+    grown = peak_growth(setup, action)
+    assert grown < 64 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB"
