@@ -49,12 +49,12 @@ from fcnn.parallel import (
     Comm,
     MissingMPIError,
     abort_on_failure,
-    allreduce_mean,
-    broadcast,
     check_same_everywhere,
     data_parallel_step,
     evaluate_sharded,
+    set_blas_threads,
     shard,
+    sync_train_state,
     world,
 )
 from fcnn.paths import PathError, check_writable_file
@@ -332,30 +332,12 @@ class Ranks:
 
 
 def join_ranks() -> Ranks:
-    """This process's place among the ranks ``mpiexec`` started, if any, with BLAS threads
-    set to cores / ranks unless OMP_NUM_THREADS (or the BLAS's own variable) says otherwise."""
+    """This process's place among the ranks ``mpiexec`` started, if any, with its BLAS
+    threads set to cores / ranks (unless the environment says otherwise)."""
     comm = world()
     if comm is None:
         return Ranks()
-    size = comm.Get_size()
-    set_by = [v for v in BLAS_THREAD_VARS if os.environ.get(v)]
-    if set_by:
-        threads = f"BLAS threads per rank from {set_by[0]}={os.environ[set_by[0]]}"
-    else:
-        n = max(1, len(os.sched_getaffinity(0)) // size)
-        try:
-            from threadpoolctl import threadpool_limits  # type: ignore[import-untyped,unused-ignore]
-
-            threadpool_limits(n, user_api="blas")
-            threads = (
-                f"{plural(n, 'BLAS thread')} per rank (cores / ranks; OMP_NUM_THREADS overrides)"
-            )
-        except ImportError:
-            threads = 'BLAS threads left as they were (pip install "fcnn[mpi]" adds threadpoolctl)'
-    return Ranks(comm, comm.Get_rank(), size, threads)
-
-
-BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return Ranks(comm, comm.Get_rank(), comm.Get_size(), set_blas_threads(comm.Get_size()))
 
 
 class RanksDisagreeError(UsageError):
@@ -622,15 +604,7 @@ def agree(comm: Comm, config: RunConfig, data: Data, progress: Progress) -> Prog
             f"rank{'s' * (len(differ) > 1)} {', '.join(map(str, differ))} started with other "
             "settings, data or checkpoint than rank 0; start every rank with the same command"
         )
-    return dataclasses.replace(progress, ts=sync(progress.ts, comm))
-
-
-def sync(ts: fcnn.TrainState, comm: Comm) -> fcnn.TrainState:
-    """Rank 0's params and optimizer state on every rank, with the ranks' batch-norm
-    running statistics averaged (each rank normalised its own slices)."""
-    state = allreduce_mean(ts.state, comm) if ts.state else ts.state
-    shared = broadcast({"params": ts.params, "opt_state": ts.opt_state}, comm)
-    return fcnn.TrainState(shared["params"], state, shared["opt_state"])
+    return dataclasses.replace(progress, ts=sync_train_state(progress.ts, comm))
 
 
 def resume_progress(path: str, fresh: Progress) -> Progress:
@@ -813,7 +787,7 @@ def next_epoch(run: Run, progress: Progress, say: Callable[[str], None]) -> Prog
     epoch = progress.epoch + 1
     ts, train_loss, seconds = train_one_epoch(run, progress.ts, progress.rng, epoch)
     if run.ranks.comm is not None:
-        ts = sync(ts, run.ranks.comm)
+        ts = sync_train_state(ts, run.ranks.comm)
     row = epoch_row(run, epoch, train_loss, seconds, evaluate(run, ts, epoch))
     say(epoch_line(run, row))
     return dataclasses.replace(progress, ts=ts, epoch=epoch, history=(*progress.history, row))

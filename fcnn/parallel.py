@@ -38,7 +38,7 @@ from .losses import softmax_cross_entropy
 from .model import LossPair, loss_and_grad, predict
 from .optim import Optimizer, apply_updates
 from .training import NonFiniteLossError, Step, TrainState
-from .tree import flatten_dict, tree_map, unflatten_dict
+from .tree import flatten_dict, tree_map, tree_map_with_path, unflatten_dict
 
 __all__ = [
     "MPI_ENV_VARS",
@@ -50,7 +50,9 @@ __all__ = [
     "check_same_everywhere",
     "data_parallel_step",
     "evaluate_sharded",
+    "set_blas_threads",
     "shard",
+    "sync_train_state",
     "world",
 ]
 
@@ -120,15 +122,17 @@ def _pack(tree: Mapping[str, Any]) -> tuple[list[str], Array]:
 
 
 def _unpack(paths: list[str], buf: Array, like: Mapping[str, Any]) -> dict[str, Any]:
-    """A new tree shaped like ``like`` whose leaves are read from ``buf`` in ``paths`` order."""
+    """A new tree of ``like``'s structure (empty dicts kept) whose leaves are read from
+    ``buf`` in ``paths`` order, each with its ``like`` leaf's shape and dtype."""
     flat = flatten_dict(like)
-    out: dict[str, Any] = {}
+    pieces: dict[str, Any] = {}
     offset = 0
     for p in paths:
         a = np.asarray(flat[p])
-        out[p] = buf[offset : offset + a.size].reshape(a.shape).astype(a.dtype, copy=False)
+        pieces[p] = buf[offset : offset + a.size].reshape(a.shape).astype(a.dtype, copy=False)
         offset += a.size
-    return unflatten_dict(out)
+    out: dict[str, Any] = tree_map_with_path(lambda path, _: pieces[path], like)
+    return out
 
 
 def allreduce_sum(tree: Mapping[str, Any], comm: Comm) -> dict[str, Any]:
@@ -262,6 +266,34 @@ def check_same_everywhere(text: str, comm: Comm) -> list[int]:
     every = np.empty((comm.Get_size(), digest.size), dtype=np.uint8)
     comm.Allgather(digest, every)
     return [r for r in range(len(every)) if not np.array_equal(every[r], every[0])]
+
+
+def sync_train_state(ts: TrainState, comm: Comm) -> TrainState:
+    """Rank 0's params and optimizer state on every rank, with the ranks' model state
+    (batch-norm running statistics, each rank's own during an epoch) averaged."""
+    state = allreduce_mean(ts.state, comm) if ts.state else ts.state
+    shared = broadcast({"params": ts.params, "opt_state": ts.opt_state}, comm)
+    return TrainState(shared["params"], state, shared["opt_state"])
+
+
+BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def set_blas_threads(ranks: int) -> str:
+    """Give this rank's BLAS cores / ``ranks`` threads (threadpoolctl), unless one of
+    ``BLAS_THREAD_VARS`` is set; returns what was chosen, in words."""
+    set_by = [v for v in BLAS_THREAD_VARS if os.environ.get(v)]
+    if set_by:
+        return f"BLAS threads per rank from {set_by[0]}={os.environ[set_by[0]]}"
+    n = max(1, len(os.sched_getaffinity(0)) // ranks)
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        return 'BLAS threads left as they were (pip install "fcnn[mpi]" adds threadpoolctl)'
+    threadpool_limits(n, user_api="blas")
+    return (
+        f"{n} BLAS thread{'s' if n > 1 else ''} per rank (cores / ranks; OMP_NUM_THREADS overrides)"
+    )
 
 
 @contextmanager

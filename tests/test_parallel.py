@@ -4,6 +4,7 @@ with one process, resume, and every fault ending the whole job (each run under a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -301,3 +302,29 @@ def test_the_step_and_state_helpers_do_not_need_mpi_for_one_rank(rng: np.random.
     assert lq == pytest.approx(lp, rel=1e-6)
     for path, leaf in flatten_dict(plain.params).items():
         np.testing.assert_allclose(flatten_dict(parallel.params)[path], leaf, rtol=1e-5, atol=1e-7)
+
+
+def test_blas_threads_follow_the_environment_when_it_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fcnn.parallel import set_blas_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert set_blas_threads(2) == "BLAS threads per rank from OMP_NUM_THREADS=3"
+
+
+def test_sync_train_state_averages_state_and_shares_params() -> None:
+    from fcnn.parallel import sync_train_state
+
+    ts = fcnn.TrainState({"w": np.ones(3, np.float32)}, {"bn": {"mean": np.zeros(2)}}, {})
+    out = sync_train_state(ts, SelfComm())  # type: ignore[arg-type]
+    assert same_tree(out.params, ts.params) and same_tree(out.state, ts.state)
+    assert out.params["w"] is not ts.params["w"]
+
+
+@needs_mpi
+def test_the_header_says_how_many_ranks_and_blas_threads(tmp_path: Path) -> None:
+    env = {k: "" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = mpirun("train.py", "--dataset", "lines", "--epochs", "1", "--limit-train", "64", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "data-parallel on 2 MPI ranks" in done.stdout
+    assert re.search(r"\d+ BLAS threads? per rank \(cores / ranks", done.stdout), done.stdout
+    assert done.stdout.count("done: test accuracy") == 1
