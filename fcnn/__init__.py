@@ -75,7 +75,7 @@ from .tree import (
     zeros_like,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AvgPool2d",
