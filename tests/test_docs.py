@@ -111,6 +111,14 @@ def test_quoted_code_lines_exist(page: Path) -> None:
     assert not stale, f"docs/{page.name} quotes stale code:\n" + "\n".join(stale)
 
 
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.stem)
+def test_every_code_quote_is_in_the_checked_form(page: Path) -> None:
+    """A quote with a typo in its form would escape the check above: refuse it."""
+    loose = re.compile(r"`fcnn/[\w/]+\.py` ·")
+    for line in page.read_text().splitlines():
+        assert len(loose.findall(line)) == len(code_quotes(line)), line
+
+
 def test_quote_checker_catches_a_stale_line() -> None:
     """The checker itself can fail: a changed line is not found, a real one is."""
     bodies = function_lines("fcnn/layers/dense.py", "dense_bwd")
