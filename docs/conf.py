@@ -46,9 +46,43 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
+autodoc_inherit_docstrings = False  # no pydantic BaseModel prose under fcnn.serve's models
 
 html_theme = "alabaster"  # ships with Sphinx: no network at build or view time
 html_title = f"fcnn {release}"
 html_static_path: list[str] = []
 html_show_sourcelink = False
 pygments_style = "sphinx"
+
+
+def _indented_blocks_are_code(app, what, name, obj, options, lines):  # type: ignore[no-untyped-def]
+    """Docstrings here mark code with ``::``, but a few show an indented example
+    after a plain sentence (``fcnn.io``'s module docstring). reStructuredText reads
+    such a block as a quotation or a definition list (a warning, so a failed build);
+    the house style means code. So an indented block (4+ spaces) that follows a
+    blank line and an unindented paragraph not ending in ``::`` gets a ``::``
+    paragraph of its own, which reStructuredText drops while making the block literal.
+    List items' continuation lines are indented less than 4 and are left alone.
+    """
+    out: list[str] = []
+    prev = ""  # the last non-blank line before the current blank run
+    blank = False
+    for line in lines:
+        if not line.strip():
+            blank = True
+            out.append(line)
+            continue
+        starts_block = blank and line.startswith("    ") and prev and not prev[0].isspace()
+        if starts_block and not prev.rstrip().endswith("::"):
+            out.extend(["::", ""])
+        out.append(line)
+        if not line.startswith("    "):
+            prev = line
+        elif starts_block:
+            prev = "::"
+        blank = False
+    lines[:] = out
+
+
+def setup(app):  # type: ignore[no-untyped-def]
+    app.connect("autodoc-process-docstring", _indented_blocks_are_code)
