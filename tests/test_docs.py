@@ -1,0 +1,137 @@
+"""The documentation pages under docs/ stay true to the code.
+
+- Every ```python block of a page runs, in order, in one namespace per page (the
+  worked examples assert their numbers), so a page that drifts from the code fails.
+- Every code quote written as `` `fcnn/<file>.py` · `<function>` · `<line>` `` names a
+  file that exists, a function defined in it, and a line of that function's body
+  (compared without indentation and trailing comment), so a quote goes stale loudly.
+- Every page is in the site's table of contents, and the pictures exist and are small.
+
+The Sphinx build itself (warnings as errors) runs in .ci/run, not here.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+DERIVATIONS = (
+    "conv",
+    "conv_impls",
+    "relu",
+    "pooling",
+    "flatten",
+    "dense",
+    "softmax_cross_entropy",
+    "batch_norm",
+    "dropout",
+    "optimizers",
+)
+EXECUTED = (*DERIVATIONS, "tutorial")
+
+QUOTE = re.compile(r"`(fcnn/[\w/]+\.py)` · `(\w+)` · `([^`]+)`")
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.DOTALL | re.MULTILINE)
+
+
+def pages() -> list[Path]:
+    return sorted(DOCS.glob("*.md"))
+
+
+def python_blocks(text: str) -> list[str]:
+    return PYTHON_BLOCK.findall(text)
+
+
+def code_quotes(text: str) -> list[tuple[str, str, str]]:
+    return QUOTE.findall(text)
+
+
+def _normal(line: str) -> str:
+    """A code line without indentation, trailing comment and repeated spaces."""
+    code = line.split("  #", 1)[0]
+    return " ".join(code.split())
+
+
+@cache
+def function_lines(path: str, name: str) -> tuple[frozenset[str], ...]:
+    """The normalised body lines of every function called ``name`` in ``path``."""
+    source = (ROOT / path).read_text()
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:
+            end = node.end_lineno or node.lineno
+            found.append(frozenset(_normal(x) for x in lines[node.lineno - 1 : end]))
+    return tuple(found)
+
+
+def test_every_page_is_in_the_table_of_contents() -> None:
+    index = (DOCS / "index.md").read_text()
+    listed = set(re.findall(r"^([\w-]+)$", index, flags=re.MULTILINE))
+    missing = [p.stem for p in pages() if p.stem != "index" and p.stem not in listed]
+    assert not missing, f"pages missing from docs/index.md's toctree: {missing}"
+
+
+@pytest.mark.parametrize("name", EXECUTED)
+def test_page_has_asserted_example_and_code_quotes(name: str) -> None:
+    text = (DOCS / f"{name}.md").read_text()
+    blocks = python_blocks(text)
+    assert blocks, f"docs/{name}.md has no ```python example"
+    assert any("assert " in b for b in blocks), f"docs/{name}.md asserts no number"
+    if name in DERIVATIONS:
+        assert code_quotes(text), f"docs/{name}.md quotes no code line"
+
+
+@pytest.mark.parametrize("name", EXECUTED)
+def test_page_examples_run(name: str) -> None:
+    path = DOCS / f"{name}.md"
+    namespace: dict[str, object] = {"__name__": f"docs_{name}"}
+    for i, block in enumerate(python_blocks(path.read_text())):
+        exec(compile(block, f"{path}:block{i + 1}", "exec"), namespace)
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.stem)
+def test_quoted_code_lines_exist(page: Path) -> None:
+    stale = []
+    for path, func, line in code_quotes(page.read_text()):
+        if not (ROOT / path).is_file():
+            stale.append(f"{path} does not exist")
+            continue
+        bodies = function_lines(path, func)
+        if not bodies:
+            stale.append(f"{path} defines no function {func}")
+        elif not any(_normal(line) in body for body in bodies):
+            stale.append(f"{path}, {func}: no line `{line}`")
+    assert not stale, f"docs/{page.name} quotes stale code:\n" + "\n".join(stale)
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.stem)
+def test_every_code_quote_is_in_the_checked_form(page: Path) -> None:
+    """A quote with a typo in its form would escape the check above: refuse it."""
+    loose = re.compile(r"`fcnn/[\w/]+\.py` ·")
+    for line in page.read_text().splitlines():
+        assert len(loose.findall(line)) == len(code_quotes(line)), line
+
+
+def test_quote_checker_catches_a_stale_line() -> None:
+    """The checker itself can fail: a changed line is not found, a real one is."""
+    bodies = function_lines("fcnn/layers/dense.py", "dense_bwd")
+    assert any("dw: Array = x.T @ dy" in b for b in bodies)
+    assert not any(_normal("dw: Array = dy.T @ x") in b for b in bodies)
+    assert _normal("    dx: Array = dy @ w.T  # why") == "dx: Array = dy @ w.T"
+
+
+def test_pictures_exist_and_are_small() -> None:
+    text = (DOCS / "pictures.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert len(images) >= 5
+    for name in images:
+        path = DOCS / name
+        assert path.is_file(), name
+        assert path.stat().st_size < 300_000, f"{name} is {path.stat().st_size} bytes"
