@@ -34,9 +34,14 @@ Bad input gets a 4xx with ``{"detail": "<what was wrong>"}``, never a 500:
   head; the connection is then closed;
 - 415: an image in another format than PNG or JPEG, a body that is not JSON;
 - 422: a JSON array that is not ``(N, C, H, W)`` with the model's input shape,
-  or holds non-numbers (``true``, ``"0.5"``), non-finite values or values outside
-  [0, 1]; an image one of whose sides is more than 1000 times the other; a missing
-  ``file`` field.
+  or holds non-numbers (``true``, ``"0.5"``, ``null``), non-finite values or values
+  outside [0, 1] (the checks and words of ``Trained.predict_proba``); an image one of
+  whose sides is more than 1000 times the other; an **empty image** (blank, all one
+  shade: nothing stands out from the background, ``fcnn.data.images.is_empty_image``),
+  whose detail starts with "the image is empty" (a client can tell the user to draw
+  something, rather than show a class the model would give a blank picture); a
+  missing ``file`` field. Arrays sent to ``/predict/array`` are classified as given,
+  blank or not: they are model inputs already.
 
 Resources: predictions (decoding, preparing, the forward pass) run on
 ``max_concurrency`` threads of their own, and the server leaves glibc's allocator at
@@ -72,12 +77,24 @@ try:
     from pydantic import BaseModel, Field
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
+    _NEEDS = (
         f"the inference server needs FastAPI, python-multipart and Pillow ({_err.name} is "
         'missing): pip install "fcnn[serve]"'
-    ) from _err
+    )
+    if __name__ == "__main__":  # python -m fcnn.serve: the line alone, no traceback
+        print(f"error: {_NEEDS}", file=sys.stderr)
+        sys.exit(1)
+    raise ImportError(_NEEDS) from _err
 
-from .data.images import ImageShapeError, ImageTooLargeError, decode_image, prepare_image
+from .data.images import (
+    EmptyImageError,
+    ImageShapeError,
+    ImageTooLargeError,
+    check_not_empty,
+    check_unit_images,
+    decode_image,
+    prepare_image,
+)
 from .layers.base import Array
 from .models import Trained, load_trained
 
@@ -102,8 +119,8 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"<svg", "SVG"),
 )
 _MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around an uploaded file
-# What json.loads gives for a JSON number (and null, refused as non-finite).
-_PIXEL_TYPES = (int, float, type(None))
+# What json.loads gives for a JSON number.
+_PIXEL_TYPES = (int, float)
 _NOTHING = object()
 
 
@@ -343,9 +360,14 @@ def _image_to_input(
     except ValueError as err:
         raise HTTPException(400, f"the {fmt} image cannot be decoded: {err}") from err
     try:
-        return prepare_image(pixels, input_shape)
+        x = prepare_image(pixels, input_shape)
     except ValueError as err:  # pragma: no cover - decode_image gives valid pixels
         raise HTTPException(422, f"the image cannot be prepared: {err}") from err
+    try:
+        check_not_empty(x)
+    except EmptyImageError as err:
+        raise HTTPException(422, str(err)) from err
+    return x
 
 
 def _array_to_batch(body: bytes, input_shape: tuple[int, int, int], limits: ServeLimits) -> Array:
@@ -374,12 +396,7 @@ def _array_to_batch(body: bytes, input_shape: tuple[int, int, int], limits: Serv
             f"expected a JSON array of numbers shaped {expected}: the array is ragged or "
             f"holds non-numbers ({err})",
         ) from err
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != input_shape:
-        raise HTTPException(
-            422, f"expected images shaped {expected}, got an array shaped {tuple(arr.shape)}"
-        )
-    # NumPy reads true as 1 and "0.5" as 0.5: only JSON numbers are pixels (null is
-    # refused below, with the non-finite values).
+    # NumPy reads true as 1, "0.5" as 0.5 and null as NaN: only JSON numbers are pixels.
     pixels = np.array(obj, dtype=object).flat
     odd = next((v for v in pixels if type(v) not in _PIXEL_TYPES), _NOTHING)
     if odd is not _NOTHING:
@@ -388,15 +405,10 @@ def _array_to_batch(body: bytes, input_shape: tuple[int, int, int], limits: Serv
             f"expected a JSON array of numbers shaped {expected}: it holds non-numbers "
             f"such as {json.dumps(odd)}",
         )
-    if not np.all(np.isfinite(arr)):
-        raise HTTPException(422, "the array holds NaN, infinite or null values")
-    if float(arr.min()) < 0.0 or float(arr.max()) > 1.0:
-        raise HTTPException(
-            422,
-            "pixel values must be raw intensities in [0, 1] (the server normalises them); "
-            f"got values in [{float(arr.min()):g}, {float(arr.max()):g}]",
-        )
-    return arr.astype(np.float32)
+    try:  # the shape, finiteness and range checks Trained.predict_proba makes, same words
+        return check_unit_images(arr, input_shape)
+    except (TypeError, ValueError) as err:
+        raise HTTPException(422, str(err)) from err
 
 
 def _predictions(trained: Trained, x: Array) -> list[Prediction]:
@@ -771,8 +783,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fcnn.serve --checkpoint M.npz [--host H] [--port P] ...``; the exit status."""
     from .io import CheckpointError
+    from .paths import PathError, check_readable_file
 
     args = _parser().parse_args(argv)
+    try:  # before any work: a directory or a missing file where the checkpoint should be
+        check_readable_file(args.checkpoint, "checkpoint")
+    except PathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     # No runtime.tune_allocator() here: raising glibc's trim and mmap thresholds keeps
     # every freed image buffer in its thread's heap, which suits a training loop (the
     # same sizes again each step), not a server decoding images of any size.
