@@ -5,14 +5,22 @@ python-multipart, Pillow). The checkpoint is loaded once, when the app is built;
 every request then runs ``Trained.predict_proba``, which normalises with the
 training statistics stored in the checkpoint. Endpoints::
 
-    GET  /health          {"status": "ok"}
-    GET  /metadata        model description, classes, input shape, normalisation,
-                          dataset, fcnn version and the request limits
-    POST /predict         multipart upload, field "file": one PNG or JPEG image
-                          -> {"index", "label", "probability", "probabilities"}
-    POST /predict/array   JSON body: an array (N, C, H, W) of raw pixels in [0, 1]
-                          -> {"predictions": [{"index", "label", ...}, ...]}
-    GET  /docs            the OpenAPI page (/openapi.json is the schema)
+    GET  /                    a page to draw a digit on and see the prediction
+    GET  /health              {"status": "ok"}
+    GET  /metadata            model description, classes, input shape, normalisation,
+                              dataset, test accuracy, fcnn version and the request limits
+    POST /predict             multipart upload, field "file": one PNG or JPEG image
+                              -> {"index", "label", "probability", "probabilities"}
+    POST /predict/with-input  the same, plus "input": the prepared image (C, H, W) in
+                              [0, 1] that the model classified (the page shows it)
+    POST /predict/array       JSON body: an array (N, C, H, W) of raw pixels in [0, 1]
+                              -> {"predictions": [{"index", "label", ...}, ...]}
+    GET  /docs  /redoc        the API documentation (/openapi.json is the schema)
+
+Everything the server sends works offline: the page (``fcnn/page/``: HTML, CSS and
+plain JavaScript, shipped in the package) loads nothing from elsewhere, which its
+Content-Security-Policy header enforces, and the documentation pages' scripts and
+styles come from the ``fastapi-offline`` package (``/static-offline-docs/``), not a CDN.
 
 ``probabilities[k]`` belongs to ``classes[k]`` of ``/metadata``; ``label`` is
 ``classes[index]``. An uploaded image is prepared like the training data
@@ -65,7 +73,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 
@@ -73,13 +81,14 @@ try:
     import PIL  # noqa: F401  (decode_image imports it lazily; fail here, naming the extra)
     from fastapi import FastAPI, File, HTTPException, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, RedirectResponse
+    from fastapi.responses import JSONResponse, Response
+    from fastapi_offline import FastAPIOffline
     from pydantic import BaseModel, Field
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
     _NEEDS = (
-        f"the inference server needs FastAPI, python-multipart and Pillow ({_err.name} is "
-        'missing): pip install "fcnn[serve]"'
+        f"the inference server needs FastAPI, fastapi-offline, python-multipart and Pillow "
+        f'({_err.name} is missing): pip install "fcnn[serve]"'
     )
     if __name__ == "__main__":  # python -m fcnn.serve: the line alone, no traceback
         print(f"error: {_NEEDS}", file=sys.stderr)
@@ -122,6 +131,7 @@ _MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around an uploaded f
 # What json.loads gives for a JSON number.
 _PIXEL_TYPES = (int, float)
 _NOTHING = object()
+_P = TypeVar("_P")
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,13 @@ class Prediction(BaseModel):
     )
 
 
+class PredictionWithInput(Prediction):
+    input: list[list[list[float]]] = Field(
+        description="the prepared image (C, H, W), raw intensities in [0, 1] before the "
+        "normalisation, exactly what the model classified"
+    )
+
+
 class Predictions(BaseModel):
     predictions: list[Prediction]
 
@@ -181,6 +198,10 @@ class Metadata(BaseModel):
     )
     dataset: str | None
     epoch: int | None
+    test_accuracy: float | None = Field(
+        description="the accuracy on the test split after the checkpoint's last epoch, "
+        "from its training history; null when it has none"
+    )
     limits: dict[str, int]
 
 
@@ -428,6 +449,42 @@ def _predictions(trained: Trained, x: Array) -> list[Prediction]:
     return out
 
 
+def _test_accuracy(meta: Any) -> float | None:
+    """The last ``test_acc`` of a checkpoint's training history (train.py), or ``None``."""
+    history = meta.get("history")
+    last = history[-1] if isinstance(history, list) and history else None
+    acc = last.get("test_acc") if isinstance(last, dict) else None
+    if isinstance(acc, int | float) and not isinstance(acc, bool) and 0.0 <= acc <= 1.0:
+        return float(acc)
+    return None
+
+
+# The page's files (fcnn/page/), by URL path: (file name, content type).
+_PAGE_FILES: dict[str, tuple[str, str]] = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/page.js": ("page.js", "text/javascript; charset=utf-8"),
+    "/page.css": ("page.css", "text/css; charset=utf-8"),
+}
+# The page may load and call nothing but this server (and draw data: / blob: images).
+_PAGE_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-cache",
+}
+
+
+def _page_files() -> dict[str, tuple[bytes, str]]:
+    """The page's files as shipped in the package: URL path -> (bytes, content type)."""
+    from importlib.resources import files
+
+    folder = files("fcnn") / "page"
+    return {
+        url: (folder.joinpath(name).read_bytes(), ctype)
+        for url, (name, ctype) in _PAGE_FILES.items()
+    }
+
+
 # --- the app -------------------------------------------------------------------------------
 
 
@@ -453,7 +510,7 @@ def create_app(
     # max_concurrency.
     workers = ThreadPoolExecutor(lim.max_concurrency, thread_name_prefix="fcnn-predict")
 
-    async def in_turn(fn: Callable[[], list[Prediction]]) -> list[Prediction]:
+    async def in_turn(fn: Callable[[], list[_P]]) -> list[_P]:
         return await asyncio.get_running_loop().run_in_executor(workers, fn)
 
     @contextlib.asynccontextmanager
@@ -471,29 +528,51 @@ def create_app(
         normalization={"mean": trained.mean.tolist(), "std": trained.std.tolist()},
         dataset=meta.get("dataset") if isinstance(meta.get("dataset"), str) else None,
         epoch=meta.get("epoch") if isinstance(meta.get("epoch"), int) else None,
+        test_accuracy=_test_accuracy(meta),
         limits=asdict(lim),
     )
     name = (model_desc or {}).get("name", "model") if isinstance(model_desc, dict) else "model"
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc load their scripts and styles from
+    # the fastapi-offline package (mounted at /static-offline-docs), not from a CDN.
+    app = FastAPIOffline(
         title="fcnn inference server",
         version=str(__version__),
         description=f"Classifies {'×'.join(map(str, shape))} images with the {name!s} model "
         f"into {len(trained.classes)} classes.",
         lifespan=lifespan,
+        # No badge from validator.swagger.io: nothing the docs page shows needs the network.
+        swagger_ui_parameters={"validatorUrl": None},
     )
+    page = _page_files()
 
     json_limit = lim.max_json_bytes
     upload_limit = lim.max_image_bytes + _MULTIPART_SLACK
     small_limit = 64 * 1024
 
     def limit_for(path: str) -> int:
-        return {"/predict": upload_limit, "/predict/array": json_limit}.get(path, small_limit)
+        uploads = {"/predict": upload_limit, "/predict/with-input": upload_limit}
+        return {**uploads, "/predict/array": json_limit}.get(path, small_limit)
 
     app.add_middleware(_BodyLimit, limit_for=limit_for, timeout_s=lim.body_timeout_s)
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    def page_file(url: str) -> Callable[[], Any]:
+        body, ctype = page[url]
+
+        async def serve_file() -> Response:
+            return Response(body, media_type=ctype, headers=_PAGE_HEADERS)
+
+        return serve_file
+
+    for url in page:
+        app.add_api_route(url, page_file(url), methods=["GET"], include_in_schema=False)
+
+    async def read_upload(file: UploadFile) -> bytes:
+        data = await file.read(lim.max_image_bytes + 1)
+        if len(data) > lim.max_image_bytes:
+            raise HTTPException(
+                413, f"the image file is larger than the limit of {lim.max_image_bytes} bytes"
+            )
+        return data
 
     @app.get("/health", response_model=Health, summary="Liveness check")
     async def health() -> Health:
@@ -512,15 +591,29 @@ def create_app(
     async def predict_image(
         file: Annotated[UploadFile, File(description="a PNG or JPEG image")],
     ) -> Prediction:
-        data = await file.read(lim.max_image_bytes + 1)
-        if len(data) > lim.max_image_bytes:
-            raise HTTPException(
-                413, f"the image file is larger than the limit of {lim.max_image_bytes} bytes"
-            )
+        data = await read_upload(file)
 
         def work() -> list[Prediction]:
             x = _image_to_input(data, file.content_type, shape, lim)
             return _predictions(trained, x[None])
+
+        return (await in_turn(work))[0]
+
+    @app.post(
+        "/predict/with-input",
+        response_model=PredictionWithInput,
+        responses=_ERRORS,
+        summary="Classify one uploaded PNG or JPEG image; also return the prepared image",
+    )
+    async def predict_image_with_input(
+        file: Annotated[UploadFile, File(description="a PNG or JPEG image")],
+    ) -> PredictionWithInput:
+        data = await read_upload(file)
+
+        def work() -> list[PredictionWithInput]:
+            x = _image_to_input(data, file.content_type, shape, lim)
+            (p,) = _predictions(trained, x[None])
+            return [PredictionWithInput(**p.model_dump(), input=x.tolist())]
 
         return (await in_turn(work))[0]
 
@@ -550,7 +643,7 @@ def create_app(
             for e in err.errors()
         ]
         detail = "; ".join(parts) or "invalid request"
-        if request.url.path == "/predict":
+        if request.url.path in ("/predict", "/predict/with-input"):
             detail += "; upload the image as the multipart/form-data field 'file'"
         return JSONResponse({"detail": detail}, status_code=422)
 
