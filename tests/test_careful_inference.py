@@ -232,8 +232,8 @@ def test_regression_serve_without_fastapi_printed_a_traceback(tmp_path: Path) ->
     )
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr == (
-        "error: the inference server needs FastAPI, python-multipart and Pillow (fastapi is "
-        'missing): pip install "fcnn[serve]"\n'
+        "error: the inference server needs FastAPI, fastapi-offline, python-multipart and "
+        'Pillow (fastapi is missing): pip install "fcnn[serve]"\n'
     )
     lib = subprocess.run(
         [sys.executable, "-c", "import fcnn.serve"],
