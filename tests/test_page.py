@@ -432,4 +432,19 @@ def test_the_api_docs_render_offline(page: Any, server: Server) -> None:
     page.goto(server.url + "/docs", wait_until="load")
     page.locator(".swagger-ui .opblock").first.wait_for()
     assert page.locator(".swagger-ui .opblock").count() >= 5
-    assert page.outside == []
+    page.goto(server.url + "/redoc", wait_until="load")
+    expect(page.locator("body")).to_contain_text("/predict/with-input")
+    assert page.outside == [] and page.console_errors == []
+
+
+@needs_browser
+def test_the_guard_sees_requests_that_leave_the_machine(page: Any) -> None:
+    """The `page.outside == []` assertions above can fail: a page that loads from
+    elsewhere is caught (and the request aborted, so nothing leaves)."""
+    page.set_content(
+        '<img src="https://example.invalid/x.png"><script src="http://cdn.invalid/a.js"></script>'
+    )
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while len(page.outside) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert sorted(page.outside) == ["http://cdn.invalid/a.js", "https://example.invalid/x.png"]
