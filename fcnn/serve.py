@@ -215,7 +215,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "not an image / not JSON / corrupt input"),
         (413, "over a size limit (body bytes, image pixels or images per request)"),
         (415, "unsupported image format or content type"),
-        (422, "wrong array shape, non-finite or out-of-range values, missing field"),
+        (422, "wrong array shape, non-finite or out-of-range values, an empty image "
+         "(detail starts 'the image is empty'), missing field"),
     )
 }
 
