@@ -6,10 +6,12 @@
 With image files (PNG, JPEG, BMP, GIF, WebP, PPM; needs Pillow: ``pip install "fcnn[images]"``)
 each is read as the model's input: for a grayscale model it is inverted when its
 background is light, and the digit is fitted into the middle of the frame as MNIST's
-are (``fcnn.data.images``). Without files, ``--samples N`` test images of the dataset
-the checkpoint was trained on are classified (``fcnn.data.registry.load_dataset``:
-``--data-dir`` locates MNIST or CIFAR-10, the embedded digits need nothing, lines are
-generated from ``--seed``, which also picks the samples).
+are (``fcnn.data.images``); an image with nothing on it (blank, all one shade) is
+reported as empty instead of being given a class. Without files, ``--samples N`` test
+images of the dataset the checkpoint was trained on are classified
+(``fcnn.data.registry.load_dataset``: ``--data-dir`` locates MNIST or CIFAR-10, the
+embedded digits need nothing, lines are generated from ``--seed``, which also picks the
+samples).
 Prints the ``--top`` classes with their probabilities for each input; ``--show PATH``
 also saves a grid of the inputs with predicted (and true) labels, in the format the
 extension names (.png, .jpg, .svg, .pdf, ...; needs matplotlib: ``pip install "fcnn[plot]"``).
@@ -29,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fcnn.atomic import atomic_write
-from fcnn.data.images import load_image
+from fcnn.data.images import EMPTY_IMAGE_HINT, is_empty_image, load_image
 from fcnn.data.registry import load_dataset
 from fcnn.io import CheckpointError
 from fcnn.models import Trained, load_trained
@@ -46,12 +48,17 @@ class CliError(Exception):
 
 @dataclass(frozen=True)
 class Inputs:
-    """What to classify: ``x: (N, C, H, W)`` float32 in [0, 1], a name per input and,
-    for dataset samples, the true class names (``None`` for files)."""
+    """What to classify: ``x: (N, C, H, W)`` float32 in [0, 1], a name per input, for
+    dataset samples the true class names (``None`` for files), and per input whether it
+    is empty (``fcnn.data.images.is_empty_image``: reported, not classified)."""
 
     x: NDArray[np.float32]
     names: tuple[str, ...]
     truth: tuple[str, ...] | None
+    empty: tuple[bool, ...] = ()
+
+    def is_empty(self, i: int) -> bool:
+        return bool(self.empty) and self.empty[i]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -112,7 +119,8 @@ def read_images(paths: Sequence[str], trained: Trained) -> Inputs:
             raise CliError(str(err)) from None
         except OSError as err:
             raise CliError(f"cannot read image {path!r}: {err.strerror or err}") from None
-    return Inputs(np.stack(images), tuple(paths), None)
+    x = np.stack(images)
+    return Inputs(x, tuple(paths), None, tuple(is_empty_image(image) for image in x))
 
 
 def read_samples(
@@ -138,8 +146,10 @@ def read_samples(
             f"the {dataset} images are {ds.input_shape}; the checkpoint wants {trained.input_shape}"
         )
     idx = rng.choice(ds.x_test.shape[0], size=min(n, ds.x_test.shape[0]), replace=False)
+    # predict_proba takes raw intensities in [0, 1]; the generated lines carry Gaussian
+    # noise beyond them, which a picture of lines could not hold.
     return Inputs(
-        x=ds.x_test[idx].astype(np.float32),
+        x=np.clip(ds.x_test[idx], 0.0, 1.0).astype(np.float32),
         names=tuple(f"test #{i}" for i in idx),
         truth=tuple(ds.classes[int(label)] for label in ds.y_test[idx]),
     )
@@ -153,11 +163,15 @@ def top_classes(probs: NDArray[np.floating[Any]], k: int) -> NDArray[np.int64]:
 
 
 def report(inputs: Inputs, probs: NDArray[np.floating[Any]], classes: Sequence[str], k: int) -> str:
-    """One line per input: its name, the top ``k`` classes with probabilities, the truth."""
+    """One line per input: its name, the top ``k`` classes with probabilities, the truth;
+    for an empty input, that it is empty instead of a class."""
     top = top_classes(probs, k)
     width = max(len(name) for name in inputs.names)
     lines = []
     for i, name in enumerate(inputs.names):
+        if inputs.is_empty(i):
+            lines.append(f"{name:<{width}}  not classified: {EMPTY_IMAGE_HINT}")
+            continue
         guesses = "  ".join(f"{classes[j]} {probs[i, j]:6.1%}" for j in top[i])
         line = f"{name:<{width}}  {guesses}"
         if inputs.truth is not None:
@@ -198,7 +212,7 @@ def save_grid(
             ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0)
         else:
             ax.imshow(image.transpose(1, 2, 0))
-        title = f"{classes[best[i]]} ({probs[i, best[i]]:.0%})"
+        title = "empty" if inputs.is_empty(i) else f"{classes[best[i]]} ({probs[i, best[i]]:.0%})"
         color = "black"
         if inputs.truth is not None:
             title += f"\ntrue {inputs.truth[i]}"

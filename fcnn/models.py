@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .data import normalize
+from .data.images import check_unit_images
 from .io import CheckpointError, load_checkpoint, read_checkpoint_header
 from .layers.activation import Relu
 from .layers.base import Array, Layer, Params, State
@@ -280,17 +281,14 @@ class Trained:
     def predict_proba(self, x: Array, batch_size: int = 256) -> Array:
         """Class probabilities ``(N, K)`` float32 for raw images ``x: (N, C, H, W)`` in [0, 1].
 
-        Raises ``ValueError`` when ``x`` does not have the model's input shape.
+        ``x`` is checked as the server checks its input (``fcnn.data.images.
+        check_unit_images``, one implementation): float64 and other floating dtypes are
+        converted to float32; ``ValueError`` for another shape, NaN or infinite values,
+        or values outside [0, 1] (0-255 floats are told to divide by 255); ``TypeError``
+        for integer dtypes (uint8 is pointed to ``fcnn.data.uint8_to_unit``).
         """
-        x = np.asarray(x)
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
-                f"predict_proba: x must be (N, {', '.join(map(str, self.input_shape))}), "
-                f"got shape {tuple(x.shape)}"
-            )
-        if not np.issubdtype(x.dtype, np.floating):
-            raise TypeError(f"predict_proba: x must have a floating dtype, got {x.dtype}")
-        xn = normalize(x.astype(np.float32), self.mean, self.std)
+        x32 = check_unit_images(x, self.input_shape, "predict_proba")
+        xn = normalize(x32, self.mean, self.std)
         logits = predict(self.model, self.params, self.state, xn, batch_size)
         probs: Array = softmax(logits)
         return probs

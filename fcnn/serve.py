@@ -5,14 +5,22 @@ python-multipart, Pillow). The checkpoint is loaded once, when the app is built;
 every request then runs ``Trained.predict_proba``, which normalises with the
 training statistics stored in the checkpoint. Endpoints::
 
-    GET  /health          {"status": "ok"}
-    GET  /metadata        model description, classes, input shape, normalisation,
-                          dataset, fcnn version and the request limits
-    POST /predict         multipart upload, field "file": one PNG or JPEG image
-                          -> {"index", "label", "probability", "probabilities"}
-    POST /predict/array   JSON body: an array (N, C, H, W) of raw pixels in [0, 1]
-                          -> {"predictions": [{"index", "label", ...}, ...]}
-    GET  /docs            the OpenAPI page (/openapi.json is the schema)
+    GET  /                    a page to draw a digit on and see the prediction
+    GET  /health              {"status": "ok"}
+    GET  /metadata            model description, classes, input shape, normalisation,
+                              dataset, test accuracy, fcnn version and the request limits
+    POST /predict             multipart upload, field "file": one PNG or JPEG image
+                              -> {"index", "label", "probability", "probabilities"}
+    POST /predict/with-input  the same, plus "input": the prepared image (C, H, W) in
+                              [0, 1] that the model classified (the page shows it)
+    POST /predict/array       JSON body: an array (N, C, H, W) of raw pixels in [0, 1]
+                              -> {"predictions": [{"index", "label", ...}, ...]}
+    GET  /docs  /redoc        the API documentation (/openapi.json is the schema)
+
+Everything the server sends works offline: the page (``fcnn/page/``: HTML, CSS and
+plain JavaScript, shipped in the package) loads nothing from elsewhere, which its
+Content-Security-Policy header enforces, and the documentation pages' scripts and
+styles come from the ``fastapi-offline`` package (``/static-offline-docs/``), not a CDN.
 
 ``probabilities[k]`` belongs to ``classes[k]`` of ``/metadata``; ``label`` is
 ``classes[index]``. An uploaded image is prepared like the training data
@@ -34,9 +42,14 @@ Bad input gets a 4xx with ``{"detail": "<what was wrong>"}``, never a 500:
   head; the connection is then closed;
 - 415: an image in another format than PNG or JPEG, a body that is not JSON;
 - 422: a JSON array that is not ``(N, C, H, W)`` with the model's input shape,
-  or holds non-numbers (``true``, ``"0.5"``), non-finite values or values outside
-  [0, 1]; an image one of whose sides is more than 1000 times the other; a missing
-  ``file`` field.
+  or holds non-numbers (``true``, ``"0.5"``, ``null``), non-finite values or values
+  outside [0, 1] (the checks and words of ``Trained.predict_proba``); an image one of
+  whose sides is more than 1000 times the other; an **empty image** (blank, all one
+  shade: nothing stands out from the background, ``fcnn.data.images.is_empty_image``),
+  whose detail starts with "the image is empty" (a client can tell the user to draw
+  something, rather than show a class the model would give a blank picture); a
+  missing ``file`` field. Arrays sent to ``/predict/array`` are classified as given,
+  blank or not: they are model inputs already.
 
 Resources: predictions (decoding, preparing, the forward pass) run on
 ``max_concurrency`` threads of their own, and the server leaves glibc's allocator at
@@ -60,7 +73,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 
@@ -68,16 +81,29 @@ try:
     import PIL  # noqa: F401  (decode_image imports it lazily; fail here, naming the extra)
     from fastapi import FastAPI, File, HTTPException, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, RedirectResponse
+    from fastapi.responses import JSONResponse, Response
+    from fastapi_offline import FastAPIOffline
     from pydantic import BaseModel, Field
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        f"the inference server needs FastAPI, python-multipart and Pillow ({_err.name} is "
-        'missing): pip install "fcnn[serve]"'
-    ) from _err
+    _NEEDS = (
+        f"the inference server needs FastAPI, fastapi-offline, python-multipart and Pillow "
+        f'({_err.name} is missing): pip install "fcnn[serve]"'
+    )
+    if __name__ == "__main__":  # python -m fcnn.serve: the line alone, no traceback
+        print(f"error: {_NEEDS}", file=sys.stderr)
+        sys.exit(1)
+    raise ImportError(_NEEDS) from _err
 
-from .data.images import ImageShapeError, ImageTooLargeError, decode_image, prepare_image
+from .data.images import (
+    EmptyImageError,
+    ImageShapeError,
+    ImageTooLargeError,
+    check_not_empty,
+    check_unit_images,
+    decode_image,
+    prepare_image,
+)
 from .layers.base import Array
 from .models import Trained, load_trained
 
@@ -102,9 +128,10 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"<svg", "SVG"),
 )
 _MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around an uploaded file
-# What json.loads gives for a JSON number (and null, refused as non-finite).
-_PIXEL_TYPES = (int, float, type(None))
+# What json.loads gives for a JSON number.
+_PIXEL_TYPES = (int, float)
 _NOTHING = object()
+_P = TypeVar("_P")
 
 
 @dataclass(frozen=True)
@@ -150,6 +177,13 @@ class Prediction(BaseModel):
     )
 
 
+class PredictionWithInput(Prediction):
+    input: list[list[list[float]]] = Field(
+        description="the prepared image (C, H, W), raw intensities in [0, 1] before the "
+        "normalisation, exactly what the model classified"
+    )
+
+
 class Predictions(BaseModel):
     predictions: list[Prediction]
 
@@ -164,6 +198,10 @@ class Metadata(BaseModel):
     )
     dataset: str | None
     epoch: int | None
+    test_accuracy: float | None = Field(
+        description="the accuracy on the test split after the checkpoint's last epoch, "
+        "from its training history; null when it has none"
+    )
     limits: dict[str, int]
 
 
@@ -177,7 +215,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "not an image / not JSON / corrupt input"),
         (413, "over a size limit (body bytes, image pixels or images per request)"),
         (415, "unsupported image format or content type"),
-        (422, "wrong array shape, non-finite or out-of-range values, missing field"),
+        (422, "wrong array shape, non-finite or out-of-range values, an empty image "
+         "(detail starts 'the image is empty'), missing field"),
     )
 }
 
@@ -343,9 +382,14 @@ def _image_to_input(
     except ValueError as err:
         raise HTTPException(400, f"the {fmt} image cannot be decoded: {err}") from err
     try:
-        return prepare_image(pixels, input_shape)
+        x = prepare_image(pixels, input_shape)
     except ValueError as err:  # pragma: no cover - decode_image gives valid pixels
         raise HTTPException(422, f"the image cannot be prepared: {err}") from err
+    try:
+        check_not_empty(x)
+    except EmptyImageError as err:
+        raise HTTPException(422, str(err)) from err
+    return x
 
 
 def _array_to_batch(body: bytes, input_shape: tuple[int, int, int], limits: ServeLimits) -> Array:
@@ -374,12 +418,7 @@ def _array_to_batch(body: bytes, input_shape: tuple[int, int, int], limits: Serv
             f"expected a JSON array of numbers shaped {expected}: the array is ragged or "
             f"holds non-numbers ({err})",
         ) from err
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != input_shape:
-        raise HTTPException(
-            422, f"expected images shaped {expected}, got an array shaped {tuple(arr.shape)}"
-        )
-    # NumPy reads true as 1 and "0.5" as 0.5: only JSON numbers are pixels (null is
-    # refused below, with the non-finite values).
+    # NumPy reads true as 1, "0.5" as 0.5 and null as NaN: only JSON numbers are pixels.
     pixels = np.array(obj, dtype=object).flat
     odd = next((v for v in pixels if type(v) not in _PIXEL_TYPES), _NOTHING)
     if odd is not _NOTHING:
@@ -388,15 +427,10 @@ def _array_to_batch(body: bytes, input_shape: tuple[int, int, int], limits: Serv
             f"expected a JSON array of numbers shaped {expected}: it holds non-numbers "
             f"such as {json.dumps(odd)}",
         )
-    if not np.all(np.isfinite(arr)):
-        raise HTTPException(422, "the array holds NaN, infinite or null values")
-    if float(arr.min()) < 0.0 or float(arr.max()) > 1.0:
-        raise HTTPException(
-            422,
-            "pixel values must be raw intensities in [0, 1] (the server normalises them); "
-            f"got values in [{float(arr.min()):g}, {float(arr.max()):g}]",
-        )
-    return arr.astype(np.float32)
+    try:  # the shape, finiteness and range checks Trained.predict_proba makes, same words
+        return check_unit_images(arr, input_shape)
+    except (TypeError, ValueError) as err:
+        raise HTTPException(422, str(err)) from err
 
 
 def _predictions(trained: Trained, x: Array) -> list[Prediction]:
@@ -414,6 +448,42 @@ def _predictions(trained: Trained, x: Array) -> list[Prediction]:
             )
         )
     return out
+
+
+def _test_accuracy(meta: Any) -> float | None:
+    """The last ``test_acc`` of a checkpoint's training history (train.py), or ``None``."""
+    history = meta.get("history")
+    last = history[-1] if isinstance(history, list) and history else None
+    acc = last.get("test_acc") if isinstance(last, dict) else None
+    if isinstance(acc, int | float) and not isinstance(acc, bool) and 0.0 <= acc <= 1.0:
+        return float(acc)
+    return None
+
+
+# The page's files (fcnn/page/), by URL path: (file name, content type).
+_PAGE_FILES: dict[str, tuple[str, str]] = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/page.js": ("page.js", "text/javascript; charset=utf-8"),
+    "/page.css": ("page.css", "text/css; charset=utf-8"),
+}
+# The page may load and call nothing but this server (and draw data: / blob: images).
+_PAGE_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data: blob:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-cache",
+}
+
+
+def _page_files() -> dict[str, tuple[bytes, str]]:
+    """The page's files as shipped in the package: URL path -> (bytes, content type)."""
+    from importlib.resources import files
+
+    folder = files("fcnn") / "page"
+    return {
+        url: (folder.joinpath(name).read_bytes(), ctype)
+        for url, (name, ctype) in _PAGE_FILES.items()
+    }
 
 
 # --- the app -------------------------------------------------------------------------------
@@ -441,7 +511,7 @@ def create_app(
     # max_concurrency.
     workers = ThreadPoolExecutor(lim.max_concurrency, thread_name_prefix="fcnn-predict")
 
-    async def in_turn(fn: Callable[[], list[Prediction]]) -> list[Prediction]:
+    async def in_turn(fn: Callable[[], list[_P]]) -> list[_P]:
         return await asyncio.get_running_loop().run_in_executor(workers, fn)
 
     @contextlib.asynccontextmanager
@@ -459,29 +529,51 @@ def create_app(
         normalization={"mean": trained.mean.tolist(), "std": trained.std.tolist()},
         dataset=meta.get("dataset") if isinstance(meta.get("dataset"), str) else None,
         epoch=meta.get("epoch") if isinstance(meta.get("epoch"), int) else None,
+        test_accuracy=_test_accuracy(meta),
         limits=asdict(lim),
     )
     name = (model_desc or {}).get("name", "model") if isinstance(model_desc, dict) else "model"
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc load their scripts and styles from
+    # the fastapi-offline package (mounted at /static-offline-docs), not from a CDN.
+    app = FastAPIOffline(
         title="fcnn inference server",
         version=str(__version__),
         description=f"Classifies {'×'.join(map(str, shape))} images with the {name!s} model "
         f"into {len(trained.classes)} classes.",
         lifespan=lifespan,
+        # No badge from validator.swagger.io: nothing the docs page shows needs the network.
+        swagger_ui_parameters={"validatorUrl": None},
     )
+    page = _page_files()
 
     json_limit = lim.max_json_bytes
     upload_limit = lim.max_image_bytes + _MULTIPART_SLACK
     small_limit = 64 * 1024
 
     def limit_for(path: str) -> int:
-        return {"/predict": upload_limit, "/predict/array": json_limit}.get(path, small_limit)
+        uploads = {"/predict": upload_limit, "/predict/with-input": upload_limit}
+        return {**uploads, "/predict/array": json_limit}.get(path, small_limit)
 
     app.add_middleware(_BodyLimit, limit_for=limit_for, timeout_s=lim.body_timeout_s)
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    def page_file(url: str) -> Callable[[], Any]:
+        body, ctype = page[url]
+
+        async def serve_file() -> Response:
+            return Response(body, media_type=ctype, headers=_PAGE_HEADERS)
+
+        return serve_file
+
+    for url in page:
+        app.add_api_route(url, page_file(url), methods=["GET"], include_in_schema=False)
+
+    async def read_upload(file: UploadFile) -> bytes:
+        data = await file.read(lim.max_image_bytes + 1)
+        if len(data) > lim.max_image_bytes:
+            raise HTTPException(
+                413, f"the image file is larger than the limit of {lim.max_image_bytes} bytes"
+            )
+        return data
 
     @app.get("/health", response_model=Health, summary="Liveness check")
     async def health() -> Health:
@@ -500,15 +592,29 @@ def create_app(
     async def predict_image(
         file: Annotated[UploadFile, File(description="a PNG or JPEG image")],
     ) -> Prediction:
-        data = await file.read(lim.max_image_bytes + 1)
-        if len(data) > lim.max_image_bytes:
-            raise HTTPException(
-                413, f"the image file is larger than the limit of {lim.max_image_bytes} bytes"
-            )
+        data = await read_upload(file)
 
         def work() -> list[Prediction]:
             x = _image_to_input(data, file.content_type, shape, lim)
             return _predictions(trained, x[None])
+
+        return (await in_turn(work))[0]
+
+    @app.post(
+        "/predict/with-input",
+        response_model=PredictionWithInput,
+        responses=_ERRORS,
+        summary="Classify one uploaded PNG or JPEG image; also return the prepared image",
+    )
+    async def predict_image_with_input(
+        file: Annotated[UploadFile, File(description="a PNG or JPEG image")],
+    ) -> PredictionWithInput:
+        data = await read_upload(file)
+
+        def work() -> list[PredictionWithInput]:
+            x = _image_to_input(data, file.content_type, shape, lim)
+            (p,) = _predictions(trained, x[None])
+            return [PredictionWithInput(**p.model_dump(), input=x.tolist())]
 
         return (await in_turn(work))[0]
 
@@ -538,7 +644,7 @@ def create_app(
             for e in err.errors()
         ]
         detail = "; ".join(parts) or "invalid request"
-        if request.url.path == "/predict":
+        if request.url.path in ("/predict", "/predict/with-input"):
             detail += "; upload the image as the multipart/form-data field 'file'"
         return JSONResponse({"detail": detail}, status_code=422)
 
@@ -771,8 +877,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fcnn.serve --checkpoint M.npz [--host H] [--port P] ...``; the exit status."""
     from .io import CheckpointError
+    from .paths import PathError, check_readable_file
 
     args = _parser().parse_args(argv)
+    try:  # before any work: a directory or a missing file where the checkpoint should be
+        check_readable_file(args.checkpoint, "checkpoint")
+    except PathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     # No runtime.tune_allocator() here: raising glibc's trim and mmap thresholds keeps
     # every freed image buffer in its thread's heap, which suits a training loop (the
     # same sizes again each step), not a server decoding images of any size.

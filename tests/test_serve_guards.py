@@ -195,7 +195,9 @@ def test_regression_memory_after_a_burst_grew_with_the_thread_count(checkpoint: 
     measured here with 48 uploads of 2000 × 2000 (about 40 MB each to prepare) from 16
     clients, the idle and peak memory stay within a few requests' worth."""
     buf = io.BytesIO()
-    Image.new("L", (2000, 2000), 0).save(buf, "PNG")
+    big = Image.new("L", (2000, 2000), 0)
+    big.paste(255, (900, 400, 1100, 1600))  # a digit-like bar: a blank image is refused (422)
+    big.save(buf, "PNG")
     png = buf.getvalue()
     with _server(checkpoint, "--max-concurrency", "2") as (port, pid):
         assert _upload(port, png) == 200

@@ -34,6 +34,18 @@ their full range. ``C = 1`` gives luma
 - ``C = 3`` (``prepare_rgb``): a plain resize of the whole picture to ``(H, W)``, as
   CIFAR-10's whole-scene images; no inversion.
 
+**Checking** what reaches a model, one implementation for every door (the server,
+``Trained.predict_proba``, ``inference_example.py``):
+
+- ``check_unit_images(x, input_shape, where)``: raw images ``(N, C, H, W)`` with
+  floating values in [0, 1], returned as float32 (float64, NumPy's default, is
+  converted); uint8 bytes are refused with a pointer to ``fcnn.data.uint8_to_unit``,
+  0-255 floats with a message saying to divide by 255.
+- ``is_empty_image(x)`` / ``check_not_empty(x, where)``: a prepared input ``(C, H, W)``
+  whose darkest and brightest pixels differ by less than ``MIN_CONTRAST`` shows
+  nothing (a blank upload, an empty canvas); classifying it would still give a
+  confident-looking class, so callers refuse it (``EmptyImageError``).
+
 Resizing (``resize``) is antialiased linear interpolation, separable: along each axis,
 output pixel ``i`` is a weighted mean of the input pixels within ``max(n_in / n_out, 1)``
 input pixels of its centre, with triangle-filter weights normalised to sum to 1, so the
@@ -65,14 +77,19 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DIGIT_BOX",
+    "EMPTY_IMAGE_HINT",
     "IMAGE_FORMATS",
     "INK_THRESHOLD",
     "MAX_ASPECT_RATIO",
     "MIN_CONTRAST",
+    "EmptyImageError",
     "ImageShapeError",
     "ImageSource",
     "ImageTooLargeError",
+    "check_not_empty",
+    "check_unit_images",
     "decode_image",
+    "is_empty_image",
     "load_image",
     "prepare_gray",
     "prepare_image",
@@ -116,6 +133,96 @@ class ImageTooLargeError(ValueError):
 class ImageShapeError(ValueError):
     """An image whose sides differ by more than ``MAX_ASPECT_RATIO`` times, refused from its
     header before decompression."""
+
+
+class EmptyImageError(ValueError):
+    """A prepared image with nothing on it (``is_empty_image``): not classified."""
+
+
+# What an empty image is told, after "<where>: " (the server and the page show it as is).
+EMPTY_IMAGE_HINT = (
+    "the image is empty: nothing in it stands out from the background, so there is "
+    "nothing to classify; draw or photograph a digit"
+)
+
+
+# --- checks shared by every way into a model ------------------------------------------------
+
+
+def _prefixed(where: str | None, text: str) -> str:
+    return f"{where}: {text}" if where else text
+
+
+def check_unit_images(
+    x: Any, input_shape: Sequence[int], where: str | None = None
+) -> NDArray[np.float32]:
+    """Raw images ``x: (N, C, H, W)`` with ``(C, H, W) = input_shape`` and floating values
+    in [0, 1], as float32 (a new array unless ``x`` already is one); else a clear error.
+
+    Raises ``TypeError`` for a non-floating dtype (uint8 is pointed to
+    ``fcnn.data.uint8_to_unit``), ``ValueError`` for another shape, NaN or infinite
+    values, or values outside [0, 1] (0-255 floats are told to divide by 255). Messages
+    start with ``where`` (an op name) when given. ``N = 0`` is allowed.
+    """
+    arr = np.asarray(x)
+    expected = f"(N, {', '.join(map(str, input_shape))})"
+    if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(input_shape):
+        raise ValueError(
+            _prefixed(
+                where, f"expected images shaped {expected}, got an array shaped {arr.shape}"
+            )
+        )
+    if arr.dtype == np.uint8:
+        raise TypeError(
+            _prefixed(
+                where,
+                "the images are uint8 (bytes 0-255); convert them with "
+                "fcnn.data.uint8_to_unit(x), which gives float32 in [0, 1]",
+            )
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(
+            _prefixed(
+                where,
+                f"the images must have a floating dtype (raw intensities in [0, 1]), got "
+                f"{arr.dtype}",
+            )
+        )
+    if arr.size == 0:
+        return arr.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(_prefixed(where, "the images hold NaN or infinite values"))
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        hint = ""
+        if lo >= 0.0 and hi <= 255.0:
+            hint = "; for 0-255 values divide by 255 (fcnn.data.uint8_to_unit converts uint8)"
+        raise ValueError(
+            _prefixed(
+                where,
+                "pixel values must be raw intensities in [0, 1] (the model's training "
+                f"normalisation is applied to them for you); got values in [{lo:g}, {hi:g}]"
+                + hint,
+            )
+        )
+    return arr.astype(np.float32, copy=False)
+
+
+def is_empty_image(x: FloatArray) -> bool:
+    """``True`` when a prepared input ``x: (C, H, W)`` (or any array) shows nothing: its
+    darkest and brightest pixels differ by less than ``MIN_CONTRAST``.
+
+    ``prepare_gray`` returns all zeros for an image without contrast, and a drawn digit
+    always reaches near 1, so for grayscale this is "no digit was found".
+    """
+    return bool(x.size == 0 or float(x.max()) - float(x.min()) < MIN_CONTRAST)
+
+
+def check_not_empty(x: FloatArray, where: str | None = None) -> None:
+    """``EmptyImageError`` (a ``ValueError``) when ``is_empty_image(x)``; the message is
+    ``EMPTY_IMAGE_HINT``, after ``where`` when given."""
+    if is_empty_image(x):
+        raise EmptyImageError(_prefixed(where, EMPTY_IMAGE_HINT))
 
 
 # --- pure array steps ------------------------------------------------------------------------
