@@ -48,6 +48,7 @@ from fcnn.optim import Schedule
 from fcnn.parallel import (
     Comm,
     MissingMPIError,
+    abort,
     abort_on_failure,
     check_same_everywhere,
     data_parallel_step,
@@ -816,9 +817,7 @@ def run_training(args: argparse.Namespace, say: Callable[[str], None], ranks: Ra
         )
         if ranks.root:  # every rank stops here at the same step; one says so
             print(f"error: {err}; {kept}", file=sys.stderr, flush=True)
-        if ranks.comm is not None:
-            ranks.comm.Barrier()  # the message is out before any rank ends the job
-        return EXIT_FAILED
+        raise FailedOnEveryRankError(EXIT_FAILED) from None
     except KeyboardInterrupt:
         if not ranks.root:
             time.sleep(1.0)  # rank 0, interrupted too, normally says it and ends the job first
@@ -852,12 +851,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAILED
     with abort_on_failure(ranks.comm):  # one rank's exception ends every rank
-        code = run_on_this_rank(args, ranks)
+        try:
+            code = run_on_this_rank(args, ranks)
+        except FailedOnEveryRankError as stop:
+            return stop.code  # every rank ends here: none is left waiting in a collective
         if code and ranks.comm is not None and ranks.size > 1:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            ranks.comm.Abort(code)  # no rank may be left waiting in a collective
+            abort(ranks.comm, code)  # this rank alone failed: end the others too
     return code
+
+
+class FailedOnEveryRankError(Exception):
+    """Every rank stopped at the same point, and rank 0 said why: exit with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def run_on_this_rank(args: argparse.Namespace, ranks: Ranks) -> int:
@@ -867,9 +875,7 @@ def run_on_this_rank(args: argparse.Namespace, ranks: Ranks) -> int:
     except RanksDisagreeError as err:  # raised on every rank: rank 0 says it
         if ranks.root:
             print(f"error: {err}", file=sys.stderr, flush=True)
-        if ranks.comm is not None:
-            ranks.comm.Barrier()
-        return EXIT_FAILED
+        raise FailedOnEveryRankError(EXIT_FAILED) from None
     except (UsageError, DatasetNotFoundError, CheckpointError, MissingExtraError, OSError) as err:
         where = "" if ranks.comm is None else f"rank {ranks.rank}: "
         print(f"error: {where}{err}", file=sys.stderr)

@@ -26,6 +26,7 @@ import hashlib
 import math
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ from .tree import flatten_dict, tree_map, tree_map_with_path, unflatten_dict
 __all__ = [
     "MPI_ENV_VARS",
     "Comm",
+    "abort",
     "abort_on_failure",
     "allreduce_mean",
     "allreduce_sum",
@@ -296,6 +298,20 @@ def set_blas_threads(ranks: int) -> str:
     )
 
 
+# How long a failing rank waits, after flushing, before ending the job: the launcher
+# forwards each rank's output asynchronously and drops what is in flight at the abort.
+OUTPUT_GRACE_S = 0.5
+
+
+def abort(comm: Comm, code: int) -> None:
+    """Flush this rank's output, give the launcher a moment to forward it, then end every
+    rank with exit status ``code`` (``MPI_Abort``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(OUTPUT_GRACE_S)
+    comm.Abort(code)
+
+
 @contextmanager
 def abort_on_failure(comm: Comm | None) -> Iterator[None]:
     """End the whole job when this rank fails, so no other rank waits in a collective.
@@ -314,15 +330,13 @@ def abort_on_failure(comm: Comm | None) -> Iterator[None]:
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         if code:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            comm.Abort(code)
+            abort(comm, code)
         raise
     except KeyboardInterrupt:
         print(f"rank {rank}: interrupted", file=sys.stderr, flush=True)
-        comm.Abort(130)
+        abort(comm, 130)
         raise
     except BaseException:
         print(f"rank {rank}: {traceback.format_exc()}", file=sys.stderr, flush=True)
-        comm.Abort(1)
+        abort(comm, 1)
         raise
