@@ -49,6 +49,7 @@ from .layers.pool import (
 from .layers.shape import Flatten, FlattenCache, flatten_bwd, flatten_fwd
 from .losses import (
     Loss,
+    label_smoothing,
     log_softmax,
     mse,
     mse_bwd,
@@ -60,7 +61,7 @@ from .losses import (
 )
 from .model import backward, forward, init, loss_and_grad, predict, sequential
 from .optim import Optimizer, adam, adamw, apply_updates, clip_by_global_norm, constant, sgd
-from .schedules import cosine_decay, linear_warmup, step_decay
+from .schedules import cosine_decay, linear_warmup, one_cycle, step_decay
 from .summarize import summary
 from .training import NonFiniteLossError, TrainState, evaluate, make_step, train_epoch
 from .tree import (
@@ -134,6 +135,7 @@ __all__ = [
     "forward",
     "global_norm",
     "init",
+    "label_smoothing",
     "layer",
     "linear_warmup",
     "log_softmax",
@@ -144,6 +146,7 @@ __all__ = [
     "mse",
     "mse_bwd",
     "mse_fwd",
+    "one_cycle",
     "pair_layer",
     "predict",
     "relu_bwd",

@@ -3,6 +3,10 @@
     loss, cache = softmax_cross_entropy_fwd(logits, labels)   # logits (N, K), labels (N,) int
     dlogits = softmax_cross_entropy_bwd(cache, 1.0)           # (N, K) = (softmax - onehot) / N
 
+    loss, cache = softmax_cross_entropy_fwd(logits, labels, smoothing=0.1)
+    dlogits = softmax_cross_entropy_bwd(cache, 1.0)           # (softmax - q) / N
+    make_step(model, opt, loss=label_smoothing(0.1))          # the same, as a Loss pair
+
     loss, cache = mse_fwd(pred, target)                       # any shape, mean over all elements
     dpred = mse_bwd(cache, 1.0)                               # 2 * (pred - target) / size
 
@@ -10,6 +14,10 @@ The loss is a 0-d array in the prediction's dtype, and so is every gradient.
 Softmax cross-entropy is fused and computed through ``log_softmax`` (log-sum-exp
 with the row maximum subtracted), so it is finite for logits of +-1e4. ``Loss``
 bundles a pair for the composer: ``loss_and_grad(model, softmax_cross_entropy)``.
+
+Label smoothing with ``eps`` trains against the target distribution
+``q = (1 - eps) * onehot(labels) + eps / K`` instead of the one-hot row (PyTorch's
+``cross_entropy(..., label_smoothing=eps)``); the fused gradient stays ``softmax - q``.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ __all__ = [
     "Loss",
     "MseCache",
     "SoftmaxCrossEntropyCache",
+    "label_smoothing",
     "log_softmax",
     "mse",
     "mse_bwd",
@@ -49,10 +58,12 @@ class Loss(NamedTuple):
 
 
 class SoftmaxCrossEntropyCache(NamedTuple):
-    """What ``softmax_cross_entropy_bwd`` needs: log-probabilities (N, K) and labels (N,)."""
+    """What ``softmax_cross_entropy_bwd`` needs: log-probabilities (N, K), labels (N,)
+    and the label smoothing ``eps`` (0.0: one-hot targets)."""
 
     logp: Array
     labels: Array
+    smoothing: float = 0.0
 
 
 class MseCache(NamedTuple):
@@ -115,32 +126,68 @@ def _dloss_value(dloss: Any, op: str) -> float:
     raise TypeError(f"{op}: dloss must be a real scalar (the loss is one number), got {got}")
 
 
-def softmax_cross_entropy_fwd(
-    logits: Array, labels: Array
-) -> tuple[Array, SoftmaxCrossEntropyCache]:
-    """Mean softmax cross-entropy: ``-mean_n log_softmax(logits)[n, labels[n]]``.
+def _check_smoothing(smoothing: Any, op: str) -> float:
+    """The label smoothing ``eps`` as a float: a real number in [0, 1]."""
+    ok = isinstance(smoothing, numbers.Real) and not isinstance(smoothing, bool)
+    if not ok or not 0.0 <= float(smoothing) <= 1.0:  # NaN fails the comparison too
+        raise ValueError(f"{op}: smoothing must be a number in [0, 1], got {smoothing!r}")
+    return float(smoothing)
 
-    logits: (N, K) float; labels: (N,) integer in [0, K) -> loss: 0-d array in logits'
-    dtype. Raises ``ValueError``/``TypeError`` starting with ``"softmax_cross_entropy: "``.
+
+def softmax_cross_entropy_fwd(
+    logits: Array, labels: Array, smoothing: float = 0.0
+) -> tuple[Array, SoftmaxCrossEntropyCache]:
+    """Mean softmax cross-entropy against ``q = (1 - eps) * onehot + eps / K``, ``eps = smoothing``.
+
+    ``-mean_n sum_k q[n, k] * log_softmax(logits)[n, k]``, which is
+    ``(1 - eps) * -logp[n, labels[n]] + eps * -mean_k logp[n, k]`` averaged over n;
+    ``smoothing=0`` is the plain ``-mean_n log_softmax(logits)[n, labels[n]]``.
+
+    logits: (N, K) float; labels: (N,) integer in [0, K); smoothing: a number in [0, 1]
+    -> loss: 0-d array in logits' dtype. Raises ``ValueError``/``TypeError`` starting
+    with ``"softmax_cross_entropy: "``.
     """
+    eps = _check_smoothing(smoothing, _SCE)
     _check_logits_labels(logits, labels)
     logp = log_softmax(logits)
-    picked = logp[np.arange(logp.shape[0]), labels]
-    loss: Array = np.asarray(-np.mean(picked), dtype=logits.dtype)
-    return loss, SoftmaxCrossEntropyCache(logp, labels)
+    nll = -np.mean(logp[np.arange(logp.shape[0]), labels])
+    if eps:
+        nll = (1.0 - eps) * nll - eps * np.mean(logp)  # mean over n and k: mean_n of mean_k
+    loss: Array = np.asarray(nll, dtype=logits.dtype)
+    return loss, SoftmaxCrossEntropyCache(logp, labels, eps)
 
 
 def softmax_cross_entropy_bwd(cache: SoftmaxCrossEntropyCache, dloss: Any = 1.0) -> Array:
-    """Gradient of the mean cross-entropy: dlogits (N, K) = dloss * (softmax - onehot) / N.
+    """Gradient of the mean cross-entropy: dlogits (N, K) = dloss * (softmax - q) / N,
+    ``q = (1 - eps) * onehot + eps / K`` (``q = onehot`` without smoothing).
 
     ``dloss`` is a scalar (Python number or 0-d array); the result has logits' dtype.
     """
-    logp, labels = cache
-    n = logp.shape[0]
+    logp, labels, eps = cache
+    n, k = logp.shape
+    scale = _dloss_value(dloss, _SCE) / n
     grad: Array = np.exp(logp)  # a fresh array: writing into it touches no input
-    grad[np.arange(n), labels] -= 1
-    grad *= _dloss_value(dloss, _SCE) / n
+    if eps:
+        grad -= eps / k
+    grad[np.arange(n), labels] -= 1.0 - eps
+    grad *= scale
     return grad
+
+
+def label_smoothing(eps: float) -> Loss:
+    """Softmax cross-entropy with label smoothing ``eps`` in [0, 1], as a ``Loss`` pair.
+
+    ``fwd(logits (N, K), labels (N,)) -> (loss, cache)`` is
+    ``softmax_cross_entropy_fwd(logits, labels, smoothing=eps)``; ``bwd`` is
+    ``softmax_cross_entropy_bwd``. ``label_smoothing(0)`` gives the plain loss's values.
+    Raises ``ValueError`` for an ``eps`` outside [0, 1].
+    """
+    value = _check_smoothing(eps, "label_smoothing")
+
+    def fwd(logits: Array, labels: Array) -> tuple[Array, SoftmaxCrossEntropyCache]:
+        return softmax_cross_entropy_fwd(logits, labels, smoothing=value)
+
+    return Loss(fwd, softmax_cross_entropy_bwd)
 
 
 def _check_pred_target(pred: Any, target: Any) -> None:

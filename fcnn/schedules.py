@@ -5,6 +5,7 @@ learning rate; every optimizer in ``fcnn.optim`` accepts one wherever it takes
 ``lr``::
 
     opt = fcnn.sgd(linear_warmup(cosine_decay(0.1, total_steps=5000), 200), momentum=0.9)
+    opt = fcnn.adam(one_cycle(4e-3, total_steps=1400))   # up to 4e-3, then down to 0
 
 Schedules are pure: the same ``t`` always gives the same rate, so a resumed run
 (whose optimizer state holds ``t``) continues on the same curve.
@@ -22,6 +23,7 @@ __all__ = [
     "constant",
     "cosine_decay",
     "linear_warmup",
+    "one_cycle",
     "step_decay",
 ]
 
@@ -74,3 +76,52 @@ def linear_warmup(schedule: Schedule | float, warmup_steps: int) -> Schedule:
         return scale * float(inner(t))
 
     return warmed
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not 0.0 < float(value) < 1.0:  # NaN fails the comparison too
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+    return float(value)
+
+
+def one_cycle(
+    lr: float,
+    total_steps: int,
+    warmup_fraction: float = 0.25,
+    start_lr: float | None = None,
+    final_lr: float = 0.0,
+) -> Schedule:
+    """A triangular one-cycle schedule: a straight line up from ``start_lr`` to ``lr``,
+    then a straight line down to ``final_lr`` at ``t = total_steps``, then flat.
+
+    With ``W = min(max(1, round(warmup_fraction * T)), T)``, ``T = total_steps``::
+
+        t <  W:       start_lr + (lr - start_lr) * t / W
+        W <= t < T:   lr + (final_lr - lr) * (t - W) / (T - W)
+        t >= T:       final_lr
+
+    ``start_lr`` defaults to ``lr / 25`` (PyTorch's ``OneCycleLR`` default). The peak is
+    reached at update ``W``. Raises ``ValueError`` naming the argument for a negative or
+    non-finite rate, a ``total_steps`` below 1 or a ``warmup_fraction`` outside (0, 1).
+    """
+    peak = _check_real("lr", lr)
+    total = _check_count("total_steps", total_steps)
+    fraction = _check_fraction("warmup_fraction", warmup_fraction)
+    start = peak / 25.0 if start_lr is None else _check_real("start_lr", start_lr)
+    final = _check_real("final_lr", final_lr)
+    warm = min(max(1, round(fraction * total)), total)
+
+    def schedule(t: int) -> float:
+        if t < warm:
+            return _between(start, peak, t / warm)
+        if t < total:  # so total > warm here: no division by zero
+            return _between(peak, final, (t - warm) / (total - warm))
+        return final
+
+    return schedule
+
+
+def _between(a: float, b: float, progress: float) -> float:
+    """The point ``progress`` (0 to 1) of the way along a straight line from ``a`` to ``b``."""
+    return a + (b - a) * progress

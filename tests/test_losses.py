@@ -1,4 +1,5 @@
-"""Softmax cross-entropy and MSE: gradient checks, stability, hand examples, dtypes, errors."""
+"""Softmax cross-entropy (plain and label-smoothed) and MSE: gradient checks, stability,
+hand examples, dtypes, errors."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from helpers import read_only_view
 from fcnn.gradcheck import check_loss
 from fcnn.losses import (
     Loss,
+    label_smoothing,
     log_softmax,
     mse,
     mse_bwd,
@@ -239,6 +241,121 @@ def test_sce_matches_torch(rng: np.random.Generator) -> None:
     loss, cache = softmax_cross_entropy_fwd(logits, labels)
     t = torch.tensor(logits, requires_grad=True)
     tl = torch.nn.functional.cross_entropy(t, torch.tensor(labels))
+    tl.backward()
+    assert float(loss) == pytest.approx(float(tl.detach()), rel=1e-12)
+    np.testing.assert_allclose(softmax_cross_entropy_bwd(cache, 1.0), t.grad.numpy(), atol=1e-14)
+
+
+# --- label smoothing --------------------------------------------------------------------
+
+
+def reference_smoothed_sce(logits: Arr, labels: Arr, eps: float) -> float:
+    """Mean of ``-sum_k q_k log p_k`` with ``q = (1 - eps) * onehot + eps / K``, Python floats."""
+    losses = []
+    for row, label in zip(logits.tolist(), labels.tolist(), strict=True):
+        m = max(row)
+        lse = m + math.log(math.fsum(math.exp(v - m) for v in row))
+        k = len(row)
+        q = [eps / k + (1.0 - eps) * (j == label) for j in range(k)]
+        losses.append(math.fsum(-qj * (v - lse) for qj, v in zip(q, row, strict=True)))
+    return math.fsum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.5, 1.0])
+@pytest.mark.parametrize(("n", "k"), [(4, 3), (1, 5), (6, 1), (3, 10)])
+def test_smoothed_sce_gradcheck(rng: np.random.Generator, n: int, k: int, eps: float) -> None:
+    logits = rng.standard_normal((n, k)) * 3
+    labels = rng.integers(0, k, n)
+    smoothed = label_smoothing(eps)
+    report = check_loss(smoothed.fwd, smoothed.bwd, logits, labels, rng=rng)  # random dloss
+    assert report.ok(1e-6), report
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3, 1.0])
+def test_smoothed_sce_matches_reference_and_its_gradient_is_softmax_minus_q(
+    rng: np.random.Generator, eps: float
+) -> None:
+    logits = rng.standard_normal((7, 5)) * 4
+    labels = rng.integers(0, 5, 7)
+    loss, cache = softmax_cross_entropy_fwd(logits, labels, smoothing=eps)
+    assert float(loss) == pytest.approx(reference_smoothed_sce(logits, labels, eps), rel=1e-13)
+    q = (1 - eps) * np.eye(5)[labels] + eps / 5
+    np.testing.assert_allclose(softmax_cross_entropy_bwd(cache, 2.0), 2 * (softmax(logits) - q) / 7)
+    np.testing.assert_allclose(softmax_cross_entropy_bwd(cache).sum(axis=1), 0, atol=1e-15)
+
+
+def test_zero_smoothing_is_bit_identical_to_the_plain_loss(rng: np.random.Generator) -> None:
+    logits = rng.standard_normal((9, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, 9)
+    plain, pcache = softmax_cross_entropy_fwd(logits, labels)
+    zero, zcache = label_smoothing(0.0).fwd(logits, labels)
+    assert plain.tobytes() == zero.tobytes()
+    a, b = softmax_cross_entropy_bwd(pcache, 0.7), softmax_cross_entropy_bwd(zcache, 0.7)
+    assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_smoothed_sce_keeps_dtype_and_is_stable(rng: np.random.Generator, dtype: Any) -> None:
+    logits = (rng.choice([-1e4, 1e4], size=(6, 4)) + rng.standard_normal((6, 4))).astype(dtype)
+    labels = np.array([2, 0, 1, 3, 0, 1])
+    loss, cache = label_smoothing(0.1).fwd(logits, labels)
+    dlogits = label_smoothing(0.1).bwd(cache, np.float32(1))
+    assert loss.dtype == dtype and dlogits.dtype == dtype and loss.shape == ()
+    assert np.isfinite(loss) and np.all(np.isfinite(dlogits))
+    ref = reference_smoothed_sce(logits.astype(np.float64), labels, 0.1)
+    assert float(loss) == pytest.approx(ref, rel=1e-12 if dtype == np.float64 else 1e-6)
+
+
+def test_smoothed_sce_leaves_its_inputs_alone(rng: np.random.Generator) -> None:
+    values = rng.standard_normal((4, 3))
+    logits = read_only_view(values)
+    labels = np.array([0, 2, 1, 2])
+    labels.flags.writeable = False
+    _, cache = softmax_cross_entropy_fwd(logits, labels, smoothing=0.2)
+    softmax_cross_entropy_bwd(cache, 1.0)
+    np.testing.assert_array_equal(logits, values)
+
+
+@pytest.mark.parametrize("eps", [-0.1, 1.5, math.nan, math.inf, True, "0.1", None, np.ones(1)])
+def test_smoothing_rejects_values_outside_0_1(rng: np.random.Generator, eps: Any) -> None:
+    logits, labels = rng.standard_normal((2, 3)), np.array([0, 2])
+    with pytest.raises(ValueError, match=r"^softmax_cross_entropy: smoothing must be a number in"):
+        softmax_cross_entropy_fwd(logits, labels, smoothing=eps)
+    with pytest.raises(ValueError, match=r"^label_smoothing: smoothing must be a number in \["):
+        label_smoothing(eps)
+
+
+def test_smoothed_sce_still_checks_logits_and_labels(rng: np.random.Generator) -> None:
+    with pytest.raises(ValueError, match=r"^softmax_cross_entropy: labels must be in \[0, K\)"):
+        label_smoothing(0.1).fwd(rng.standard_normal((2, 3)), np.array([0, 3]))
+    with pytest.raises(TypeError, match=r"^softmax_cross_entropy: logits must have a floating"):
+        label_smoothing(0.1).fwd(np.ones((2, 3), dtype=np.int64), np.array([0, 1]))
+
+
+def test_label_smoothing_trains_through_make_step(rng: np.random.Generator) -> None:
+    import fcnn
+
+    model = fcnn.sequential(fcnn.Flatten(), fcnn.Dense(3))
+    params, state, _ = fcnn.init(model, rng, (4,))
+    opt = fcnn.sgd(0.5)
+    step = fcnn.make_step(model, opt, loss=label_smoothing(0.2))
+    ts = fcnn.TrainState(params, state, opt.init(params))
+    x = rng.standard_normal((12, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1)
+    ctx = fcnn.Context(train=True, rng=rng)
+    first = step(ts, x, y, ctx)[1]
+    for _ in range(30):
+        ts, last = step(ts, x, y, ctx)
+    assert last < first and ts.params["dense1"]["w"].dtype == np.float32
+
+
+def test_smoothed_sce_matches_torch(rng: np.random.Generator) -> None:
+    torch = pytest.importorskip("torch")
+    logits = rng.standard_normal((6, 4)) * 5
+    labels = rng.integers(0, 4, 6)
+    loss, cache = softmax_cross_entropy_fwd(logits, labels, smoothing=0.15)
+    t = torch.tensor(logits, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(t, torch.tensor(labels), label_smoothing=0.15)
     tl.backward()
     assert float(loss) == pytest.approx(float(tl.detach()), rel=1e-12)
     np.testing.assert_allclose(softmax_cross_entropy_bwd(cache, 1.0), t.grad.numpy(), atol=1e-14)
