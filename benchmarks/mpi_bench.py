@@ -258,8 +258,13 @@ def report(rounds: Sequence[list[dict[str, Any]]], ranks: Sequence[int]) -> str:
     lines = [table, "", "Ratios: median of the per-round ratios [min, max over rounds]"]
     top, base = f"fcnn x{max(ranks)}", f"fcnn x{min(ranks)}"
     wanted: list[tuple[str, int, str, str, float | None]]
-    wanted = [(m, b, top, base, None) for m, b in sorted({k[:2] for k in best})]
-    wanted += [(m, b, f"fcnn x{n}", den, need) for m, b, n, den, need in TARGETS]
+    targets = [(m, b, f"fcnn x{n}", den, need) for m, b, n, den, need in TARGETS]
+    wanted = [
+        (m, b, top, base, None)
+        for m, b in sorted({k[:2] for k in best})
+        if not any(t[:4] == (m, b, top, base) for t in targets)  # said below with its target
+    ]
+    wanted += targets
     for model, batch, num, den, need in wanted:
         rs = ratios(rounds, model, batch, num, den)
         if not rs or num == den:
