@@ -218,14 +218,23 @@ def gemm_peak(n: int = 1024, repeats: int = 10, warmup: int = 3) -> dict[str, An
     return stats
 
 
-def run_worker(script: Path, spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
+def run_worker(
+    script: Path,
+    spec: dict[str, Any],
+    timeout: float = 600.0,
+    launcher: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run ``python script --worker JSON`` in a fresh process; return the JSON it prints last.
 
     A fresh interpreter per configuration keeps one configuration's allocator state
-    from skewing the next. Raises ``RuntimeError`` with the worker's stderr on failure.
+    from skewing the next. ``launcher`` goes before the interpreter (e.g. ``mpiexec -n
+    2``). Raises ``RuntimeError`` with the worker's stderr on failure.
     """
-    cmd = [sys.executable, str(script), "--worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    cmd = [*launcher, sys.executable, str(script), "--worker", json.dumps(spec)]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(

@@ -197,16 +197,8 @@ def mpiexec() -> str:
 
 def run_ranks(spec: dict[str, Any], ranks: int, timeout: float = 600.0) -> dict[str, Any]:
     """``mpiexec -n ranks python mpi_bench.py --worker SPEC``; rank 0's JSON result."""
-    cmd = [mpiexec(), "-n", str(ranks), sys.executable, str(SCRIPT), "--worker", json.dumps(spec)]
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"{ranks} ranks {spec} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
-        )
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    return run_worker(SCRIPT, spec, timeout, launcher=[mpiexec(), "-n", str(ranks)], env=env)
 
 
 def one_round(

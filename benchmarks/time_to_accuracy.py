@@ -79,9 +79,9 @@ def batches(config: Any, data: Any, rng: Any) -> Any:
 def steps_per_epoch(config: Any, data: Any) -> int:
     import train
 
-    n = len(data.x_train)
-    drop = train.drop_last_batch(n, config.batch_size, 1, batch_norm=True)
-    return n // config.batch_size if drop else -(-n // config.batch_size)
+    n, batch = len(data.x_train), int(config.batch_size)
+    drop = train.drop_last_batch(n, batch, 1, batch_norm=True)
+    return n // batch if drop else -(-n // batch)
 
 
 def run_fcnn(spec: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -23,7 +23,6 @@ functions take any object with mpi4py's buffer methods (``Allreduce``,
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import sys
 import time
@@ -37,8 +36,8 @@ import numpy as np
 from .layers.base import Array, Context, Layer, Params, State
 from .losses import softmax_cross_entropy
 from .model import LossPair, loss_and_grad, predict
-from .optim import Optimizer, apply_updates
-from .training import NonFiniteLossError, Step, TrainState
+from .optim import Optimizer
+from .training import Step, TrainState, update
 from .tree import flatten_dict, tree_map, tree_map_with_path, unflatten_dict
 
 __all__ = [
@@ -219,15 +218,10 @@ def data_parallel_step(
         total = allreduce_sum(weighted, comm)
         n = float(total["count"][0])
         lv = float(total["loss"][0]) / n
-        if not math.isfinite(lv):
-            raise NonFiniteLossError(
-                f"training loss is {lv}; stopping (try a smaller learning rate)"
-            )
         mean_grads = unflatten_dict(
             {k: np.divide(g, n, dtype=g.dtype) for k, g in flatten_dict(total["grads"]).items()}
         )
-        updates, opt_state = opt.update(mean_grads, ts.opt_state, ts.params)
-        return TrainState(apply_updates(ts.params, updates), new_state, opt_state), lv
+        return update(opt, ts, lv, mean_grads, new_state)
 
     return step
 

@@ -15,7 +15,7 @@ training statistics stored in the checkpoint. Endpoints::
                               [0, 1] that the model classified (the page shows it)
     POST /predict/array       JSON body: an array (N, C, H, W) of raw pixels in [0, 1]
                               -> {"predictions": [{"index", "label", ...}, ...]}
-    GET  /docs  /redoc        the API documentation (/openapi.json is the schema)
+    GET  /docs                the API documentation (/openapi.json is the schema)
 
 Everything the server sends works offline: the page (``fcnn/page/``: HTML, CSS and
 plain JavaScript, shipped in the package) loads nothing from elsewhere, which its
@@ -131,7 +131,7 @@ _MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around an uploaded f
 # What json.loads gives for a JSON number.
 _PIXEL_TYPES = (int, float)
 _NOTHING = object()
-_P = TypeVar("_P")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -511,7 +511,7 @@ def create_app(
     # max_concurrency.
     workers = ThreadPoolExecutor(lim.max_concurrency, thread_name_prefix="fcnn-predict")
 
-    async def in_turn(fn: Callable[[], list[_P]]) -> list[_P]:
+    async def in_turn(fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(workers, fn)
 
     @contextlib.asynccontextmanager
@@ -533,7 +533,7 @@ def create_app(
         limits=asdict(lim),
     )
     name = (model_desc or {}).get("name", "model") if isinstance(model_desc, dict) else "model"
-    # FastAPIOffline: FastAPI whose /docs and /redoc load their scripts and styles from
+    # FastAPIOffline: FastAPI whose /docs loads its scripts and styles from
     # the fastapi-offline package (mounted at /static-offline-docs), not from a CDN.
     app = FastAPIOffline(
         title="fcnn inference server",
@@ -543,6 +543,8 @@ def create_app(
         lifespan=lifespan,
         # No badge from validator.swagger.io: nothing the docs page shows needs the network.
         swagger_ui_parameters={"validatorUrl": None},
+        # No /redoc: its bundle shows a logo fetched from redocly's CDN.
+        redoc_url=None,
     )
     page = _page_files()
 
@@ -592,13 +594,17 @@ def create_app(
     async def predict_image(
         file: Annotated[UploadFile, File(description="a PNG or JPEG image")],
     ) -> Prediction:
+        return (await classify_upload(file))[0]
+
+    async def classify_upload(file: UploadFile) -> tuple[Prediction, Any]:
+        """The upload's prediction and the prepared image ``(C, H, W)`` it was made from."""
         data = await read_upload(file)
 
-        def work() -> list[Prediction]:
+        def work() -> tuple[Prediction, Any]:
             x = _image_to_input(data, file.content_type, shape, lim)
-            return _predictions(trained, x[None])
+            return _predictions(trained, x[None])[0], x
 
-        return (await in_turn(work))[0]
+        return await in_turn(work)
 
     @app.post(
         "/predict/with-input",
@@ -609,14 +615,8 @@ def create_app(
     async def predict_image_with_input(
         file: Annotated[UploadFile, File(description="a PNG or JPEG image")],
     ) -> PredictionWithInput:
-        data = await read_upload(file)
-
-        def work() -> list[PredictionWithInput]:
-            x = _image_to_input(data, file.content_type, shape, lim)
-            (p,) = _predictions(trained, x[None])
-            return [PredictionWithInput(**p.model_dump(), input=x.tolist())]
-
-        return (await in_turn(work))[0]
+        p, x = await classify_upload(file)
+        return PredictionWithInput(**p.model_dump(), input=x.tolist())
 
     @app.post(
         "/predict/array",

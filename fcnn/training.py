@@ -46,15 +46,22 @@ def make_step(model: Layer, opt: Optimizer, loss: LossPair = softmax_cross_entro
 
     def step(ts: TrainState, x: Array, y: Array, ctx: Context) -> tuple[TrainState, float]:
         value, grads, new_state = grad_fn(ts.params, ts.state, x, y, ctx)
-        lv = float(value)
-        if not math.isfinite(lv):
-            raise NonFiniteLossError(
-                f"training loss is {lv}; stopping (try a smaller learning rate)"
-            )
-        updates, opt_state = opt.update(grads, ts.opt_state, ts.params)
-        return TrainState(apply_updates(ts.params, updates), new_state, opt_state), lv
+        return update(opt, ts, float(value), grads, new_state)
 
     return step
+
+
+def update(
+    opt: Optimizer, ts: TrainState, loss: float, grads: Params, new_state: State
+) -> tuple[TrainState, float]:
+    """The end of every step: ``(ts after the optimizer's update, loss)``.
+
+    Raises ``NonFiniteLossError`` (and applies nothing) when ``loss`` is NaN or inf.
+    """
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"training loss is {loss}; stopping (try a smaller learning rate)")
+    updates, opt_state = opt.update(grads, ts.opt_state, ts.params)
+    return TrainState(apply_updates(ts.params, updates), new_state, opt_state), loss
 
 
 def train_epoch(
