@@ -112,20 +112,33 @@ def test_drop_last_batch(n: int, batch: int, ranks: int, batch_norm: bool, expec
     assert train.drop_last_batch(n, batch, ranks, batch_norm) is expected
 
 
-def mpirun(
-    *argv: str, n: int = 2, env: dict[str, str] | None = None, cwd: Path = ROOT
-) -> subprocess.CompletedProcess[str]:
-    """``mpiexec -n N python train.py ARGV`` (or another script), killed at TIMEOUT."""
-    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, *argv]
-    return subprocess.run(
+def run_job(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run an ``mpiexec`` command line in a session of its own; at TIMEOUT, or if the test
+    stops, kill the whole session (mpiexec, its proxies and every rank) and fail."""
+    proc = subprocess.Popen(
         cmd,
-        cwd=cwd,
-        capture_output=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=TIMEOUT,
         env={**os.environ, **(env or {})},
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def mpirun(
+    *argv: str, n: int = 2, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``mpiexec -n N python train.py ARGV`` (or another script), killed at TIMEOUT."""
+    return run_job([str(MPIEXEC), "-n", str(n), sys.executable, *argv], env)
 
 
 @needs_mpi
@@ -247,9 +260,7 @@ def test_an_exception_on_one_rank_ends_the_whole_job_with_its_message(tmp_path: 
 def test_ranks_started_with_different_flags_are_refused_before_training(tmp_path: Path) -> None:
     cmd = [str(MPIEXEC), "-n", "1", sys.executable, "train.py", *QUICK, "--seed", "0"]
     cmd += [":", "-n", "1", sys.executable, "train.py", *QUICK, "--seed", "1"]
-    done = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL
-    )
+    done = run_job(cmd)
     assert done.returncode == 1
     assert "rank 1 started with other settings" in done.stderr
     assert done.stderr.count("started with other settings") == 1
@@ -267,6 +278,7 @@ def test_ctrl_c_stops_every_rank_with_the_resume_hint(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,  # SIGINT goes to mpiexec alone; a kill reaches every rank
     )
     try:
         deadline = time.monotonic() + TIMEOUT
@@ -278,8 +290,8 @@ def test_ctrl_c_stops_every_rank_with_the_resume_hint(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     assert proc.returncode == 130, err
     assert "interrupted during epoch" in err and f"resume from {ckpt}" in err
     saved = load_checkpoint(ckpt)
