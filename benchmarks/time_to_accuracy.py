@@ -112,10 +112,12 @@ def run_fcnn(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def torch_model(torch: Any, params: Mapping[str, Any], state: Mapping[str, Any]) -> Any:
-    """``fast_cnn`` in PyTorch, holding fcnn's params and batch-norm state (copied)."""
-    from fcnn.models import FAST_WIDTHS
+    """``fast_cnn`` in PyTorch, holding fcnn's params and batch-norm state (copied); each
+    stage's layers in the order of fcnn's own spec."""
+    from fcnn.models import FAST_WIDTHS, build_model
 
     nn = torch.nn
+    stage_order = [layer["type"] for layer in build_model("fast", 10).spec["layers"][:4]]
     layers: list[Any] = []
     c = 1
     for i, width in enumerate(FAST_WIDTHS, start=1):
@@ -127,7 +129,8 @@ def torch_model(torch: Any, params: Mapping[str, Any], state: Mapping[str, Any])
             bn.bias.copy_(torch.from_numpy(params[f"bn{i}"]["beta"]))
             bn.running_mean.copy_(torch.from_numpy(state[f"bn{i}"]["mean"]))
             bn.running_var.copy_(torch.from_numpy(state[f"bn{i}"]["var"]))
-        layers += [conv, bn, nn.MaxPool2d(2), nn.ReLU()]
+        stage = {"Conv2d": conv, "BatchNorm2d": bn, "MaxPool2d": nn.MaxPool2d(2), "Relu": nn.ReLU()}
+        layers += [stage[kind] for kind in stage_order]
         c = width
     w, b = params["dense1"]["w"], params["dense1"]["b"]
     dense = nn.Linear(w.shape[0], w.shape[1])

@@ -77,6 +77,19 @@ def test_torch_model_holds_fcnns_weights_and_trains_alike(tmp_path: Path) -> Non
     torch = pytest.importorskip("torch")
     model = build_model("fast", 10)
     params, state, _ = fcnn.init(model, np.random.default_rng(3), (1, 28, 28))
+    # Batch norm's own values, negative scales included, so that its place relative to
+    # the max pool matters (with gamma = 1 and fresh statistics the two orders agree).
+    g = np.random.default_rng(5)
+    for name in state:
+        c = state[name]["mean"].shape
+        params[name] = {
+            "gamma": g.uniform(-2, 2, c).astype(np.float32),
+            "beta": g.standard_normal(c).astype(np.float32),
+        }
+        state[name] = {
+            "mean": g.standard_normal(c).astype(np.float32),
+            "var": g.uniform(0.5, 2, c).astype(np.float32),
+        }
     x = np.random.default_rng(4).standard_normal((8, 1, 28, 28)).astype(np.float32)
     mine = fcnn.predict(model, params, state, x)
     theirs = tta.torch_model(torch, params, state).eval()(torch.from_numpy(x)).detach().numpy()
