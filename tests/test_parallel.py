@@ -184,7 +184,7 @@ def test_sharded_evaluation_equals_one_process(tmp_path: Path) -> None:
     script.write_text(SHARDED_EVAL)
     done = mpirun(str(script), n=3)  # 101 images over 3 ranks: 34, 34, 33
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count(" ok ") == 3
+    assert len(re.findall(r"\bok\b", done.stdout)) == 3  # ranks' lines may interleave
 
 
 @needs_mpi
