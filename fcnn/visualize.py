@@ -194,18 +194,24 @@ def _show(ax: Any, image: Array, **kwargs: Any) -> None:
         ax.imshow(image[0], cmap=kwargs.pop("cmap", "gray"), **kwargs)
 
 
+def _tiles(n: int, cell: tuple[float, float], title_in: float) -> tuple[Any, list[Any]]:
+    """A figure of up to 8 tiles a row for ``n`` images (each ``cell`` inches) below a
+    title band, every axis hidden; returns it and the first ``n`` axes in reading order."""
+    cols = min(max(n, 1), 8)
+    rows = math.ceil(max(n, 1) / cols)
+    fig = figure_class()(figsize=(cell[0] * cols, cell[1] * rows + title_in))
+    axes = list(_grid(fig, rows, cols, title_in=title_in).flat)
+    for ax in axes:
+        ax.set_axis_off()
+    return fig, axes[:n]
+
+
 def plot_filters(w: Array, title: str = "") -> Any:
     """A grid of the kernels ``w: (F, C, KH, KW)``: gray (first channel) or RGB (C == 3),
     each scaled symmetrically around 0 (gray 0.5 is a zero weight)."""
     f = w.shape[0]
-    cols = min(f, 8)
-    rows = math.ceil(f / cols)
-    fig = figure_class()(figsize=(1.1 * cols, 1.1 * rows + 0.5))
-    axes = _grid(fig, rows, cols, title_in=0.5)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i >= f:
-            continue
+    fig, axes = _tiles(f, (1.1, 1.1), title_in=0.5)
+    for i, ax in enumerate(axes):
         k = w[i].astype(np.float64)
         scale = float(np.abs(k).max()) or 1.0
         if k.shape[0] == 3:
@@ -291,15 +297,8 @@ def plot_wrong(
     classes: Sequence[str],
 ) -> Any:
     """A grid of misclassified images ``(N, C, H, W)`` titled ``true -> predicted (p)``."""
-    n = max(images.shape[0], 1)
-    cols = min(n, 8)
-    rows = math.ceil(n / cols)
-    fig = figure_class()(figsize=(1.3 * cols, 1.5 * rows + 0.4))
-    axes = _grid(fig, rows, cols, title_in=0.4)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i >= images.shape[0]:
-            continue
+    fig, axes = _tiles(images.shape[0], (1.3, 1.5), title_in=0.4)
+    for i, ax in enumerate(axes):
         _show(ax, images[i], vmin=0.0, vmax=1.0)
         ax.set_title(
             f"{classes[labels[i]]}→{classes[predicted[i]]} {confidence[i]:.0%}", fontsize=8

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -170,3 +173,17 @@ def clear_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unset the proxy variables, so requests to 127.0.0.1 go straight to the local server."""
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
+
+
+def run_without(module: str, tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGV`` from the repository root with ``module`` made unimportable (as when
+    its extra is not installed), through a ``sitecustomize`` in ``tmp_path``."""
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules[{module!r}] = None\n")
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

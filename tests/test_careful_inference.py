@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers import run_without
 
 import fcnn
 from fcnn.data.images import (
@@ -48,8 +47,11 @@ def _images(dtype: Any = np.float32) -> np.ndarray:
 
 def test_regression_predict_proba_accepted_0_255_floats_silently() -> None:
     x = _images() * 255.0
-    with pytest.raises(ValueError, match=r"^predict_proba: pixel values must be raw intensities in "
-                       r"\[0, 1\] .*got values in \[.*\]; for 0-255 values divide by 255"):
+    with pytest.raises(
+        ValueError,
+        match=r"^predict_proba: pixel values must be raw intensities in "
+        r"\[0, 1\] .*got values in \[.*\]; for 0-255 values divide by 255",
+    ):
         _trained().predict_proba(x)
 
 
@@ -220,29 +222,13 @@ def test_regression_inference_example_gave_a_blank_image_a_class(
 
 def test_regression_serve_without_fastapi_printed_a_traceback(tmp_path: Path) -> None:
     """python -m fcnn.serve without the serve extra: the install line alone, exit 1."""
-    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['fastapi'] = None\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "fcnn.serve", "--checkpoint", "m.npz"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_without("fastapi", tmp_path, "-m", "fcnn.serve", "--checkpoint", "m.npz")
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr == (
         "error: the inference server needs FastAPI, fastapi-offline, python-multipart and "
         'Pillow (fastapi is missing): pip install "fcnn[serve]"\n'
     )
-    lib = subprocess.run(
-        [sys.executable, "-c", "import fcnn.serve"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    lib = run_without("fastapi", tmp_path, "-c", "import fcnn.serve")
     assert lib.returncode == 1 and "ImportError: the inference server needs FastAPI" in lib.stderr
 
 

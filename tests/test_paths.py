@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import run_without
 
 import fcnn.models
 from fcnn.export import main as export_main
@@ -73,23 +72,11 @@ def test_regression_export_directory_where_a_file_is_expected(
 
 def test_regression_export_without_onnx_printed_a_traceback(tmp_path: Path) -> None:
     """python -m fcnn.export without the onnx extra: the install line alone, exit 1."""
-    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['onnx'] = None\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "fcnn.export", "m.npz"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_without("onnx", tmp_path, "-m", "fcnn.export", "m.npz")
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr == 'error: ONNX export needs the onnx package: pip install "fcnn[onnx]"\n'
     # Imported as a library it still raises ImportError with the same line.
-    code = "import fcnn.export"
-    lib = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    lib = run_without("onnx", tmp_path, "-c", "import fcnn.export")
     assert lib.returncode == 1 and "ImportError: ONNX export needs the onnx package" in lib.stderr
 
 
