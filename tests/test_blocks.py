@@ -320,7 +320,7 @@ def _own(dx_of: Any, name: str = "mine") -> Layer:
     ids=["float64", "shape", "none"],
 )
 @pytest.mark.parametrize("where", ["sequential", "residual", "concat"])
-def test_a_wrong_dx_is_blamed_on_the_layer_that_returned_it(
+def test_regression_a_wrong_dx_was_blamed_on_the_previous_layer(
     rng: np.random.Generator, dx_of: Any, err: type[Exception], message: str, where: str
 ) -> None:
     mine = _own(dx_of)
@@ -340,8 +340,11 @@ def test_a_wrong_dx_is_blamed_on_the_layer_that_returned_it(
         fcnn.loss_and_grad(model, fcnn.mse)(params, state, x, np.zeros_like(y), None)
 
 
-def test_own_layer_that_changes_shape_without_init_is_named(rng: np.random.Generator) -> None:
-    """Regression: it used to get "insert Flatten() before Dense" from the next layer."""
+def test_regression_own_layer_changing_shape_without_init_got_insert_flatten_before_dense(
+    rng: np.random.Generator,
+) -> None:
+    """The next layer's init said "insert Flatten() before Dense", blaming the wrong thing;
+    now the note names the pair made without init=, and its forward is checked."""
 
     def squeeze_fwd(params: Any, x: Arr, cfg: Any = None) -> tuple[Arr, tuple[int, ...]]:
         return x.reshape(x.shape[0], -1), x.shape

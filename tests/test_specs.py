@@ -3,6 +3,7 @@ checkpoints), user layers only with trust, and clear errors for the rest (issue 
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -333,23 +334,25 @@ def test_malformed_specs_are_named(spec: Any, message: str) -> None:
 
 
 def test_the_table_covers_every_layer_the_library_exports() -> None:
-    """Every constructor in fcnn's namespace builds a spec type the table (or a container)
-    knows, and each takes exactly its spec's fields."""
-    leaves = {
-        "Conv2d": fcnn.Conv2d(2, 3),
+    """Every layer constructor fcnn exports (a CamelCase function) is in the table, and
+    each rebuilds its own spec from exactly that spec's fields."""
+    exported = {n for n in fcnn.__all__ if n[0].isupper() and inspect.isfunction(getattr(fcnn, n))}
+    assert exported <= {ctor.__name__ for ctor in LAYERS.values()}, "add them to LAYERS"
+    examples = {
+        "Conv2d": fcnn.Conv2d(2, 3, stride=2, padding=((1, 0), (0, 1)), impl="naive"),
         "Dense": fcnn.Dense(2),
         "Relu": fcnn.Relu(),
-        "MaxPool2d": fcnn.MaxPool2d(2),
+        "MaxPool2d": fcnn.MaxPool2d(3, 2, 1),
         "AvgPool2d": fcnn.AvgPool2d(2),
         "GlobalAvgPool2d": fcnn.GlobalAvgPool2d(),
         "Flatten": fcnn.Flatten(),
-        "BatchNorm2d": fcnn.BatchNorm2d(),
+        "BatchNorm2d": fcnn.BatchNorm2d(momentum=0.2, eps=1e-3),
         "BatchNorm1d": fcnn.BatchNorm1d(),
         "Dropout": fcnn.Dropout(0.1),
         "SpatialDropout2d": fcnn.SpatialDropout2d(0.1),
     }
-    assert set(leaves) == set(LAYERS)
-    for kind, layer in leaves.items():
+    assert set(examples) == set(LAYERS), "give every table entry an example here"
+    for kind, layer in examples.items():
         assert layer.spec["type"] == kind
         fields = {k: v for k, v in layer.spec.items() if k != "type"}
         assert dict(LAYERS[kind](**fields).spec) == dict(layer.spec)
