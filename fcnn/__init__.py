@@ -76,6 +76,21 @@ from .tree import (
     zeros_like,
 )
 
+# Issue 23: residual and concat blocks, global average pooling, models rebuilt from specs.
+# isort: off
+from .layers.base import rebuildable
+from .layers.pool import (
+    GlobalAvgPool2d,
+    GlobalAvgPool2dCache,
+    global_avg_pool2d_bwd,
+    global_avg_pool2d_fwd,
+)
+from .model import concat, residual
+from .specs import SPEC_VERSION, CodeNotTrustedError, SpecError, dump_spec, from_spec
+
+# isort: on
+
+
 __version__ = "0.2.0"
 
 __all__ = [
@@ -167,4 +182,19 @@ __all__ = [
     "tree_paths",
     "unflatten_dict",
     "zeros_like",
+]
+
+__all__ += [  # issue 23: blocks, global pooling, specs
+    "SPEC_VERSION",
+    "CodeNotTrustedError",
+    "GlobalAvgPool2d",
+    "GlobalAvgPool2dCache",
+    "SpecError",
+    "concat",
+    "dump_spec",
+    "from_spec",
+    "global_avg_pool2d_bwd",
+    "global_avg_pool2d_fwd",
+    "rebuildable",
+    "residual",
 ]

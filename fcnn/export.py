@@ -12,8 +12,12 @@ dicts and the params/state trees, one standard ONNX operator per layer::
     Dense       -> Gemm                 y = x @ w + b with w: (D_in, D_out), transB=0
     BatchNorm2d -> BatchNormalization   eval mode: running mean/var from ``state``, epsilon=eps
     BatchNorm1d -> BatchNormalization   on (N, C) inputs
+    GlobalAvgPool2d -> GlobalAveragePool, Flatten   (N, C, 1, 1) -> (N, C)
     Dropout, SpatialDropout2d           omitted (identity at inference)
     Sequential  -> its children in order; names nest like params ("block1/conv2")
+    Residual    -> the block's and the shortcut's nodes on the same input, then Add
+                   (the identity shortcut: the input itself)
+    Concat      -> every branch's nodes on the same input, then Concat along the axis
 
 The graph has one input ``"input"`` of shape ``(N, C, H, W)`` float32 with a
 dynamic batch dimension ``N`` and one output ``"logits"`` ``(N, K)`` (or
@@ -205,6 +209,20 @@ def _identity(
     return [], [], x
 
 
+def _global_avg_pool(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    pooled = f"{path}/pooled"  # (N, C, 1, 1); fcnn's output has no trailing 1x1
+    return (
+        [
+            helper.make_node("GlobalAveragePool", [x], [pooled], name=pooled),
+            helper.make_node("Flatten", [pooled], [path], name=path, axis=1),
+        ],
+        [],
+        path,
+    )
+
+
 _CONVERTERS: dict[str, Converter] = {
     "Conv2d": _conv2d,
     "Relu": _simple("Relu"),
@@ -216,9 +234,58 @@ _CONVERTERS: dict[str, Converter] = {
     "BatchNorm1d": _batch_norm,
     "Dropout": _identity,
     "SpatialDropout2d": _identity,
+    "GlobalAvgPool2d": _global_avg_pool,
 }
 
-EXPORTABLE: tuple[str, ...] = ("Sequential", *_CONVERTERS)
+EXPORTABLE: tuple[str, ...] = ("Sequential", *_CONVERTERS, "Residual", "Concat")
+
+
+def _subtree(tree: Any, key: str) -> Any:
+    return tree.get(key, {}) if isinstance(tree, Mapping) else {}
+
+
+def _paths(
+    children: Sequence[tuple[str, Any]], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, list[str]]:
+    """Each ``(key, spec)`` child converted on the same input ``x``: its nodes, its
+    initializers and the name of each child's output, in order."""
+    nodes: Nodes = []
+    inits: Inits = []
+    outs: list[str] = []
+    for key, child in children:
+        sub = f"{path}/{key}" if path else key
+        n, i, out = _convert(child, _subtree(params, key), _subtree(state, key), x, sub)
+        nodes += n
+        inits += i
+        outs.append(out)
+    return nodes, inits, outs
+
+
+def _residual(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    """``Add(block(x), shortcut(x))``; the identity shortcut is ``x`` itself."""
+    children = [("block", spec["block"])]
+    if spec["shortcut"] is not None:
+        children.append(("shortcut", spec["shortcut"]))
+    nodes, inits, outs = _paths(children, params, state, x, path)
+    where = path or "model"
+    add = helper.make_node("Add", [outs[0], outs[1] if len(outs) > 1 else x], [where], name=where)
+    return [*nodes, add], inits, where
+
+
+def _concat(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    """``Concat(branch_1(x), ..., axis)``."""
+    children = [(str(child["name"]), child) for child in spec["branches"]]
+    nodes, inits, outs = _paths(children, params, state, x, path)
+    where = path or "model"
+    join = helper.make_node("Concat", outs, [where], name=where, axis=int(spec["axis"]))
+    return [*nodes, join], inits, where
+
+
+_COMBINATORS: dict[str, Converter] = {"Residual": _residual, "Concat": _concat}
 
 
 def _convert(
@@ -233,12 +300,17 @@ def _convert(
         for child in spec["layers"]:
             name = str(child["name"])
             sub = f"{path}/{name}" if path else name
-            child_params = params.get(name, {}) if isinstance(params, Mapping) else {}
-            child_state = state.get(name, {}) if isinstance(state, Mapping) else {}
-            n, i, x = _convert(child, child_params, child_state, x, sub)
+            n, i, x = _convert(child, _subtree(params, name), _subtree(state, name), x, sub)
             nodes += n
             inits += i
         return nodes, inits, x
+    if kind in _COMBINATORS:
+        try:
+            return _COMBINATORS[kind](spec, params, state, x, path)
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, ExportError):
+                raise
+            raise ExportError(f"{where}: malformed {kind} spec ({err!r})") from err
     if not isinstance(kind, str) or kind not in _CONVERTERS:
         what = f"a {kind!r} layer" if isinstance(kind, str) else "a layer without a spec type"
         raise ExportError(

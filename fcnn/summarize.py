@@ -11,8 +11,16 @@ parameter count (exposed as ``fcnn.summary``)::
     ...
 
 Shapes are per sample (no batch axis), as ``fcnn.init`` takes them. Containers
-(``sequential`` blocks) are walked, so nested layers show their full path
-(``block1/conv2``); only leaf layers get rows, so the column sums to the total.
+are walked, so nested layers show their full path (``block1/conv2``); leaf layers
+get rows, so the column sums to the total. A ``residual`` or ``concat`` lists its
+paths' layers (``stage2/residual1/block/conv1``, ``.../shortcut/conv1``, each from the
+container's input) and then one row of its own for the sum or the join, with the
+output shape::
+
+    | stage1/residual1/block/bn2 | BatchNorm2d            | (16, 32, 32) |  32 |
+    | stage1/residual1           | Residual: block + x    | (16, 32, 32) |   0 |
+    | stage1/relu1               | Relu                   | (16, 32, 32) |   0 |
+
 Parameters are counted from ``layer.init`` (nothing is run on data); state
 (batch-norm running statistics) is counted separately in the totals.
 """
@@ -25,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .layers.base import Layer, Shape, reraise_with_path
+from .model import named_children
 from .tree import tree_leaves
 
 __all__ = ["summary"]
@@ -42,31 +51,38 @@ def _size(tree: Any) -> int:
     return sum(int(np.size(leaf)) for leaf in tree_leaves(tree))
 
 
-def _child_names(layer: Layer) -> list[str] | None:
-    """The names a container gave its children (from its spec), or None for a leaf."""
-    entries = layer.spec.get("layers") if layer.children else None
-    if not isinstance(entries, list) or len(entries) != len(layer.children):
-        return None
-    names = [e.get("name") if isinstance(e, dict) else None for e in entries]
-    return [n for n in names if isinstance(n, str)] if all(names) else None
+def _join_type(layer: Layer) -> str:
+    """The ``layer`` column of a residual's or a concat's own row."""
+    spec = layer.spec
+    if spec.get("type") == "Residual":
+        return "Residual: block + " + ("x" if spec.get("shortcut") is None else "shortcut")
+    return f"Concat: axis {spec.get('axis')}"
 
 
 def _walk(
     layer: Layer, path: str, rng: np.random.Generator, shape: Shape, rows: list[_Row]
 ) -> Shape:
-    """Append a row per leaf under ``layer`` and return its output shape."""
-    names = _child_names(layer)
-    if names is None:
+    """Append a row per leaf under ``layer`` (and per sum or join) and return its output shape."""
+    children = named_children(layer)
+    if not children:
         params, state, out = layer.init(rng, shape, np.float32)
         kind = str(layer.spec.get("type", layer.kind))
         rows.append(_Row(path, kind, tuple(out), _size(params), _size(state)))
         return tuple(out)
-    for name, child in zip(names, layer.children, strict=True):
-        try:
-            shape = _walk(child, f"{path}/{name}" if path else name, rng, shape, rows)
+    chain = layer.spec.get("type") == "Sequential"
+    out = shape
+    for name, child in children:
+        try:  # a chain feeds each child the last output; the other containers, their input
+            out = _walk(
+                child, f"{path}/{name}" if path else name, rng, out if chain else shape, rows
+            )
         except (ValueError, TypeError) as err:
             reraise_with_path(name, err)
-    return shape
+    if chain:
+        return out
+    out = tuple(layer.init(rng, shape, np.float32)[2])  # the sum's or the join's shape
+    rows.append(_Row(path or layer.name or layer.kind, _join_type(layer), out, 0, 0))
+    return out
 
 
 def _fmt_shape(shape: Shape) -> str:
@@ -93,7 +109,7 @@ def summary(model: Layer, input_shape: Sequence[int]) -> str:
     if not shape or any(d < 1 for d in shape):
         raise ValueError(f"summary: input_shape must be non-empty with sizes >= 1, got {shape}")
     rows: list[_Row] = []
-    root = (model.name or model.kind) if _child_names(model) is None else ""
+    root = "" if named_children(model) else (model.name or model.kind)
     out = _walk(model, root, np.random.default_rng(0), shape, rows)
 
     header = ("path", "layer", "output shape", "params")

@@ -91,3 +91,87 @@ def test_train_epoch_applies_the_augmentation() -> None:
     assert [len(b) for b in seen] == [4, 4, 2]
     # zero inputs: only the bias can have moved
     np.testing.assert_array_equal(ts2.params["dense1"]["w"], params["dense1"]["w"])
+
+
+# --- CIFAR-style augmentation: random crops of a padded image, horizontal flips (issue 23) --
+
+from fcnn.data.augment import cifar_augment, compose, random_crop, random_flip  # noqa: E402
+
+
+def _cifar_like(n: int, seed: int = 0) -> np.ndarray:
+    """CIFAR-shaped float32 images (N, 3, 32, 32) whose values are all distinct."""
+    x = np.random.default_rng(seed).permutation(n * 3 * 32 * 32).astype(np.float32)
+    return x.reshape(n, 3, 32, 32) + 1.0
+
+
+def test_random_crop_is_a_window_of_the_padded_image() -> None:
+    x = _cifar_like(40)
+    x.flags.writeable = False
+    out = random_crop(x, 4, np.random.default_rng(0), fill=-1.0)
+    assert out.shape == x.shape and out.dtype == np.float32
+    corners = set()
+    for src, img in zip(x, out, strict=True):
+        padded = np.pad(src, ((0, 0), (4, 4), (4, 4)), constant_values=-1.0)
+        found = [
+            (i, j)
+            for i in range(9)
+            for j in range(9)
+            if np.array_equal(padded[:, i : i + 32, j : j + 32], img)
+        ]
+        assert len(found) == 1, found
+        corners.add(found[0])
+    assert len(corners) > 20  # the window's place varies
+    # the same draws as a shift by up to the padding: one formula, two names
+    np.testing.assert_array_equal(out, random_shift(x, 4, np.random.default_rng(0), fill=-1.0))
+
+
+@pytest.mark.parametrize(
+    ("shape", "padding", "err", "match"),
+    [
+        ((3, 32, 32), 4, ValueError, r"random_crop: x must be \(N, C, H, W\)"),
+        ((2, 3, 8, 8), 8, ValueError, r"random_crop: padding must be in \[0, 8\), got 8"),
+        ((2, 3, 8, 8), -1, ValueError, "random_crop: padding must be in"),
+        ((2, 3, 8, 8), 2.0, TypeError, "random_crop: padding must be an int"),
+    ],
+)
+def test_random_crop_bad_input(
+    shape: tuple[int, ...], padding: object, err: type, match: str
+) -> None:
+    with pytest.raises(err, match=match):
+        random_crop(np.zeros(shape, np.float32), padding, np.random.default_rng(0))  # type: ignore[arg-type]
+
+
+def test_random_flip_mirrors_some_images_left_to_right() -> None:
+    x = _cifar_like(64)
+    x.flags.writeable = False
+    out = random_flip(x, np.random.default_rng(1))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    flipped = [bool(np.array_equal(o, s[:, :, ::-1])) for o, s in zip(out, x, strict=True)]
+    kept = [bool(np.array_equal(o, s)) for o, s in zip(out, x, strict=True)]
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))  # exactly one of the two
+    assert 16 < sum(flipped) < 48  # about half
+    np.testing.assert_array_equal(out, random_flip(x, np.random.default_rng(1)))  # seeded
+    np.testing.assert_array_equal(random_flip(x, np.random.default_rng(1), p=0.0), x)
+    np.testing.assert_array_equal(random_flip(x, np.random.default_rng(1), p=1.0), x[..., ::-1])
+    assert random_flip(x.astype(np.float64), np.random.default_rng(1)).dtype == np.float64
+    for bad in (1.5, -0.1, True):
+        with pytest.raises(ValueError, match="random_flip: p must be a probability"):
+            random_flip(x, np.random.default_rng(0), p=bad)
+    with pytest.raises(ValueError, match=r"random_flip: x must be \(N, C, H, W\)"):
+        random_flip(x[0], np.random.default_rng(0))
+
+
+def test_cifar_augment_crops_then_flips_with_one_generator() -> None:
+    x = _cifar_like(16, seed=3)
+    fill = np.array([-1.0, -2.0, -3.0], np.float32)
+    out = cifar_augment(4, fill)(x, np.random.default_rng(7))
+    g = np.random.default_rng(7)
+    want = random_flip(random_crop(x, 4, g, fill), g)
+    np.testing.assert_array_equal(out, want)
+    assert out.dtype == np.float32 and out.shape == (16, 3, 32, 32)
+    seen = []
+    both = compose(lambda a, r: seen.append("a") or a + 1, lambda a, r: seen.append("b") or a * 2)
+    np.testing.assert_array_equal(both(np.ones((1, 1, 2, 2)), g), np.full((1, 1, 2, 2), 4.0))
+    assert seen == ["a", "b"]
+    with pytest.raises(TypeError, match="compose: each augment must be a function"):
+        compose(3)  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ DERIVATIONS = (
     "softmax_cross_entropy",
     "batch_norm",
     "dropout",
+    "residual",
     "optimizers",
 )
 EXECUTED = (*DERIVATIONS, "tutorial")

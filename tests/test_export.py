@@ -170,8 +170,47 @@ def _layers() -> list[Any]:
             (2, 5, 5),
         ),
         ("dropout-only", fcnn.sequential(fcnn.Dropout(0.5)), (4,)),
+        *_block_cases(),
     ]
     return cases
+
+
+def _block_cases() -> list[Any]:
+    """Residual (Add), Concat and GlobalAvgPool2d, alone and nested (issue 23)."""
+    conv_bn = fcnn.sequential(fcnn.Conv2d(3, 3, padding=1), fcnn.BatchNorm2d(), fcnn.Relu())
+    return [
+        ("residual-identity", fcnn.residual(conv_bn), (3, 5, 6)),
+        (
+            "residual-projection",
+            fcnn.sequential(
+                fcnn.residual(fcnn.Conv2d(4, 3, stride=2, padding=1), fcnn.Conv2d(4, 1, stride=2)),
+                fcnn.Relu(),
+            ),
+            (2, 7, 6),
+        ),
+        ("residual-of-dropout", fcnn.residual(fcnn.Dropout(0.5)), (2, 3, 3)),
+        (
+            "concat",
+            fcnn.concat(fcnn.Conv2d(2, 1), fcnn.Relu(), fcnn.AvgPool2d(3, 1, 1), fcnn.Dropout(0.2)),
+            (3, 4, 5),
+        ),
+        (
+            "concat-flat",
+            fcnn.sequential(fcnn.Flatten(), fcnn.concat(fcnn.Dense(3), fcnn.Dense(2))),
+            (2, 2, 2),
+        ),
+        ("global-avg-pool", fcnn.sequential(fcnn.GlobalAvgPool2d(), fcnn.Dense(3)), (4, 5, 3)),
+        (
+            "nested-blocks",
+            fcnn.sequential(
+                fcnn.concat(fcnn.residual(conv_bn), fcnn.sequential(fcnn.Conv2d(2, 1), name="b")),
+                fcnn.residual(fcnn.concat(fcnn.Conv2d(2, 3, padding=1), fcnn.Conv2d(3, 1))),
+                fcnn.GlobalAvgPool2d(),
+                fcnn.Dense(2, name="head"),
+            ),
+            (3, 6, 6),
+        ),
+    ]
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -183,7 +222,7 @@ def test_every_layer_matches_fcnn(
 
 
 def _model_shape(name: str) -> tuple[int, int, int]:
-    return (3, 32, 32) if name == "cifar" else (1, 28, 28)
+    return (3, 32, 32) if name in ("cifar", "resnet") else (1, 28, 28)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -271,9 +310,7 @@ def test_batchnorm_momentum_is_read_from_the_spec() -> None:
     assert attrs["momentum"] == pytest.approx(0.75)
     no_momentum = fcnn.sequential(_weird_layer({"type": "BatchNorm1d", "eps": 1e-5}))
     with pytest.raises(ExportError, match=r"weird1: malformed BatchNorm1d spec .*'momentum'"):
-        build_onnx(
-            no_momentum, {"weird1": params["bn1"]}, {"weird1": state["bn1"]}, (4,)
-        )
+        build_onnx(no_momentum, {"weird1": params["bn1"]}, {"weird1": state["bn1"]}, (4,))
 
 
 def test_opset_can_be_chosen(tmp_path: Path) -> None:
@@ -438,3 +475,61 @@ def test_import_fcnn_needs_neither_onnx_nor_fastapi() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- residual, concat and global pooling in the graph (issue 23) ----------------------------
+
+
+def test_resnet_graph_adds_the_paths_and_pools_globally() -> None:
+    model = build_model("resnet", 10)
+    params, state = _setup(model, (3, 32, 32))
+    proto = build_onnx(model, params, state, (3, 32, 32))
+    nodes = {n.name: n for n in proto.graph.node}
+    add = nodes["stage2/residual1"]
+    assert add.op_type == "Add"
+    assert list(add.input) == ["stage2/residual1/block/bn2", "stage2/residual1/shortcut/bn1"]
+    ident = nodes["stage1/residual1"]  # the identity shortcut adds the block's input itself
+    assert ident.op_type == "Add" and ident.input[1] == "stem/relu1"
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops[-3:] == ["GlobalAveragePool", "Flatten", "Gemm"] and ops.count("Add") == 3
+
+
+def test_concat_graph_joins_along_the_axis() -> None:
+    model = fcnn.concat(fcnn.Conv2d(2, 1), fcnn.Relu(name="r"), axis=1)
+    params, state = _setup(model, (3, 4, 4))
+    proto = build_onnx(model, params, state, (3, 4, 4))
+    (join,) = [n for n in proto.graph.node if n.op_type == "Concat"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in join.attribute}
+    assert attrs == {"axis": 1} and list(join.input) == ["conv1", "r"]
+    assert proto.graph.output[0].name == "logits"
+
+
+def test_unexportable_layer_inside_a_block_is_named() -> None:
+    model = fcnn.sequential(
+        fcnn.residual(fcnn.sequential(fcnn.Relu(), _weird_layer({"type": "Swish"}))), fcnn.Flatten()
+    )
+    with pytest.raises(ExportError, match=r"^residual1/block/weird1: cannot export a 'Swish'"):
+        build_onnx(model, {}, {}, (2, 3, 3))
+
+
+def test_cli_verifies_a_trained_resnet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train.py --model resnet on a small local CIFAR-10, then python -m fcnn.export --verify."""
+    from helpers import fake_cifar10
+
+    import train
+
+    fake_cifar10(tmp_path, monkeypatch)
+    ckpt = tmp_path / "resnet.npz"
+    argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path), "--model", "resnet"]
+    assert (
+        train.main([*argv, "--epochs", "1", "--batch-size", "16", "--quiet", "--save", str(ckpt)])
+        == 0
+    )
+    capsys.readouterr()
+    assert main([str(ckpt), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "(ok)" in out and "output 'logits' (N, 10)" in out
+    proto = onnx.load(str(ckpt.with_suffix(".onnx")))
+    assert {"Add", "GlobalAveragePool"} <= {n.op_type for n in proto.graph.node}

@@ -375,3 +375,113 @@ def test_regression_load_trained_inflated_a_deflate_bomb_before_comparing_shapes
         load_trained(path)
     grown = _growth_of_refused_load_trained(path)
     assert grown < 16 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB"
+
+
+# --- resnet: a small ResNet, on CIFAR-shaped synthetic data (issue 23) ----------------------
+
+
+def test_resnet_architecture() -> None:
+    model = build_model("resnet", 10)
+    spec = model.spec
+    assert [e["type"] for e in spec["layers"]] == ["Sequential"] * 4 + ["GlobalAvgPool2d", "Dense"]
+    assert types(spec["layers"][0]) == ["Conv2d", "BatchNorm2d", "Relu"]
+    for i, width in enumerate((16, 32, 64)):
+        stage = spec["layers"][i + 1]
+        assert stage["name"] == f"stage{i + 1}" and types(stage) == ["Residual", "Relu"]
+        res = stage["layers"][0]
+        assert types(res["block"]) == ["Conv2d", "BatchNorm2d", "Relu", "Conv2d", "BatchNorm2d"]
+        assert res["block"]["layers"][0]["out_channels"] == width
+        assert res["block"]["layers"][0]["stride"] == [1 + (i > 0)] * 2
+        if i == 0:
+            assert res["shortcut"] is None  # 16 -> 16 channels, same size: the identity
+        else:
+            assert types(res["shortcut"]) == ["Conv2d", "BatchNorm2d"]
+            assert res["shortcut"]["layers"][0]["kernel_size"] == [1, 1]
+    params, state, out = fcnn.init(model, np.random.default_rng(0), (3, 32, 32))
+    assert out == (10,) and count(params) == 78_378 and count(state) == 672
+    assert params["stage2"]["residual1"]["shortcut"]["conv1"]["w"].shape == (32, 16, 1, 1)
+    assert params["dense1"]["w"].shape == (64, 10)  # after the global pool: any image size
+    _, _, out28 = fcnn.init(model, np.random.default_rng(0), (1, 28, 28))
+    assert out28 == (10,)
+
+
+def test_resnet_forward_train_and_eval() -> None:
+    rng = np.random.default_rng(0)
+    model = build_model("resnet", 10)
+    params, state, _ = fcnn.init(model, rng, (3, 32, 32))
+    x = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
+    y, _, s_train = fcnn.forward(model, params, state, x, fcnn.Context(train=True, rng=rng))
+    assert y.shape == (4, 10) and y.dtype == np.float32
+    assert fcnn.tree_paths(s_train) == fcnn.tree_paths(state) and not same_tree(s_train, state)
+    e1, _, s_eval = fcnn.forward(model, params, s_train, x)
+    assert same_tree(s_eval, s_train)
+    np.testing.assert_allclose(e1, fcnn.predict(model, params, s_train, x, batch_size=1), atol=1e-5)
+
+
+@pytest.mark.parametrize("train_mode", [False, True])
+def test_resnet_whole_model_gradient(train_mode: bool) -> None:
+    """Directional checks (float64, random dy). Seed 2: with seed 1 a batch-norm output
+    sits 9e-7 from its ReLU's kink, which a step of eps = 1e-6 crosses."""
+    rng = np.random.default_rng(2)
+    model = build_model("resnet", 3)
+    params, state, _ = fcnn.init(model, rng, (3, 8, 8), np.float64)
+    x = rng.standard_normal((4, 3, 8, 8))
+    ctx = fcnn.Context(train=train_mode, rng=np.random.default_rng(2))
+    for _ in range(3):
+        report = check_layer(model, params, state, x, ctx, rng=rng, directional=True)
+        assert report.ok(1e-6) and "direction" in report.errors, report
+
+
+def _stripes(n: int, rng: np.random.Generator) -> tuple[Arr, Arr]:
+    """CIFAR-shaped (N, 3, 32, 32) images in [0, 1] of 4 classes that crops and flips keep:
+    horizontal or vertical stripes (random period and phase) in the red or the blue channel,
+    on noise."""
+    y = rng.integers(0, 4, n)
+    x = rng.normal(0.5, 0.15, (n, 3, 32, 32)).astype(np.float32)
+    r = np.arange(32)
+    for i in range(n):
+        wave = (np.sin(2 * np.pi * (r + rng.integers(6)) / rng.integers(4, 7)) > 0) * 0.4
+        x[i, 0 if y[i] < 2 else 2] += wave[:, None] if y[i] % 2 == 0 else wave[None, :]
+    return np.clip(x, 0, 1), y
+
+
+def test_resnet_learns_cifar_shaped_data_with_crops_and_flips() -> None:
+    """CIFAR-10 cannot be downloaded here: synthetic CIFAR-shaped classes instead."""
+    from fcnn.data.augment import cifar_augment
+
+    rng = np.random.default_rng(0)
+    (x_tr, y_tr), (x_te, y_te) = _stripes(384, rng), _stripes(128, rng)
+    mean, std = fcnn.data.channel_stats(x_tr)
+    x_tr, x_te = fcnn.data.normalize(x_tr, mean, std), fcnn.data.normalize(x_te, mean, std)
+    model = build_model("resnet", 4)
+    params, state, _ = fcnn.init(model, np.random.default_rng(1), (3, 32, 32))
+    opt = fcnn.adam(3e-3)
+    ts = fcnn.TrainState(params, state, opt.init(params))
+    augment = cifar_augment(4, fill=-mean / std)  # pads with the normalised black
+    g = np.random.default_rng(2)
+    losses = []
+    for _ in range(2):
+        ts, metrics = fcnn.train_epoch(
+            fcnn.make_step(model, opt), ts, x_tr, y_tr, 32, g, augment=augment
+        )
+        losses.append(metrics)
+    accuracy = np.mean(fcnn.predict(model, ts.params, ts.state, x_te).argmax(1) == y_te)
+    assert accuracy > 0.6, (accuracy, losses)  # chance is 0.25
+
+
+def test_resnet_trains_saves_and_loads_with_train_py(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_cifar10(tmp_path, monkeypatch)
+    ckpt = tmp_path / "r.npz"
+    argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path), "--model", "resnet"]
+    assert (
+        train.main([*argv, "--epochs", "1", "--batch-size", "16", "--quiet", "--save", str(ckpt)])
+        == 0
+    )
+    trained = load_trained(ckpt)
+    assert trained.input_shape == (3, 32, 32)
+    assert set(trained.state) == {"stem", "stage1", "stage2", "stage3"}
+    assert "shortcut" in trained.state["stage3"]["residual1"]
+    probs = trained.predict_proba(np.random.default_rng(0).random((2, 3, 32, 32), np.float32))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -85,3 +85,55 @@ def test_bad_shapes_name_the_layer() -> None:
         fcnn.summary(fcnn.conv2d_fwd, (1, 4, 4))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="input_shape must be a sequence of ints"):
         fcnn.summary(model, 3)  # type: ignore[arg-type]
+
+
+# --- residual and concat blocks (issue 23) ------------------------------------------------
+
+
+def test_resnet_lists_both_paths_and_the_sum() -> None:
+    model = build_model("resnet", 10)
+    table = fcnn.summary(model, (3, 32, 32))
+    body = rows(table)
+    paths = list(body)
+    assert body["stage2/residual1/block/conv1"] == ["Conv2d", "(32, 16, 16)", "4,640"]
+    assert body["stage2/residual1/shortcut/conv1"] == ["Conv2d", "(32, 16, 16)", "544"]
+    assert body["stage2/residual1"] == ["Residual: block + shortcut", "(32, 16, 16)", "0"]
+    assert body["stage1/residual1"] == ["Residual: block + x", "(16, 32, 32)", "0"]
+    # the sum's row comes after both paths' layers and before the ReLU that follows it
+    i = paths.index("stage2/residual1")
+    assert paths[i - 1] == "stage2/residual1/shortcut/bn1" and paths[i + 1] == "stage2/relu1"
+    assert body["globalpool1"] == ["GlobalAvgPool2d", "(64,)", "0"]
+    total, state = n_params(model, (3, 32, 32))
+    assert sum(int(r[2].replace(",", "")) for r in body.values() if r[2]) == total
+    assert f"total: {total:,} params, {state:,} state values" in table
+
+
+def test_concat_branches_each_start_from_the_input() -> None:
+    model = fcnn.sequential(
+        fcnn.concat(
+            fcnn.Conv2d(2, 1),
+            fcnn.sequential(fcnn.MaxPool2d(3, 1, 1), fcnn.Conv2d(4, 3, padding=1), name="pool"),
+        ),
+        fcnn.GlobalAvgPool2d(),
+    )
+    body = rows(fcnn.summary(model, (3, 6, 6)))
+    assert list(body) == [
+        "input",
+        "concat1/conv1",
+        "concat1/pool/maxpool1",
+        "concat1/pool/conv1",
+        "concat1",
+        "globalpool1",
+    ]
+    assert body["concat1/pool/maxpool1"] == ["MaxPool2d", "(3, 6, 6)", "0"]  # from the input
+    assert body["concat1"] == ["Concat: axis 1", "(6, 6, 6)", "0"]
+    assert body["globalpool1"] == ["GlobalAvgPool2d", "(6,)", "0"]
+
+
+def test_a_residual_alone_and_its_shape_error() -> None:
+    body = rows(fcnn.summary(fcnn.residual(fcnn.Relu()), (3, 4, 4)))
+    assert body["block"] == ["Relu", "(3, 4, 4)", "0"]
+    assert body["residual"] == ["Residual: block + x", "(3, 4, 4)", "0"]
+    model = fcnn.sequential(fcnn.residual(fcnn.Conv2d(5, 1), name="res"))
+    with pytest.raises(ValueError, match=r"^res: residual: the block gives \(5, 4, 4\)"):
+        fcnn.summary(model, (3, 4, 4))

@@ -11,6 +11,7 @@ Nothing wraps around.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -57,3 +58,79 @@ def random_shift(
         top, left = m - int(dy), m - int(dx)
         out[rows] = padded[rows, :, top : top + h, left : left + w]
     return out
+
+
+# --- CIFAR-style augmentation: random crops of a padded image, horizontal flips ------------
+#
+# Every augment has the form ``augment(x, rng) -> x``: x: (N, C, H, W) in, a new array of
+# the same shape and dtype out, every draw from the explicit generator ``rng``.
+
+__all__ += ["Augment", "cifar_augment", "compose", "random_crop", "random_flip"]
+
+Augment = Callable[[NDArray[Any], np.random.Generator], NDArray[Any]]
+
+
+def random_crop(
+    x: NDArray[Any],
+    padding: int,
+    rng: np.random.Generator,
+    fill: float | NDArray[Any] = 0.0,
+) -> NDArray[Any]:
+    """``x: (N, C, H, W)`` with each image padded by ``padding`` pixels of ``fill`` on every
+    side and an ``H x W`` window cut at a random place; a new array, x's dtype.
+
+    The window's corner is uniform over the ``(2 * padding + 1)**2`` places, so this is
+    ``random_shift`` by up to ``padding`` pixels (the same draws, the same images).
+    Raises ``ValueError`` for a non-4-D ``x``, ``padding`` outside ``[0, min(H, W))`` or a
+    ``fill`` that is neither a number nor ``(C,)``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"random_crop: x must be (N, C, H, W), got shape {x.shape}")
+    if isinstance(padding, bool) or not isinstance(padding, int | np.integer):
+        raise TypeError(f"random_crop: padding must be an int, got {padding!r}")
+    limit = min(x.shape[2], x.shape[3])
+    if not 0 <= padding < limit:
+        raise ValueError(f"random_crop: padding must be in [0, {limit}), got {padding}")
+    return random_shift(x, int(padding), rng, fill)
+
+
+def random_flip(x: NDArray[Any], rng: np.random.Generator, p: float = 0.5) -> NDArray[Any]:
+    """``x: (N, C, H, W)`` with each image mirrored left to right with probability ``p``;
+    a new array, x's dtype. Draws ``N`` uniforms from ``rng`` whatever ``p``.
+
+    Raises ``ValueError`` for a non-4-D ``x`` or ``p`` outside ``[0, 1]``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"random_flip: x must be (N, C, H, W), got shape {x.shape}")
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"random_flip: p must be a probability in [0, 1], got {p!r}")
+    flip = rng.random(x.shape[0]) < p
+    out = x.copy()
+    out[flip] = x[flip, :, :, ::-1]
+    return out
+
+
+def compose(*augments: Augment) -> Augment:
+    """One augment that applies ``augments`` in order, all drawing from the same ``rng``."""
+    for a in augments:
+        if not callable(a):
+            raise TypeError(f"compose: each augment must be a function, got {type(a).__name__}")
+
+    def augment(x: NDArray[Any], rng: np.random.Generator) -> NDArray[Any]:
+        for a in augments:
+            x = a(x, rng)
+        return x
+
+    return augment
+
+
+def cifar_augment(padding: int = 4, fill: float | NDArray[Any] = 0.0) -> Augment:
+    """The usual CIFAR-10 augmentation as one ``augment(x, rng) -> x``: a random crop of
+    the image padded by ``padding`` pixels of ``fill`` (for normalised images, the
+    normalised black, ``-mean / std`` per channel), then a horizontal flip with
+    probability 1/2."""
+
+    def crop(x: NDArray[Any], rng: np.random.Generator) -> NDArray[Any]:
+        return random_crop(x, padding, rng, fill)
+
+    return compose(crop, random_flip)

@@ -25,13 +25,20 @@ never has a second implementation of any layer. ``layer`` is the same wrapper
 for a user's own pair, with defaults for everything but the pair itself::
 
     model = fcnn.sequential(fcnn.Dense(16), fcnn.layer(my_fwd, my_bwd), fcnn.Dense(10))
+
+``rebuildable`` marks a function that builds such a layer, so that a model containing
+it can be rebuilt from its spec (``fcnn.from_spec``, checkpoints): the spec then
+records the function's import path and arguments, and rebuilding imports it only when
+the caller trusts the code (docs/architecture.md#specs).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, NoReturn
 
 import numpy as np
@@ -51,6 +58,7 @@ __all__ = [
     "keep_shape_init",
     "layer",
     "pair_layer",
+    "rebuildable",
     "reraise_with_path",
     "to_spec",
 ]
@@ -192,8 +200,12 @@ def layer(
     - ``spec``: the JSON-able description stored in checkpoints (and compared when
       loading them) and read by exporters. Default ``{"type": kind}`` plus the fields
       of ``cfg`` when it is a dataclass. ONNX export knows only the library's types.
+      To rebuild a model with this layer from its spec, build the layer in a function
+      marked ``@fcnn.rebuildable`` (see ``rebuildable``).
     - ``param_grads(cache, dy) -> grads``: ``bwd(cache, dy)[1]`` without ``dx``.
 
+    Without ``init``, ``fwd`` must return ``y`` shaped like ``x``; one that does not raises
+    ``ValueError`` naming the layer and asking for an ``init``.
     Raises ``TypeError`` if ``fwd``, ``bwd`` or ``init`` is not callable.
     """
     for what, fn in (("fwd", fwd), ("bwd", bwd), ("init", init)):
@@ -202,7 +214,93 @@ def layer(
     kind = kind or _kind_of(fwd)
     if spec is None:
         spec = to_spec(kind, cfg if is_dataclass(cfg) and not isinstance(cfg, type) else None)
+    if init is None:
+        fwd = _shape_kept(fwd, kind)
     return pair_layer(kind, fwd, bwd, cfg, init or keep_shape_init, spec, name, param_grads)
+
+
+def _shape_kept(fwd: Callable[..., tuple[Array, Any]], kind: str) -> Callable[..., Any]:
+    """``fwd`` checked to keep x's shape: what the default ``keep_shape_init`` told the next
+    layer. One tuple comparison per call; the keywords ``fwd`` declares stay visible to
+    ``pair_layer`` (``functools.wraps`` keeps its signature)."""
+
+    @functools.wraps(fwd)
+    def checked(params: Params, x: Array, cfg: Any, **extras: Any) -> tuple[Array, Any]:
+        y, cache = fwd(params, x, cfg, **extras)
+        if getattr(y, "shape", None) != x.shape:
+            got = getattr(y, "shape", type(y).__name__)
+            raise ValueError(
+                f"{kind}: fwd turned x of shape {tuple(x.shape)} into {got}, but the layer was "
+                "made without init=, which says the shape is kept; give fcnn.layer an "
+                "init(rng, in_shape, dtype) that returns the output shape"
+            )
+        return y, cache
+
+    return checked
+
+
+def rebuildable(builder: Callable[..., Layer]) -> Callable[..., Layer]:
+    """Mark ``builder``, a module-level function that returns a ``Layer``, as the way to
+    rebuild that layer from a spec. Use it as a decorator::
+
+        # mynets.py
+        @fcnn.rebuildable
+        def gate(channels: int = 3) -> fcnn.Layer:
+            return fcnn.layer(gate_fwd, gate_bwd, init=gate_init)
+
+    The layer ``gate(channels=4)`` returns gets the spec ``{"type": "gate", "builder":
+    "mynets:gate", "channels": 4}``: the function's name, its import path and every
+    argument (defaults filled in; ``name`` excluded, a container stores it). Arguments
+    must be JSON values (numbers, strings, booleans, None, lists, dicts); tuples are
+    stored as lists. ``fcnn.from_spec`` calls the function again with those arguments,
+    importing it only when told to trust the code (``trust_code=True``), or calls the
+    function you pass it (``layers={"gate": gate}``) without importing anything.
+
+    Raises ``TypeError`` at decoration for a function defined inside another one (it
+    could not be imported by path) or one taking ``*args``/``**kwargs``, and when called
+    for arguments that are not JSON values or a result that is not a ``Layer``.
+    """
+    path = import_path(builder)
+    sig = inspect.signature(builder)
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            star = "*" if p.kind == p.VAR_POSITIONAL else "**"
+            raise TypeError(f"rebuildable: {path} takes {star}{p.name}: name every argument")
+
+    @functools.wraps(builder)
+    def build(*args: Any, **kwargs: Any) -> Layer:
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        fields = {k: _jsonable(v) for k, v in bound.arguments.items() if k != "name"}
+        try:
+            stored = json.loads(json.dumps(fields))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"rebuildable: {path}'s arguments must be JSON values ({err})") from err
+        if stored != fields:  # e.g. a dict with int keys, or NaN
+            raise TypeError(f"rebuildable: {path}'s arguments do not survive JSON: {fields!r}")
+        built = builder(*args, **kwargs)
+        if not isinstance(built, Layer):
+            raise TypeError(f"rebuildable: {path} returned a {type(built).__name__}, not a Layer")
+        spec = {"type": builder.__name__, "builder": path, **fields}
+        return replace(built, spec=spec)
+
+    return build
+
+
+def import_path(fn: Callable[..., Any]) -> str:
+    """``"module:qualname"``, the path ``fcnn.from_spec`` imports ``fn`` by.
+
+    Raises ``TypeError`` for a function that has no such path (a lambda, a function
+    defined inside another).
+    """
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", "")
+    if not isinstance(module, str) or not qualname or "<" in qualname:
+        raise TypeError(
+            f"rebuildable: {qualname or repr(fn)} cannot be imported by path (module {module!r}); "
+            "define it at the top level of a module"
+        )
+    return f"{module}:{qualname}"
 
 
 def _kind_of(fwd: Callable[..., Any]) -> str:
@@ -241,4 +339,7 @@ def to_spec(type_name: str, cfg: Any = None, **args: Any) -> dict[str, Any]:
 
 
 def _jsonable(v: Any) -> Any:
+    """Tuples become lists, in lists and dicts too."""
+    if isinstance(v, Mapping):
+        return {k: _jsonable(e) for k, e in v.items()}
     return [_jsonable(e) for e in v] if isinstance(v, tuple | list) else v

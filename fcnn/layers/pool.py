@@ -1,4 +1,5 @@
-"""2-D max and average pooling: the pure pairs and the ``MaxPool2d`` / ``AvgPool2d`` layers.
+"""2-D max and average pooling: the pure pairs and the ``MaxPool2d`` / ``AvgPool2d`` /
+``GlobalAvgPool2d`` layers.
 
 NCHW activations, no parameters (``params`` must be ``{}``)::
 
@@ -13,7 +14,12 @@ Max pooling pads with ``-inf`` and sends each window's gradient to its first
 maximum (row-major window order; a window whose maximum is NaN: its first NaN
 cell); average pooling pads with zeros and divides by ``KH * KW`` (PyTorch's
 ``count_include_pad=True``). Overlapping windows accumulate; rows no window
-touches get zero gradient. The kernels live in ``fcnn.ops.pool``;
+touches get zero gradient. Global average pooling is the mean of each whole map::
+
+    y, cache = global_avg_pool2d_fwd({}, x)   # x: (N, C, H, W) -> y: (N, C)
+    dx, grads = global_avg_pool2d_bwd(cache, dy)   # dx[n, c, h, w] = dy[n, c] / (H * W)
+
+The kernels live in ``fcnn.ops.pool``;
 they return ``y`` and ``dx`` as NCHW-shaped views of batch-last ``(C, H, W, N)``
 memory (see ``fcnn.ops.layout``) and accept inputs in any memory layout.
 """
@@ -34,11 +40,15 @@ from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 __all__ = [
     "AvgPool2d",
     "AvgPool2dCache",
+    "GlobalAvgPool2d",
+    "GlobalAvgPool2dCache",
     "MaxPool2d",
     "MaxPool2dCache",
     "Pool2dCfg",
     "avg_pool2d_bwd",
     "avg_pool2d_fwd",
+    "global_avg_pool2d_bwd",
+    "global_avg_pool2d_fwd",
     "max_pool2d_bwd",
     "max_pool2d_fwd",
 ]
@@ -202,3 +212,58 @@ def AvgPool2d(
     """
     cfg = Pool2dCfg(window, stride, padding)
     return _pool_layer("avgpool", "AvgPool2d", _AVG, avg_pool2d_fwd, avg_pool2d_bwd, cfg, name)
+
+
+# --- global average pooling ------------------------------------------------------------------
+
+
+class GlobalAvgPool2dCache(NamedTuple):
+    """What ``global_avg_pool2d_bwd`` needs: the input shape (N, C, H, W) and y: (N, C)."""
+
+    x_shape: tuple[int, ...]
+    y: Array
+
+
+_GLOBAL = Signature("global_avg_pool2d", x="(N, C, H, W)", y="(N, C)")
+
+
+def global_avg_pool2d_fwd(
+    params: Params, x: Array, cfg: None = None
+) -> tuple[Array, GlobalAvgPool2dCache]:
+    """Global average pooling forward. params: {}; x: (N, C, H, W) -> y: (N, C), x's dtype.
+
+    ``y[n, c] = sum_{h, w} x[n, c, h, w] / (H * W)`` (PyTorch's
+    ``adaptive_avg_pool2d(x, 1)`` without the trailing 1x1). Raises
+    ``ValueError``/``TypeError`` starting with ``"global_avg_pool2d: "`` on bad input.
+    """
+    _GLOBAL.check(params, x, cfg)
+    y = kernels.global_avg_pool2d_fwd(x)
+    return y, GlobalAvgPool2dCache(tuple(x.shape), y)
+
+
+def global_avg_pool2d_bwd(cache: GlobalAvgPool2dCache, dy: Array) -> tuple[Array, Params]:
+    """Global average pooling backward. dy: (N, C) -> dx: (N, C, H, W), grads ``{}``.
+
+    Every cell of a map gets an equal share of its mean's gradient: ``dy[n, c] / (H * W)``.
+    """
+    _GLOBAL.check_dy(dy, y=cache.y)
+    return kernels.global_avg_pool2d_bwd(dy, cache.x_shape), {}
+
+
+def GlobalAvgPool2d(*, name: str | None = None) -> Layer:
+    """A global average pooling layer: per-sample shape (C, H, W) -> (C,); no parameters.
+
+    Put it between the last convolution and a ``Dense`` head instead of ``Flatten``:
+    the head's size then does not depend on the image size.
+    """
+
+    def init(
+        rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike
+    ) -> tuple[Params, State, Shape]:
+        c, _, _ = _GLOBAL.check_init(in_shape, dtype)
+        return {}, {}, (c,)
+
+    spec = to_spec("GlobalAvgPool2d")
+    return pair_layer(
+        "globalpool", global_avg_pool2d_fwd, global_avg_pool2d_bwd, None, init, spec, name
+    )

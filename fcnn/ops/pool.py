@@ -7,6 +7,8 @@ For ``x: (N, C, H, W)``, a window ``KH x KW``, stride ``(sh, sw)`` and padding
     dx = max_pool2d_bwd(dy, x, y, (KH, KW), stride, padding)       # (N, C, H, W)
     y = avg_pool2d_fwd(x, (KH, KW), stride, padding)
     dx = avg_pool2d_bwd(dy, x.shape, (KH, KW), stride, padding)
+    y = global_avg_pool2d_fwd(x)                                    # (N, C): mean over H, W
+    dx = global_avg_pool2d_bwd(dy, x.shape)                         # dy: (N, C)
 
     OH = (H + top + bottom - KH) // sh + 1              (shapes.conv_out_size)
     OW = (W + left + right - KW) // sw + 1
@@ -42,8 +44,16 @@ from numpy.typing import NDArray
 
 from .layout import batch_last, nchw_view, padded_batch_last
 from .shapes import Pad2d, out_hw
+from .xp import namespace
 
-__all__ = ["avg_pool2d_bwd", "avg_pool2d_fwd", "max_pool2d_bwd", "max_pool2d_fwd"]
+__all__ = [
+    "avg_pool2d_bwd",
+    "avg_pool2d_fwd",
+    "global_avg_pool2d_bwd",
+    "global_avg_pool2d_fwd",
+    "max_pool2d_bwd",
+    "max_pool2d_fwd",
+]
 
 Array = NDArray[Any]
 
@@ -252,3 +262,30 @@ def avg_pool2d_bwd(
     for rows, cols in _window_slices(oh, ow, window, stride):
         buf[:, rows, cols] += share
     return _cropped(buf, (n, c, h, w), padding)
+
+
+# --- global average pooling: one window covering the whole map ------------------------------
+
+
+def global_avg_pool2d_fwd(x: Array) -> Array:
+    """The mean of each map. x: (N, C, H, W) -> y: (N, C), x's dtype and library.
+
+    ``y[n, c] = sum_{h, w} x[n, c, h, w] / (H * W)``; any memory layout.
+    """
+    xp = namespace(x)
+    y: Array = xp.mean(x, axis=(2, 3))
+    return y
+
+
+def global_avg_pool2d_bwd(dy: Array, x_shape: tuple[int, ...]) -> Array:
+    """Every cell of map ``(n, c)`` gets ``dy[n, c] / (H * W)``.
+
+    dy: (N, C) -> dx: (N, C, H, W) with ``H, W`` from ``x_shape``, in dy's dtype and
+    library; an NCHW-shaped view of new batch-last memory, as the other kernels return.
+    """
+    xp = namespace(dy)
+    n, c, h, w = (int(d) for d in x_shape)
+    share = dy.T / (h * w)  # (C, N); a Python int keeps dy's dtype
+    dxt = xp.empty((c, h, w, n), dtype=dy.dtype)
+    dxt[...] = share[:, None, None, :]
+    return nchw_view(dxt)
