@@ -1,4 +1,5 @@
-"""train.py end to end, in-process and small: every dataset, checkpoints, resume, guards."""
+"""train.py (fcnn.train) end to end, in-process and small: every dataset, checkpoints, the
+run folder, resume, guards. Every test runs in its tmp_path (runs/ is written there)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from helpers import (
 )
 
 import fcnn
-import train
+import fcnn.run
+from fcnn import train
 from fcnn.io import load_checkpoint, save_checkpoint
 from fcnn.models import load_trained
+
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
 
 FAST = ["--model", "small", "--limit-train", "256", "--batch-size", "64", "--quiet"]
 
@@ -356,8 +360,8 @@ def test_regression_resume_checked_the_stored_spec_after_loading_the_data(
     def no_loading(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the dataset was loaded (or downloaded) before the spec check")
 
-    monkeypatch.setattr(train, "load_dataset", no_loading)
-    monkeypatch.setattr(fcnn, "init", no_loading)
+    monkeypatch.setattr(fcnn.run, "load_dataset", no_loading)
+    monkeypatch.setattr(fcnn.run, "init", no_loading)
     assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 1
     err = capsys.readouterr().err
     assert "at model/spec/layers/2/window: [3, 3] in the checkpoint, [2, 2] now" in err
@@ -540,7 +544,7 @@ def test_resume_refuses_a_deflate_bomb_before_inflating_it(tmp_path: Path) -> No
                 for _ in range(values * 4 // (1 << 22)):
                     f.write(bytes(1 << 22))
     assert bomb.stat().st_size < 2 * 2**20
-    setup = "import sys, train\nsys.stderr = open('/dev/null', 'w')"
+    setup = "import sys\nfrom fcnn import train\nsys.stderr = open('/dev/null', 'w')"
     action = f"code = train.main(['--resume', {str(bomb)!r}, '--quiet'])\nassert code == 1, code"
     grown = peak_growth(setup, action)
     assert grown < 64 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB"
