@@ -156,15 +156,20 @@ def add_checkpoint(parser: argparse.ArgumentParser, help: str = "a checkpoint (.
     parser.add_argument("--checkpoint", metavar="CHECKPOINT", help="the same, as a flag")
 
 
-def checkpoint_path(args: argparse.Namespace) -> str:
-    """The checkpoint ``add_checkpoint``'s arguments name; ``CliError`` for none or two."""
+def checkpoint_path(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> str:
+    """The checkpoint ``add_checkpoint``'s arguments name; ``CliError`` for none or two, or
+    with ``parser``, its usage error (exit 2), as for any other bad command line."""
     pos, flag = args.checkpoint_pos, args.checkpoint
+    problem = ""
     if pos is not None and flag is not None and pos != flag:
-        raise CliError(f"two checkpoints given ({pos} and --checkpoint {flag}); give one")
-    path = pos if pos is not None else flag
-    if path is None:
-        raise CliError("no checkpoint given: name one (CHECKPOINT or --checkpoint CHECKPOINT)")
-    return str(path)
+        problem = f"two checkpoints given ({pos} and --checkpoint {flag}); give one"
+    elif pos is None and flag is None:
+        problem = "no checkpoint given: name one (CHECKPOINT or --checkpoint CHECKPOINT)"
+    if problem and parser is not None:
+        parser.error(problem)
+    if problem:
+        raise CliError(problem)
+    return str(pos if pos is not None else flag)
 
 
 def add_overwrite(parser: argparse.ArgumentParser) -> None:

@@ -332,10 +332,11 @@ def test_regression_offline_mnist_hint_named_train_py(
 ) -> None:
     from functools import partial
 
+    import fcnn.run
     from fcnn.data.registry import load_dataset
 
     ckpt = _untrained(tmp_path / "mnist.npz", [str(d) for d in range(10)], (1, 28, 28), "mnist")
-    monkeypatch.setattr(inference_example, "load_dataset", partial(load_dataset, download=False))
+    monkeypatch.setattr(fcnn.run, "load_dataset", partial(load_dataset, download=False))
     empty = tmp_path / "empty"
     empty.mkdir()
     code, out, err = _run(capsys, "--checkpoint", str(ckpt), "--data-dir", str(empty))
