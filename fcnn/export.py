@@ -32,7 +32,7 @@ it. The written model passes ``onnx.checker.check_model(..., full_check=True)``.
 A layer that cannot be exported raises ``ExportError`` naming its path and type.
 
     to_onnx(model, params, state, (1, 28, 28), "model.onnx")
-    python -m fcnn.export runs/mnist-1/model.npz -o model.onnx --verify   # --overwrite to replace
+    python -m fcnn.export runs/model.npz -o model.onnx --verify
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ class RunConfig:
     augment: int = _setting(
         0,
         _int_at_least(0),
-        "shift training images by up to PIXELS each way (digits: 2)",
+        "shift training images by up to PIXELS each way (digits-sample, mnist: 2)",
         metavar="PIXELS",
     )
     label_smoothing: float = _setting(
@@ -349,11 +349,20 @@ def _statistics(norm: Any, channels: int) -> tuple[tuple[float, ...], tuple[floa
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def _optional_of(meta: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+# What each JSON type is called in messages.
+_JSON_WORDS: dict[type, str] = {
+    str: "a string",
+    int: "an integer",
+    Mapping: "an object",
+    list: "a list",
+}
+
+
+def _optional_of(meta: Mapping[str, Any], key: str, kind: type) -> Any:
     """``meta[key]`` if a ``kind`` (not a bool), ``None`` if absent; else ``ValueError``."""
     value = meta.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-        raise ValueError(f"{key} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+        raise ValueError(f"{key} must be {_JSON_WORDS[kind]}, got {value!r}")
     return value
 
 
@@ -540,7 +549,8 @@ class Options:
 
     data_dir: str | None = _flag(
         "mnist (cifar10) files are looked for in DIR/mnist (DIR/cifar10), then in DIR, and "
-        "downloaded into DIR/mnist (DIR/cifar10); on --resume the run's own folder",
+        "downloaded into DIR/mnist (DIR/cifar10); on --resume, by default the folder the "
+        "run recorded",
         metavar="DIR",
     )
     save: str | None = _flag(

@@ -51,7 +51,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The flags: one per ``RunConfig`` field and ``Options`` field (``fcnn.cli.add_flags``).
     A setting left out is ``None``, so that ``--resume`` can tell it from a default."""
     p = argparse.ArgumentParser(
-        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_flags(p.add_argument_group("the run's settings"), RunConfig, defaults={"lr": None})
     add_flags(p.add_argument_group("files"), Options)
