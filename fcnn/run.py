@@ -163,11 +163,25 @@ def _optional(check: Check) -> Check:
     return check_optional
 
 
-def _setting(default: Any, check: Check, help: str, **flag: Any) -> Any:
-    """A ``RunConfig`` field: its default, its check and its flag (``fcnn.cli.add_flags``)."""
-    if "choices" in flag:
-        flag["choices"] = list(flag["choices"])
-    return field(default=default, metadata={"check": check, "help": help, **flag})
+def _setting(
+    default: Any,
+    help: str,
+    check: Check | None = None,
+    *,
+    choices: Sequence[str] = (),
+    metavar: str | None = None,
+) -> Any:
+    """A ``RunConfig`` field: its default, its check (``choices``: one of them; a ``None``
+    default: also ``None``) and its flag's help (``fcnn.cli.add_flags``)."""
+    check = _one_of(choices) if choices else check
+    if check is None:
+        raise TypeError("_setting: give a check or choices")
+    meta: dict[str, Any] = {"check": _optional(check) if default is None else check, "help": help}
+    if choices:
+        meta["choices"] = list(choices)
+    if metavar:
+        meta["metavar"] = metavar
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -180,57 +194,47 @@ class RunConfig:
     """
 
     dataset: str = _setting(
-        DATASETS[0],
-        _one_of(DATASETS),
-        "what to train on (digits-sample: embedded, offline)",
-        choices=DATASETS,
+        DATASETS[0], "what to train on (digits-sample: offline)", choices=DATASETS
     )
     model: str = _setting(
-        "default",
-        _one_of(sorted(MODELS)),
-        "a model of fcnn.models (lines: small)",
-        choices=sorted(MODELS),
+        "default", "a model of fcnn.models (lines: small)", choices=sorted(MODELS)
     )
     epochs: int = _setting(
-        10, _int_at_least(1), "total epochs, counting resumed ones (mnist 12, lines 3, cifar10 20)"
+        10, "total epochs, counting resumed ones (mnist 12, lines 3, cifar10 20)", _int_at_least(1)
     )
-    optimizer: str = _setting(
-        "adam", _one_of(OPTIMIZERS), "the optimizer (lines: sgd)", choices=OPTIMIZERS
-    )
+    optimizer: str = _setting("adam", "the optimizer (lines: sgd)", choices=OPTIMIZERS)
     lr: float = _setting(
         DEFAULT_LR["adam"],
-        _finite_non_negative,
         "peak learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)",
+        _finite_non_negative,
     )
-    momentum: float = _setting(0.9, _finite_non_negative, "sgd only (Nesterov off)")
+    momentum: float = _setting(0.9, "sgd only (Nesterov off)", _finite_non_negative)
     weight_decay: float = _setting(
-        0.0, _finite_non_negative, "L2 for sgd/adam, decoupled for adamw; weights only"
+        0.0, "L2 for sgd/adam, decoupled for adamw; weights only", _finite_non_negative
     )
     schedule: str = _setting(
         "cosine",
-        _one_of(SCHEDULES),
         "the learning rate over all epochs; onecycle: linearly up to --lr in the first "
         "quarter of the steps, then down to 0",
         choices=SCHEDULES,
     )
-    batch_size: int = _setting(64, _int_at_least(1), "images per step")
-    seed: int = _setting(0, _int_at_least(0), "seeds data order, init and subsets")
+    batch_size: int = _setting(64, "images per step", _int_at_least(1))
+    seed: int = _setting(0, "seeds data order, init and subsets", _int_at_least(0))
     limit_train: int | None = _setting(
-        None, _optional(_int_at_least(1)), "train on a random N-sample subset", metavar="N"
+        None, "train on a random N-sample subset", _int_at_least(1), metavar="N"
     )
-    impl: str = _setting("im2col", _one_of(IMPLS), "convolution implementation", choices=IMPLS)
+    impl: str = _setting("im2col", "convolution implementation", choices=IMPLS)
     augment: int = _setting(
         0,
-        _int_at_least(0),
         "shift training images by up to PIXELS each way (digits-sample, mnist: 2)",
+        _int_at_least(0),
         metavar="PIXELS",
     )
     label_smoothing: float = _setting(
-        0.0, _fraction, "train against (1 - EPS) * one-hot + EPS / classes", metavar="EPS"
+        0.0, "train against (1 - EPS) * one-hot + EPS / classes", _fraction, metavar="EPS"
     )
     recipe: str | None = _setting(
         None,
-        _optional(_one_of(sorted(RECIPES))),
         "a tuned set of settings that other flags override; fast: model fast, adam lr 4e-3 "
         "onecycle, batch 128, 3 epochs, shifts of 1 pixel, label smoothing 0.1 (about 99.1%% "
         "on mnist)",
@@ -692,7 +696,8 @@ def _resume_progress(path: str, record: RunRecord, fresh: Progress) -> Progress:
     ts = fresh.ts
     expected = {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state}
     ckpt = load_checkpoint(path, expected=expected)
-    assert record.rng is not None and record.epoch is not None  # from_meta(resume=True)
+    if record.rng is None or record.epoch is None:  # read_resume refuses such a record
+        raise CheckpointError(f"{path}: cannot resume: no epoch or generator state")
     return Progress(
         ts=TrainState(ckpt.params, ckpt.state, ckpt.opt_state),
         rng=restore_generator(record.rng),

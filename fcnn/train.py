@@ -22,7 +22,8 @@ import dataclasses
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import fcnn
@@ -83,30 +84,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def train(args: argparse.Namespace, ranks: Ranks) -> int:
     """Set up, then every epoch: train, evaluate, log, save."""
-    options = from_flags(Options, args)
-    run, progress = set_up(settings_given(args), options, ranks)
-    if options.resume:
-        say(run, f"resuming {options.resume} after epoch {progress.epoch}")
+    run, progress = set_up(settings_given(args), from_flags(Options, args), ranks)
     say(run, describe(run, progress))
-    epochs = run.config.epochs
-    if progress.epoch >= epochs:
-        say(run, f"nothing to do: the checkpoint already has {progress.epoch} of {epochs} epochs")
-        return 0
+    d, c = run.data, run.config
     try:
-        while progress.epoch < epochs:
-            epoch = progress.epoch + 1
-            ts, train_loss, seconds = train_one_epoch(run, progress, epoch)
+        while progress.epoch < c.epochs:
+            epoch, t0 = progress.epoch + 1, time.perf_counter()
+            with batch_bar(run, epoch) as on_batch:  # says which epoch and batch a NaN came in
+                ts, loss = fcnn.train_epoch(
+                    run.step, progress.ts, d.x_train, d.y_train, c.batch_size, progress.rng,
+                    on_batch, run.augment, run.drop_last,
+                )  # fmt: skip
+            seconds = time.perf_counter() - t0
             ts = sync(run.ranks, ts)  # under MPI: rank 0's weights, averaged batch-norm state
-            row = epoch_row(run, epoch, train_loss, seconds, evaluate(run, ts, epoch))
+            row = epoch_row(run, epoch, loss, seconds, evaluate(run, ts, epoch))
             say(run, epoch_line(run, row))
             progress = Progress(ts, progress.rng, epoch, (*progress.history, row), progress.saved)
             progress = save(run, progress)
     except fcnn.NonFiniteLossError as err:  # raised at the same step on every rank
-        kept = (
-            f"the last good checkpoint is {progress.saved}"
-            if progress.saved
-            else "no checkpoint was saved"
-        )
+        kept = f"the last good checkpoint is {progress.saved}" if progress.saved else "none saved"
         raise EveryRankError(f"{err}; {kept}") from None
     except KeyboardInterrupt:
         # progress.epoch is the last epoch finished (or being saved): the one under way is next
@@ -116,15 +112,13 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
     return 0
 
 
-# --- one epoch, and what is said about it ---------------------------------------------------
+# --- what is said about a run ---------------------------------------------------------------
 
 
-def train_one_epoch(
-    run: Run, progress: Progress, epoch: int
-) -> tuple[fcnn.TrainState, float, float]:
-    """One pass over the shuffled training set: ``(new state, mean loss, seconds)``.
-
-    A non-finite loss raises ``NonFiniteLossError`` naming the epoch and batch."""
+@contextmanager
+def batch_bar(run: Run, epoch: int) -> Iterator[Callable[[int, float], None]]:
+    """``on_batch(i, loss)`` for ``fcnn.train_epoch``, moving a progress bar; a
+    ``NonFiniteLossError`` inside is raised again naming the epoch and the batch."""
     bar = progress_bar(run.steps_per_epoch, f"epoch {epoch}/{run.config.epochs}", run.quiet)
     done = 0  # steps finished in this epoch
 
@@ -136,26 +130,13 @@ def train_one_epoch(
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
 
-    d, c = run.data, run.config
-    t0 = time.perf_counter()
     try:
-        ts, loss = fcnn.train_epoch(
-            run.step,
-            progress.ts,
-            d.x_train,
-            d.y_train,
-            c.batch_size,
-            progress.rng,
-            on_batch,
-            run.augment,
-            run.drop_last,
-        )
+        yield on_batch
     except fcnn.NonFiniteLossError as err:
         raise fcnn.NonFiniteLossError(f"epoch {epoch}, batch {done + 1}: {err}") from None
     finally:
         if bar is not None:
             bar.close()
-    return ts, loss, time.perf_counter() - t0
 
 
 def progress_bar(total: int, desc: str, quiet: bool) -> Any:
@@ -210,7 +191,8 @@ def plural(n: int, noun: str) -> str:
 
 
 def describe(run: Run, progress: Progress) -> str:
-    """The run's header: model, data, optimizer, batch, epochs, where it saves, the ranks."""
+    """The run's header: what it resumes, model, data, optimizer, batch, epochs, where it
+    saves, the ranks."""
     c, d, r = run.config, run.data, run.ranks
     n = len(d.x_train)
     batch = str(c.batch_size)
@@ -224,14 +206,16 @@ def describe(run: Run, progress: Progress) -> str:
     extras = [f"label smoothing {c.label_smoothing:g}"] if c.label_smoothing else []
     extras += [f"shifts of up to {plural(c.augment, 'pixel')}"] if c.recipe and c.augment else []
     line = f"recipe {c.recipe}: {line}" if c.recipe else line
-    line = f"{line}, {', '.join(extras)}" if extras else line
+    lines = [f"{line}, {', '.join(extras)}" if extras else line]
+    if progress.saved:  # resumed
+        left = c.epochs - progress.epoch
+        lines.insert(0, f"resuming {progress.saved}: {plural(left, 'epoch')} to go")
     if run.outputs.save:
-        line += f"\nsaving {run.outputs.save} after every epoch"
+        lines.append(f"saving {run.outputs.save} after every epoch")
     if r.comm is not None:
-        line += (
-            f"\ndata-parallel on {r.size} MPI ranks, each on 1/{r.size} of every batch; {r.threads}"
-        )
-    return line
+        lines.append(f"data-parallel on {r.size} MPI ranks, each on 1/{r.size} of every batch")
+        lines.append(r.threads)
+    return "\n".join(lines)
 
 
 def resume_hint(run: Run, progress: Progress) -> str:
@@ -244,6 +228,8 @@ def resume_hint(run: Run, progress: Progress) -> str:
 
 
 def done_line(run: Run, progress: Progress) -> str:
+    if not progress.history:
+        return "done: nothing to train"
     seconds = sum(row["train_seconds"] for row in progress.history)
     line = (
         f"done: test accuracy {100 * progress.history[-1]['test_acc']:.2f}% after "

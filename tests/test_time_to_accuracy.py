@@ -70,8 +70,12 @@ def test_fcnn_worker_is_train_py_recipe_run() -> None:
     run, progress = set_up(given, Options(no_save=True, quiet=True), Ranks())
     data = dataclasses.replace(run.data, x_test=run.data.x_test[:200], y_test=run.data.y_test[:200])
     run = dataclasses.replace(run, data=data)
-    for epoch in (1, 2):  # train.train's loop, without the saving
-        ts, _, _ = train.train_one_epoch(run, progress, epoch)
+    d = run.data
+    for epoch in (1, 2):  # fcnn.train.train's loop, without the saving
+        ts, _ = fcnn.train_epoch(
+            run.step, progress.ts, d.x_train, d.y_train, run.config.batch_size, progress.rng,
+            None, run.augment, run.drop_last,
+        )  # fmt: skip
         row = train.epoch_row(run, epoch, 0.0, 1.0, train.evaluate(run, ts, epoch))
         progress = Progress(ts, progress.rng, epoch, (*progress.history, row), None)
     assert accs == [row["test_acc"] for row in progress.history]
