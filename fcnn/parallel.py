@@ -211,11 +211,9 @@ def data_parallel_step(
     loss on any rank makes the global loss non-finite: every rank then raises
     ``NonFiniteLossError`` together, leaving ``ts`` untouched.
 
-    ``random_layers``: whether the model draws from ``ctx.rng`` (dropout). Each rank
-    then draws from a generator of its own, seeded by one draw from the shared
-    ``ctx.rng`` per step. Pass ``False`` for a model without such layers: ``ctx.rng``
-    is then never touched, so data order and augmentation are exactly those of one
-    process.
+    ``random_layers``: whether the model draws from ``ctx.rng`` (dropout); each rank then
+    has a generator of its own, seeded by one draw from ``ctx.rng`` per step. ``False``
+    never touches ``ctx.rng``: data order and augmentation are then one process's.
     """
     grad_fn = loss_and_grad(model, loss)
     rank, size = comm.Get_rank(), comm.Get_size()
