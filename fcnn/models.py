@@ -432,7 +432,7 @@ def load_trained(path: str | os.PathLike[str]) -> Trained:
         model = model_from_description(record.model)
     except CheckpointError as err:  # the stored spec is not what the code builds: say just that
         raise CheckpointError(f"{where}: {err}") from err
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise CheckpointError(f"{where}: not a trained-model checkpoint ({err})") from err
     try:
         params_like, state_like, out_shape = param_shapes(model, record.input_shape)

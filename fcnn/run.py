@@ -343,7 +343,10 @@ def _statistics(norm: Any, channels: int) -> tuple[tuple[float, ...], tuple[floa
     """``normalization``'s ``(mean, std)``: ``channels`` finite numbers each, stds > 0."""
     if not isinstance(norm, Mapping) or not {"mean", "std"} <= set(norm):
         raise ValueError(f"normalization must be an object with mean and std, got {norm!r}")
-    mean, std = (np.asarray(norm[k], dtype=np.float64) for k in ("mean", "std"))
+    try:
+        mean, std = (np.asarray(norm[k], dtype=np.float64) for k in ("mean", "std"))
+    except (TypeError, ValueError):
+        raise ValueError(f"normalization must hold numbers, got {norm!r}") from None
     ok = mean.shape == std.shape == (channels,) and np.all(np.isfinite(mean))
     if not (ok and np.all(np.isfinite(std)) and np.all(std > 0)):
         raise ValueError(

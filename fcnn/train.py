@@ -102,8 +102,8 @@ def train(args: argparse.Namespace, ranks: Ranks) -> int:
             progress = Progress(ts, progress.rng, epoch, (*progress.history, row), progress.saved)
             progress = save(run, progress)
     except fcnn.NonFiniteLossError as err:  # raised at the same step on every rank
-        kept = f"the last good checkpoint is {progress.saved}" if progress.saved else "none saved"
-        raise EveryRankError(f"{err}; {kept}") from None
+        kept = f"the last good checkpoint is {progress.saved}" if progress.saved else None
+        raise EveryRankError(f"{err}; {kept or 'no checkpoint was saved'}") from None
     except KeyboardInterrupt:
         # progress.epoch is the last epoch finished (or being saved): the one under way is next
         tell(run, f"\ninterrupted during epoch {progress.epoch + 1}; {resume_hint(run, progress)}")

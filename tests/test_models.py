@@ -397,3 +397,15 @@ def test_regression_load_trained_inflated_a_deflate_bomb_before_comparing_shapes
         load_trained(path)
     grown = _growth_of_refused_load_trained(path)
     assert grown < 16 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("name", ["v0.2.0-lines-small.npz", "v0.2.0-digits-fast.npz"])
+def test_load_trained_reads_a_checkpoint_of_fcnn_0_2_0(name: str) -> None:
+    path = Path(__file__).parent / "fixtures" / name
+    trained = load_trained(path)
+    record = trained.record
+    assert record is not None and record.epoch == 1 and record.config is not None
+    assert record.test_accuracy == trained.meta["history"][-1]["test_acc"]
+    assert trained.classes == tuple(trained.meta["classes"])
+    x = np.random.default_rng(0).uniform(0, 1, (3, *trained.input_shape)).astype(np.float32)
+    np.testing.assert_allclose(trained.predict_proba(x).sum(axis=1), 1.0, rtol=1e-5)

@@ -75,6 +75,7 @@ def test_a_checkpoint_of_fcnn_0_2_0_reads_as_a_record_and_writes_back_the_same(p
         ("normalization", {"mean": [0.1, 0.2], "std": [1, 1]}, "must have 1 means"),
         ("normalization", {"mean": [0.1], "std": [0.0]}, "positive stds"),
         ("normalization", {"mean": [0.1]}, "normalization must be an object with mean and std"),
+        ("normalization", {"mean": {"a": 1}, "std": ["x"]}, "normalization must hold numbers"),
         ("model", "small", "model must be an object"),
         ("dataset", 3, "dataset must be a string, got 3"),
         ("epoch", -1, "malformed epoch"),
