@@ -377,6 +377,16 @@ class Ranks:
         return self.rank == 0
 
     @property
+    def summary(self) -> str:
+        """How the job shares the work, in words, for a run's header; ``""`` in one process."""
+        if self.comm is None:
+            return ""
+        return (
+            f"data-parallel on {self.size} MPI ranks, each on 1/{self.size} of every batch; "
+            f"{self.threads}"
+        )
+
+    @property
     def prefix(self) -> str:
         """``"rank 1: "`` before this rank's own error messages under MPI, else ``""``."""
         return "" if self.comm is None else f"rank {self.rank}: "

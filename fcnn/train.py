@@ -212,9 +212,8 @@ def describe(run: Run, progress: Progress) -> str:
         lines.insert(0, f"resuming {progress.saved}: {plural(left, 'epoch')} to go")
     if run.outputs.save:
         lines.append(f"saving {run.outputs.save} after every epoch")
-    if r.comm is not None:
-        lines.append(f"data-parallel on {r.size} MPI ranks, each on 1/{r.size} of every batch")
-        lines.append(r.threads)
+    if r.summary:
+        lines.append(r.summary)
     return "\n".join(lines)
 
 

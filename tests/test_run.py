@@ -203,3 +203,24 @@ def test_shift_augment_fills_with_the_normalised_background(rng: np.random.Gener
     np.testing.assert_array_equal(out, same)
     white = shift_augment(1, mean, std, background=1.0)(x, rng)
     assert np.float32((1.0 - mean[0]) / std[0]) in np.unique(white[:, 0])
+
+
+def test_set_up_and_save_write_the_record_a_resume_reads_back(tmp_path: Path) -> None:
+    """Library use, no command line: set_up, save after epoch 0, read it back."""
+    from dataclasses import replace
+
+    from fcnn.io import load_checkpoint
+    from fcnn.parallel import Ranks
+    from fcnn.run import save, set_up
+
+    ckpt = tmp_path / "m.npz"
+    given = {"dataset": "lines", "limit_train": 64, "epochs": 1}
+    run, progress = set_up(given, Options(save=str(ckpt), quiet=True), Ranks())
+    assert (run.config.model, run.config.optimizer) == ("small", "sgd")  # the lines preset
+    saved = save(run, progress)
+    assert saved.saved == f"{ckpt} (epoch 0)" and run.outputs.metrics is None
+    _, record = read_resume(str(ckpt))
+    assert record == replace(run.record, epoch=0, rng=record.rng)
+    assert load_checkpoint(ckpt).meta == record.to_meta()
+    with pytest.raises(CliError, match=r"--save .* already exists"):
+        set_up(given, Options(save=str(ckpt)), Ranks())
