@@ -640,10 +640,19 @@ def check_outputs(outputs: Outputs, options: Options) -> None:
 
 def _outputs(options: Options, dataset: str, ranks: Ranks) -> Outputs:
     """The run's outputs; without ``--save`` (or ``--no-save``) a new run folder, claimed by
-    rank 0 alone (the others only need to know that rank 0 saves)."""
+    rank 0 alone (the others only need to know that rank 0 saves). A resumed run folder's
+    checkpoint keeps its metrics file up to date."""
     save = options.save or options.resume
     if save or options.no_save:
-        return Outputs(None if options.no_save else save, options.metrics, options.plot)
+        metrics = options.metrics
+        if (
+            metrics is None
+            and options.resume
+            and os.path.basename(options.resume) == CHECKPOINT_FILE
+        ):
+            beside = os.path.join(os.path.dirname(options.resume), METRICS_FILE)
+            metrics = beside if os.path.isfile(beside) else None
+        return Outputs(None if options.no_save else save, metrics, options.plot)
     folder = claim_run_folder(dataset) if ranks.root else os.path.join(RUNS_FOLDER, dataset)
     metrics = options.metrics or os.path.join(folder, METRICS_FILE)
     return Outputs(os.path.join(folder, CHECKPOINT_FILE), metrics, options.plot)

@@ -568,6 +568,10 @@ def test_without_save_every_run_gets_a_new_numbered_folder_and_says_where(
         assert f"checkpoint {Path('runs') / folder.name / 'model.npz'}" in out
     assert load_checkpoint(first / "model.npz").meta["config"]["seed"] == 0
     assert load_checkpoint(second / "model.npz").meta["config"]["seed"] == 1
+    # resuming a run folder's checkpoint keeps that folder's metrics up to date
+    assert run("--resume", str(first / "model.npz"), "--epochs", "2", "--quiet") == 0
+    assert [r["epoch"] for r in csv.DictReader((first / "metrics.csv").open())] == ["1", "2"]
+    assert sorted(p.name for p in (in_tmp_path / "runs").iterdir()) == ["lines-1", "lines-2"]
 
 
 def test_no_save_writes_nothing(in_tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
