@@ -1,21 +1,24 @@
 """Classify images with a checkpoint written by ``train.py``.
 
-    python inference_example.py --checkpoint runs/mnist.npz digit.png photo.jpg
-    python inference_example.py --checkpoint runs/mnist.npz --samples 16 --show preds.png
+    python inference_example.py runs/mnist-1/model.npz digit.png photo.jpg
+    python inference_example.py --checkpoint runs/mnist-1/model.npz --samples 16 --show preds.png
 
 With image files (PNG, JPEG, BMP, GIF, WebP, PPM; needs Pillow: ``pip install "fcnn[images]"``)
 each is read as the model's input: for a grayscale model it is inverted when its
 background is light, and the digit is fitted into the middle of the frame as MNIST's
 are (``fcnn.data.images``); an image with nothing on it (blank, all one shade) is
-reported as empty instead of being given a class. Without files, ``--samples N`` test
-images of the dataset the checkpoint was trained on are classified
-(``fcnn.data.registry.load_dataset``: ``--data-dir`` locates MNIST or CIFAR-10, the
-embedded digits need nothing, lines are generated from ``--seed``, which also picks the
-samples).
+reported as empty instead of being given a class; a file that cannot be read is
+reported on its own line and the others are still classified. Without files,
+``--samples N`` test images of the dataset the checkpoint was trained on are classified
+(``fcnn.run.load_test_set``: MNIST or CIFAR-10 from ``--data-dir``, else from the folder
+the training run recorded; the embedded digits need nothing; lines are generated with the
+run's seed). ``--seed`` picks the samples.
 Prints the ``--top`` classes with their probabilities for each input; ``--show PATH``
 also saves a grid of the inputs with predicted (and true) labels, in the format the
-extension names (.png, .jpg, .svg, .pdf, ...; needs matplotlib: ``pip install "fcnn[plot]"``).
-Errors print a message (no traceback) to stderr, exit status 1.
+extension names (.png, .jpg, .svg, .pdf, ...; needs matplotlib: ``pip install "fcnn[plot]"``);
+an existing file is replaced only with ``--overwrite``.
+Exit status: 0; 1 with one line per problem on stderr (no traceback), also when some
+image could not be read; 2 for bad flags; 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -31,19 +34,24 @@ import numpy as np
 from numpy.typing import NDArray
 
 from fcnn.atomic import atomic_write
+from fcnn.cli import (
+    EXIT_FAILED,
+    CliError,
+    add_checkpoint,
+    add_overwrite,
+    check_new_file,
+    checkpoint_path,
+    run_main,
+)
 from fcnn.data.images import EMPTY_IMAGE_HINT, is_empty_image, load_image
-from fcnn.data.registry import load_dataset
 from fcnn.io import CheckpointError
 from fcnn.models import Trained, load_trained
 from fcnn.paths import PathError, check_readable_file, check_writable_file
 from fcnn.plots import MissingExtraError, figure_class, image_format
+from fcnn.run import load_test_set
 
 DEFAULT_SAMPLES = 8
 GRID_COLUMNS = 8
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr (exit status 1)."""
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,13 @@ class Inputs:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     summary, _, details = (__doc__ or "").partition("\n\n")
     p = argparse.ArgumentParser(
+        prog="inference_example.py",
         description=summary,
         epilog=details,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_checkpoint(p, "a checkpoint written by train.py")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="written by train.py")
     p.add_argument(
         "--samples",
         type=int,
@@ -82,9 +91,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--show", metavar="PATH", help="save a grid of the inputs and predictions (.png, .jpg, ...)"
     )
-    p.add_argument("--data-dir", metavar="DIR", help="dataset folder (MNIST, CIFAR-10)")
-    p.add_argument("--seed", type=int, default=0, help="picks (or generates) the samples")
+    add_overwrite(p)
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="dataset folder (default: the one training recorded)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="picks the samples")
     args = p.parse_args(argv)
+    if args.checkpoint is not None and args.checkpoint_pos is not None:
+        args.images.insert(0, args.checkpoint_pos)  # --checkpoint X a.png: a.png is an image
+        args.checkpoint_pos = None
+    args.checkpoint = checkpoint_path(args, p)
     if args.images and args.samples is not None:
         p.error("give image files or --samples, not both")
     if args.samples is not None and args.samples < 1:
@@ -96,55 +112,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_model(path: str) -> Trained:
-    try:
-        return load_trained(path)
-    except FileNotFoundError:
-        raise CliError(f"checkpoint {path!r} not found") from None
-    except CheckpointError as err:
-        raise CliError(str(err)) from None
-    except OSError as err:
-        raise CliError(f"cannot read checkpoint {path!r}: {err.strerror or err}") from None
-
-
-def read_images(paths: Sequence[str], trained: Trained) -> Inputs:
-    """The files as ``(N, C, H, W)`` inputs for ``trained``."""
-    images = []
+def read_images(paths: Sequence[str], trained: Trained) -> tuple[Inputs | None, list[str]]:
+    """The files that can be read, as ``(N, C, H, W)`` inputs for ``trained`` (``None`` if
+    none can), and one message per file that cannot."""
+    images, names, failed = [], [], []
     for path in paths:
         try:
             images.append(load_image(path, trained.input_shape))
-        except ImportError as err:
+            names.append(path)
+        except ImportError as err:  # no Pillow: one message for every file
             raise CliError(str(err)) from None
         except ValueError as err:
-            raise CliError(str(err)) from None
+            failed.append(str(err))
         except OSError as err:
-            raise CliError(f"cannot read image {path!r}: {err.strerror or err}") from None
+            failed.append(f"cannot read image {path!r}: {err.strerror or err}")
+    if not images:
+        return None, failed
     x = np.stack(images)
-    return Inputs(x, tuple(paths), None, tuple(is_empty_image(image) for image in x))
+    return Inputs(x, tuple(names), None, tuple(is_empty_image(image) for image in x)), failed
 
 
-def read_samples(
-    trained: Trained, n: int, data_dir: str | None, rng: np.random.Generator, seed: int
-) -> Inputs:
-    """``n`` test samples of the checkpoint's dataset, drawn with ``rng`` without replacement.
-
-    The lines dataset is generated with the seed the model was trained with (from the
-    checkpoint's training config), else ``seed``, so its test split is the one held out.
-    """
-    config = trained.meta.get("config")
-    if isinstance(config, dict) and isinstance(config.get("seed"), int):
-        seed = config["seed"]
-    dataset = trained.meta.get("dataset")
-    if not isinstance(dataset, str):
-        raise CliError("the checkpoint does not name its dataset; give image files instead")
-    try:
-        ds = load_dataset(dataset, data_dir, seed=seed)
-    except (OSError, ValueError) as err:
-        raise CliError(f"cannot load samples of the {dataset!r} dataset: {err}") from None
-    if ds.input_shape != trained.input_shape:
-        raise CliError(
-            f"the {dataset} images are {ds.input_shape}; the checkpoint wants {trained.input_shape}"
-        )
+def read_samples(trained: Trained, n: int, data_dir: str | None, seed: int) -> Inputs:
+    """``n`` test samples of the checkpoint's dataset, drawn without replacement with a
+    generator seeded ``seed`` (``fcnn.run.load_test_set`` finds and checks the data)."""
+    if trained.record is None:
+        raise CliError("the model carries no run record; give image files instead")
+    ds = load_test_set(trained.record, data_dir, seed)
+    rng = np.random.default_rng(seed)
     idx = rng.choice(ds.x_test.shape[0], size=min(n, ds.x_test.shape[0]), replace=False)
     # predict_proba takes raw intensities in [0, 1]; the generated lines carry Gaussian
     # noise beyond them, which a picture of lines could not hold.
@@ -226,42 +220,43 @@ def save_grid(
 
 
 def check_paths(args: argparse.Namespace) -> None:
-    """Fail before any work when --checkpoint or --show cannot be the file it must be."""
+    """Fail before any work when the checkpoint or --show cannot be the file it must be."""
     try:
         check_readable_file(args.checkpoint, "checkpoint")
         if args.show:
             image_format(args.show)
             check_writable_file(args.show)
+            check_new_file(args.show, args.overwrite, "--show")
     except PathError as err:
         raise CliError(str(err)) from None
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int:
     check_paths(args)
     if args.show:
         _figure_class()  # fail before any work when matplotlib is missing
-    trained = load_model(args.checkpoint)
-    rng = np.random.default_rng(args.seed)
+    trained = load_trained(args.checkpoint)
+    failed: list[str] = []
     if args.images:
-        inputs = read_images(args.images, trained)
+        inputs, failed = read_images(args.images, trained)
     else:
-        inputs = read_samples(trained, args.samples, args.data_dir, rng, args.seed)
+        inputs = read_samples(trained, args.samples, args.data_dir, args.seed)
+    for message in failed:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    if inputs is None:
+        return EXIT_FAILED
     probs = trained.predict_proba(inputs.x)
     k = min(args.top, len(trained.classes))
-    print(report(inputs, probs, trained.classes, k))
+    print(report(inputs, probs, trained.classes, k), flush=True)
     if args.show:
         save_grid(args.show, inputs, probs, trained.classes)
         print(f"saved {args.show}")
+    return EXIT_FAILED if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except CliError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main(lambda: run(args), CheckpointError, OSError)
 
 
 if __name__ == "__main__":

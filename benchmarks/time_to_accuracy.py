@@ -4,7 +4,7 @@
     python benchmarks/time_to_accuracy.py --data-dir ../shared/data --plot docs/time_to_accuracy.png
 
 Both libraries train the same model (``fcnn.models.fast_cnn``; PyTorch starts from
-fcnn's initial weights), with the same recipe (``train.RECIPES["fast"]``: Adam, the
+fcnn's initial weights), with the same recipe (``fcnn.run.RECIPES["fast"]``: Adam, the
 one-cycle learning rate per update, label smoothing, batch size, epochs) on the same
 batches: one NumPy generator per seed shuffles and shifts the images exactly as
 ``train.py`` does, and PyTorch gets those very arrays. Each test-set evaluation runs
@@ -36,7 +36,6 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # train.py (RECIPES, the data and schedule helpers)
 sys.path.insert(0, str(HERE))
 
 TARGET = 0.99
@@ -47,16 +46,16 @@ FORMATS = ("contiguous", "channels_last")
 
 
 def load(spec: Mapping[str, Any]) -> tuple[Any, Any]:
-    """train.py's config for the recipe and its normalised data (train.py's own code)."""
-    import train
+    """train.py's config for the recipe and its normalised data (fcnn.run, train.py's code)."""
+    from fcnn.run import load_data, resolve_config
 
-    argv = ["--dataset", spec["dataset"], "--recipe", "fast", "--seed", str(spec["seed"])]
+    given = {"dataset": spec["dataset"], "recipe": "fast", "seed": int(spec["seed"])}
     if spec.get("limit_train"):
-        argv += ["--limit-train", str(spec["limit_train"])]
+        given["limit_train"] = int(spec["limit_train"])
     if spec.get("epochs"):
-        argv += ["--epochs", str(spec["epochs"])]
-    config = train.resolve_config(train.parse_args(argv), None)
-    data = train.load_data(config, spec.get("data_dir"), None)
+        given["epochs"] = int(spec["epochs"])
+    config = resolve_config(given, None)
+    data = load_data(config, spec.get("data_dir"), None)
     if spec.get("limit_test"):
         n = int(spec["limit_test"])
         data = dataclasses.replace(data, x_test=data.x_test[:n], y_test=data.y_test[:n])
@@ -65,22 +64,23 @@ def load(spec: Mapping[str, Any]) -> tuple[Any, Any]:
 
 def batches(config: Any, data: Any, rng: Any) -> Any:
     """One epoch's ``(x, y)`` batches exactly as ``fcnn.train_epoch`` in train.py draws them."""
-    import train
+    from fcnn.data.augment import shift_augment
     from fcnn.data.batches import iterate_batches
+    from fcnn.parallel import drop_last_batch
 
-    augment = train.shifter(config, data)
+    augment = shift_augment(config.augment, data.mean, data.std) if config.augment else None
     n = len(data.x_train)
-    drop_last = train.drop_last_batch(n, config.batch_size, 1, batch_norm=True)
+    drop_last = drop_last_batch(n, config.batch_size, 1, batch_norm=True)
     for idx in iterate_batches(n, config.batch_size, rng, drop_last):
         xb = data.x_train[idx]
         yield (xb if augment is None else augment(xb, rng)), data.y_train[idx]
 
 
 def steps_per_epoch(config: Any, data: Any) -> int:
-    import train
+    from fcnn.parallel import drop_last_batch
 
     n, batch = len(data.x_train), int(config.batch_size)
-    drop = train.drop_last_batch(n, batch, 1, batch_norm=True)
+    drop = drop_last_batch(n, batch, 1, batch_norm=True)
     return n // batch if drop else -(-n // batch)
 
 
@@ -90,16 +90,16 @@ def run_fcnn(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     import numpy as np
 
     import fcnn
-    import train
     from fcnn.models import build_model
+    from fcnn.run import make_optimizer, make_schedule, training_loss
 
     config, data = load(spec)
     init_rng, rng = np.random.default_rng(config.seed).spawn(2)
     model = build_model(config.model, len(data.classes), config.impl)
     params, state, _ = fcnn.init(model, init_rng, tuple(data.x_train.shape[1:]))
-    schedule = train.make_schedule(config, config.epochs * steps_per_epoch(config, data))
-    opt = train.make_optimizer(config, schedule)
-    step = fcnn.make_step(model, opt, train.training_loss(config))
+    schedule = make_schedule(config, config.epochs * steps_per_epoch(config, data))
+    opt = make_optimizer(config, schedule)
+    step = fcnn.make_step(model, opt, training_loss(config))
     ts = fcnn.TrainState(params, state, opt.init(params))
     ctx = fcnn.Context(train=True, rng=rng)
     rows: list[dict[str, Any]] = [{"epoch": 0, "seconds": time.perf_counter() - _START}]
@@ -146,8 +146,8 @@ def run_torch(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     import torch
 
     import fcnn
-    import train
     from fcnn.models import build_model
+    from fcnn.run import make_schedule
 
     config, data = load(spec)
     init_rng, rng = np.random.default_rng(config.seed).spawn(2)
@@ -158,7 +158,7 @@ def run_torch(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     )
     fmt = torch.channels_last if spec["format"] == "channels_last" else torch.contiguous_format
     model = torch_model(torch, params, state).to(memory_format=fmt)
-    schedule = train.make_schedule(config, config.epochs * steps_per_epoch(config, data))
+    schedule = make_schedule(config, config.epochs * steps_per_epoch(config, data))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     lr_at = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: schedule(t) / config.lr)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)

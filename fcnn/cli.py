@@ -57,18 +57,18 @@ class CliError(Exception):
     """A failure the user can fix, reported as one line ``error: <message>`` and exit 1."""
 
 
-def run_main(body: Callable[[], int], *errors: type[BaseException]) -> int:
+def run_main(body: Callable[[], int], *errors: type[BaseException], prefix: str = "") -> int:
     """Run a command's ``body`` and return its exit status.
 
-    ``CliError`` and the listed ``errors`` become one line ``error: <message>`` on stderr
-    and status 1; Ctrl-C becomes ``interrupted`` and 130. Anything else is a bug and
-    keeps its traceback.
+    ``CliError`` and the listed ``errors`` become one line ``error: <prefix><message>`` on
+    stderr and status 1 (``prefix`` says who failed, e.g. ``"rank 1: "`` under MPI);
+    Ctrl-C becomes ``interrupted`` and 130. Anything else is a bug and keeps its traceback.
     """
     expected: tuple[type[BaseException], ...] = (CliError, *errors)
     try:
         return body()
     except expected as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print(f"error: {prefix}{err}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr, flush=True)
@@ -156,15 +156,20 @@ def add_checkpoint(parser: argparse.ArgumentParser, help: str = "a checkpoint (.
     parser.add_argument("--checkpoint", metavar="CHECKPOINT", help="the same, as a flag")
 
 
-def checkpoint_path(args: argparse.Namespace) -> str:
-    """The checkpoint ``add_checkpoint``'s arguments name; ``CliError`` for none or two."""
+def checkpoint_path(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> str:
+    """The checkpoint ``add_checkpoint``'s arguments name; ``CliError`` for none or two, or
+    with ``parser``, its usage error (exit 2), as for any other bad command line."""
     pos, flag = args.checkpoint_pos, args.checkpoint
+    problem = ""
     if pos is not None and flag is not None and pos != flag:
-        raise CliError(f"two checkpoints given ({pos} and --checkpoint {flag}); give one")
-    path = pos if pos is not None else flag
-    if path is None:
-        raise CliError("no checkpoint given: name one (CHECKPOINT or --checkpoint CHECKPOINT)")
-    return str(path)
+        problem = f"two checkpoints given ({pos} and --checkpoint {flag}); give one"
+    elif pos is None and flag is None:
+        problem = "no checkpoint given: name one (CHECKPOINT or --checkpoint CHECKPOINT)"
+    if problem and parser is not None:
+        parser.error(problem)
+    if problem:
+        raise CliError(problem)
+    return str(pos if pos is not None else flag)
 
 
 def add_overwrite(parser: argparse.ArgumentParser) -> None:
@@ -174,10 +179,14 @@ def add_overwrite(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_new_file(path: str | os.PathLike[str], overwrite: bool, flag: str = "") -> None:
+def check_new_file(
+    path: str | os.PathLike[str], overwrite: bool, flag: str = "", instead: str = ""
+) -> None:
     """``CliError`` when ``path`` exists and ``overwrite`` is false: no command replaces a
-    file unless asked to. ``flag`` names the option that gave the path, for the message."""
+    file unless asked to. ``flag`` names the option that gave the path, ``instead`` what
+    else the user may do (``"continue that run with --resume m.npz"``), for the message."""
     p = os.fspath(path)
     if not overwrite and os.path.lexists(p):
         named = f"{flag} {p}" if flag else p
-        raise CliError(f"{named} already exists; pass --overwrite to replace it")
+        other = f"{instead}, or " if instead else ""
+        raise CliError(f"{named} already exists; {other}pass --overwrite to replace it")

@@ -63,6 +63,7 @@ except ImportError as _err:  # pragma: no cover - exercised only without the ext
     raise ImportError(_NEEDS) from _err
 
 from .atomic import atomic_write
+from .cli import add_checkpoint, add_overwrite, check_new_file, checkpoint_path, run_main
 from .io import fcnn_version
 from .layers.base import Array, Layer, Params, State
 from .model import predict
@@ -513,15 +514,16 @@ def run_onnx(model: onnx.ModelProto | str | os.PathLike[str], x: Array) -> Array
 # --- command line ------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m fcnn.export",
         description="Convert a checkpoint written by train.py to an ONNX model.",
     )
-    p.add_argument("checkpoint", help="the .npz checkpoint written by train.py --save")
+    add_checkpoint(p, "the .npz checkpoint written by train.py")
     p.add_argument(
         "-o", "--output", help="the .onnx file to write (default: the checkpoint's name + .onnx)"
     )
+    add_overwrite(p)
     p.add_argument(
         "--no-normalization",
         action="store_true",
@@ -536,75 +538,75 @@ def _parser() -> argparse.ArgumentParser:
         help="run the exported model (onnxruntime, else ONNX's reference evaluator) on random "
         "inputs and compare with fcnn",
     )
-    return p
+    args = p.parse_args(argv)
+    args.checkpoint = checkpoint_path(args, p)
+    args.output = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
+    return args
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Check the paths before any work, convert, say what was written, verify if asked."""
+    from .models import load_trained
+
+    check_readable_file(args.checkpoint, "checkpoint")
+    check_writable_file(args.output)  # a directory where a file is expected, ...
+    check_new_file(args.output, args.overwrite, "-o")
+    trained = load_trained(args.checkpoint)
+    norm = None if args.no_normalization else (trained.mean, trained.std)
+    metadata = {
+        "classes": json.dumps(list(trained.classes)),
+        "input_shape": json.dumps(list(trained.input_shape)),
+        "normalization": json.dumps({"mean": trained.mean.tolist(), "std": trained.std.tolist()}),
+        "normalization_in_graph": json.dumps(norm is not None),
+        "dataset": json.dumps(trained.record.dataset if trained.record else None),
+        "model": json.dumps(trained.record.model if trained.record else None),
+    }
+    onnx_model = to_onnx(
+        trained.model,
+        trained.params,
+        trained.state,
+        trained.input_shape,
+        args.output,
+        normalization=norm,
+        softmax=args.softmax,
+        opset=args.opset,
+        metadata=metadata,
+    )
+    print(
+        f"wrote {args.output}: opset {args.opset}, IR version {onnx_model.ir_version}, "
+        f"input {INPUT_NAME!r} (N, {', '.join(map(str, trained.input_shape))}) "
+        f"{'raw [0, 1] images' if norm is not None else 'normalised images'}, "
+        f"output {onnx_model.graph.output[0].name!r} (N, {len(trained.classes)})"
+    )
+    return _verify(trained, onnx_model, norm is not None, args.softmax) if args.verify else 0
+
+
+def _verify(trained: Any, onnx_model: onnx.ModelProto, normalized: bool, softmax: bool) -> int:
+    """Compare the exported model's probabilities with fcnn's on 8 random images."""
+    from .data import normalize
+    from .losses import softmax as softmax_fn
+
+    x = np.random.default_rng(0).random((8, *trained.input_shape), dtype=np.float32)
+    want = trained.predict_proba(x)
+    xin = x if normalized else normalize(x, trained.mean, trained.std)
+    got = run_onnx(onnx_model, xin.astype(np.float32))
+    got = got if softmax else softmax_fn(got)
+    diff = float(np.max(np.abs(got - want)))
+    ok = diff <= 1e-5
+    print(
+        f"verify: max |probability difference| on 8 random images = {diff:.2e} "
+        f"({'ok' if ok else 'MISMATCH'})"
+    )
+    return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m fcnn.export CHECKPOINT [-o OUT] ...``; returns the exit status."""
-    from .data import normalize
+    """``python -m fcnn.export CHECKPOINT [-o OUT] ...``; returns the exit status: 0, 1 with
+    one line on stderr (also for an existing OUT without ``--overwrite``), 2 for bad flags."""
     from .io import CheckpointError
-    from .losses import softmax as softmax_fn
-    from .models import load_trained
 
-    args = _parser().parse_args(argv)
-    output = args.output or os.path.splitext(args.checkpoint)[0] + ".onnx"
-    try:
-        check_readable_file(args.checkpoint, "checkpoint")
-        check_writable_file(output)
-    except PathError as err:  # before any work: a directory where a file is expected, ...
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    try:
-        trained = load_trained(args.checkpoint)
-        norm = None if args.no_normalization else (trained.mean, trained.std)
-        metadata = {
-            "classes": json.dumps(list(trained.classes)),
-            "input_shape": json.dumps(list(trained.input_shape)),
-            "normalization": json.dumps(
-                {"mean": trained.mean.tolist(), "std": trained.std.tolist()}
-            ),
-            "normalization_in_graph": json.dumps(norm is not None),
-            "dataset": json.dumps(trained.meta.get("dataset")),
-            "model": json.dumps(trained.meta.get("model")),
-        }
-        onnx_model = to_onnx(
-            trained.model,
-            trained.params,
-            trained.state,
-            trained.input_shape,
-            output,
-            normalization=norm,
-            softmax=args.softmax,
-            opset=args.opset,
-            metadata=metadata,
-        )
-    except (CheckpointError, ExportError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    out = onnx_model.graph.output[0].name
-    print(
-        f"wrote {output}: opset {args.opset}, IR version {onnx_model.ir_version}, "
-        f"input {INPUT_NAME!r} (N, {', '.join(map(str, trained.input_shape))}) "
-        f"{'raw [0, 1] images' if norm is not None else 'normalised images'}, "
-        f"output {out!r} (N, {len(trained.classes)})"
-    )
-    if args.verify:
-        rng = np.random.default_rng(0)
-        x = rng.random((8, *trained.input_shape), dtype=np.float32)
-        want = trained.predict_proba(x)
-        xin = x if norm is not None else normalize(x, trained.mean, trained.std)
-        got = run_onnx(onnx_model, xin.astype(np.float32))
-        if not args.softmax:
-            got = softmax_fn(got)
-        diff = float(np.max(np.abs(got - want)))
-        ok = diff <= 1e-5
-        print(
-            f"verify: max |probability difference| on 8 random images = {diff:.2e} "
-            f"({'ok' if ok else 'MISMATCH'})"
-        )
-        if not ok:
-            return 1
-    return 0
+    args = _parse(argv)
+    return run_main(lambda: _export(args), PathError, CheckpointError, ExportError, OSError)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ model takes images ``(N, C, H, W)`` and returns logits ``(N, K)``::
 ``load_trained(path)`` reads a checkpoint written by ``train.py`` and returns a
 ``Trained`` record whose ``predict_proba`` normalises raw ``[0, 1]`` images with
 the training statistics stored in the checkpoint, exactly as training did.
+``param_shapes(model, input_shape)`` gives the shapes ``init`` would, drawing nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,11 +38,15 @@ from .layers.norm import BatchNorm1d, BatchNorm2d
 from .layers.pool import GlobalAvgPool2d, MaxPool2d
 from .layers.shape import Flatten
 from .losses import softmax
-from .model import init, predict, residual, sequential
+from .model import predict, residual, sequential
+
+if TYPE_CHECKING:
+    from .run import RunRecord
 
 __all__ = [
     "MODELS",
     "ModelInfo",
+    "ShapeDtype",
     "Trained",
     "build_and_describe",
     "build_model",
@@ -49,6 +54,7 @@ __all__ = [
     "describe_model",
     "load_trained",
     "model_from_description",
+    "param_shapes",
     "resnet",
 ]
 
@@ -341,7 +347,9 @@ class Trained:
     """A trained classifier ready for inference.
 
     ``input_shape`` is per sample ``(C, H, W)``; ``mean``/``std`` are per channel
-    ``(C,)``; ``classes[k]`` names output ``k``; ``meta`` is the checkpoint's metadata.
+    ``(C,)``; ``classes[k]`` names output ``k``; ``meta`` is the checkpoint's metadata and
+    ``record`` the same, typed and checked (``fcnn.run.RunRecord``: dataset, data folder,
+    config, epoch, history, ``test_accuracy``); ``None`` for a model built by hand.
     """
 
     model: Layer
@@ -352,6 +360,7 @@ class Trained:
     mean: Array
     std: Array
     meta: Mapping[str, Any]
+    record: RunRecord | None = None
 
     def predict_proba(self, x: Array, batch_size: int = 256) -> Array:
         """Class probabilities ``(N, K)`` float32 for raw images ``x: (N, C, H, W)`` in [0, 1].
@@ -369,106 +378,133 @@ class Trained:
         return probs
 
 
-def _shape3(value: Any, what: str) -> tuple[int, int, int]:
-    if not isinstance(value, list) or len(value) != 3 or not all(isinstance(v, int) for v in value):
-        raise ValueError(f"{what} must be a list of 3 ints, got {value!r}")
-    return (value[0], value[1], value[2])
+# --- the shapes of a model's params, without drawing or allocating them ---------------------
 
 
-# Stored weights barely compress; zeros compress 1000-fold but are never drawn by init.
-_MAX_INFLATION = 8
+class ShapeDtype:
+    """An array's shape and dtype without its values, like ``jax.ShapeDtypeStruct``.
 
-
-class _BoundedDraws(np.random.Generator):
-    """A generator that refuses to draw an array of more than ``limit`` values.
-
-    ``load_trained`` initialises the model through it: every array ``init`` draws must
-    match one stored in the checkpoint, so a stored ``input_shape`` the parameters cannot
-    fit (``[1, 1000, 1000]`` for a 28×28 model: a dense layer of gigabytes) is refused
-    before that array is allocated. Draws within the limit are the plain generator's.
+    NumPy's ufuncs and arithmetic on it give another (broadcast shape, result dtype), and
+    ``astype`` changes its dtype, so a layer's ``init`` that draws ``w = (rng.
+    standard_normal(shape) * std).astype(dtype)`` runs on it unchanged (``param_shapes``).
+    ``fcnn.io.load_checkpoint(expected=...)`` needs only ``.shape`` and ``.dtype``.
     """
 
-    def __init__(self, seed: int, limit: int) -> None:
-        super().__init__(np.random.PCG64(seed))
-        self.limit = limit
+    __slots__ = ("dtype", "shape")
 
-    def _check(self, size: Any) -> None:
-        shape = () if size is None else tuple(np.atleast_1d(np.asarray(size, dtype=np.int64)))
-        if math.prod(int(d) for d in shape) > self.limit:
-            raise ValueError(
-                f"it needs an array of shape {tuple(int(d) for d in shape)}, more values than "
-                f"the checkpoint's largest array ({self.limit})"
-            )
+    def __init__(self, shape: Any, dtype: Any) -> None:
+        dims = () if shape is None else np.atleast_1d(np.asarray(shape, dtype=np.int64))
+        self.shape: tuple[int, ...] = tuple(int(d) for d in dims)
+        self.dtype: np.dtype[Any] = np.dtype(dtype)
 
-    def standard_normal(self, size: Any = None, *args: Any, **kwargs: Any) -> Any:
-        self._check(size)
-        return super().standard_normal(size, *args, **kwargs)
+    def __repr__(self) -> str:
+        return f"ShapeDtype({self.shape}, {self.dtype})"
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def astype(self, dtype: Any, *args: Any, **kwargs: Any) -> ShapeDtype:
+        return ShapeDtype(self.shape, dtype)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if method != "__call__" or ufunc.nout != 1 or "out" in kwargs:
+            return NotImplemented
+        return _result(*inputs)
+
+    def _arithmetic(self, other: Any) -> ShapeDtype:
+        return _result(self, other)
+
+    __add__ = __radd__ = __sub__ = __rsub__ = _arithmetic
+    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _arithmetic
+
+    def __neg__(self) -> ShapeDtype:
+        return self
+
+
+def _result(*inputs: Any) -> ShapeDtype:
+    """The shape (broadcast) and dtype (NumPy's promotion) of an elementwise result."""
+    shapes = [x.shape if isinstance(x, ShapeDtype) else np.shape(x) for x in inputs]
+    dtypes = [x.dtype if isinstance(x, ShapeDtype) else x for x in inputs]
+    return ShapeDtype(np.broadcast_shapes(*shapes), np.result_type(*dtypes))
+
+
+class _ShapeDraws:
+    """Where ``init`` expects a generator: each draw is a ``ShapeDtype`` of the size asked
+    for. No number is drawn and no array of that size is made."""
+
+    def standard_normal(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> Any:
+        return ShapeDtype(size, dtype)
+
+    def random(self, size: Any = None, dtype: Any = np.float64, out: Any = None) -> Any:
+        return ShapeDtype(size, dtype)
 
     def normal(self, loc: Any = 0.0, scale: Any = 1.0, size: Any = None) -> Any:
-        self._check(size)
-        return super().normal(loc, scale, size)
+        return ShapeDtype(size, np.float64)
 
     def uniform(self, low: Any = 0.0, high: Any = 1.0, size: Any = None) -> Any:
-        self._check(size)
-        return super().uniform(low, high, size)
+        return ShapeDtype(size, np.float64)
 
-    def random(self, size: Any = None, *args: Any, **kwargs: Any) -> Any:
-        self._check(size)
-        return super().random(size, *args, **kwargs)
+    def integers(self, low: Any, high: Any = None, size: Any = None, dtype: Any = np.int64) -> Any:
+        return ShapeDtype(size, dtype)
+
+
+def param_shapes(
+    model: Layer, input_shape: tuple[int, ...], dtype: Any = np.float32
+) -> tuple[Params, State, tuple[int, ...]]:
+    """``fcnn.init``'s ``(params, state, output shape)`` for per-sample ``input_shape``,
+    with every drawn array a ``ShapeDtype``: the model's own ``init`` runs, so every shape
+    is inferred as training infers it, but no random number is drawn and no drawn array is
+    allocated, however large the shapes. (Arrays an ``init`` fills without drawing, such
+    as zero biases and batch-norm statistics, are made: they are sized by the layers'
+    channels.) ``ValueError`` when ``input_shape`` does not fit the model.
+    """
+    draws: Any = _ShapeDraws()
+    return model.init(draws, tuple(int(d) for d in input_shape), dtype)
 
 
 def load_trained(path: str | os.PathLike[str]) -> Trained:
     """Load a checkpoint written by ``train.py`` for inference.
 
-    Rebuilds the model from its description, checks that the stored params have
-    exactly the shapes that model expects, and reads the classes and the
-    normalisation. Raises ``CheckpointError`` naming the file when anything is
-    missing or inconsistent. Only the header and the arrays' declared shapes are read
-    before everything is checked, and the model is initialised without ever allocating
-    an array larger than the largest one in the file; the arrays' data is read last.
+    Reads the run record (``fcnn.run.RunRecord.from_meta``), rebuilds the model from its
+    description, and checks that the stored params have exactly the shapes that model
+    has for the recorded input shape. Raises ``CheckpointError`` naming the file when
+    anything is missing or inconsistent. Only the header and the arrays' declared shapes
+    are read before everything is checked (``param_shapes`` draws nothing, so a recorded
+    input shape the weights cannot fit allocates nothing); the arrays' data is read last.
     """
+    from .run import RunRecord  # fcnn.run builds on this module's registry
+
+    where = os.fspath(path)
     header = read_checkpoint_header(path)
-    meta = header.meta
     try:
-        model = model_from_description(meta["model"])
-        input_shape = _shape3(meta["input_shape"], "input_shape")
-        if not isinstance(meta["classes"], list) or not meta["classes"]:
-            raise ValueError(f"classes must be a non-empty list, got {meta['classes']!r}")
-        classes = tuple(str(c) for c in meta["classes"])
-        norm = meta["normalization"]
-        mean = np.asarray(norm["mean"], dtype=np.float32)
-        std = np.asarray(norm["std"], dtype=np.float32)
+        record = RunRecord.from_meta(header.meta)
+        model = model_from_description(record.model)
     except CheckpointError as err:  # the stored spec is not what the code builds: say just that
-        raise CheckpointError(f"{os.fspath(path)}: {err}") from err
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{os.fspath(path)}: not a trained-model checkpoint ({err})") from err
-    if mean.shape != (input_shape[0],) or std.shape != mean.shape or not np.all(std > 0):
-        raise CheckpointError(
-            f"{os.fspath(path)}: normalization must have {input_shape[0]} means and "
-            f"positive stds, got mean {mean.shape}, std {std.shape}"
-        )
-    # Values of the largest array init may draw: no more than the file holds, counting a
-    # compressed member (a deflate bomb's) at a generous ratio of its size on disk.
-    largest = max(
-        (
-            min(math.prod(m.shape), _MAX_INFLATION * m.stored_bytes // m.dtype.itemsize)
-            for m in header.members.values()
-            if m.dtype.itemsize
-        ),
-        default=0,
-    )
+        raise CheckpointError(f"{where}: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: not a trained-model checkpoint ({err})") from err
     try:
-        expected_params, expected_state, out_shape = init(
-            model, _BoundedDraws(0, max(largest, 1)), input_shape
-        )
-    except ValueError as err:
+        params_like, state_like, out_shape = param_shapes(model, record.input_shape)
+    except (ValueError, TypeError) as err:
         raise CheckpointError(
-            f"{os.fspath(path)}: the model does not fit input_shape {input_shape}: {err}"
+            f"{where}: the model does not fit input_shape {record.input_shape}: {err}"
         ) from err
-    if out_shape != (len(classes),):
+    if out_shape != (len(record.classes),):
         raise CheckpointError(
-            f"{os.fspath(path)}: the model outputs {out_shape} but there are {len(classes)} classes"
+            f"{where}: the model outputs {out_shape} but there are {len(record.classes)} classes"
         )
     # The shapes and dtypes are compared with the members' headers before any data is read.
-    ckpt = load_checkpoint(path, expected={"params": expected_params, "state": expected_state})
-    return Trained(model, ckpt.params, ckpt.state, input_shape, classes, mean, std, ckpt.meta)
+    ckpt = load_checkpoint(path, expected={"params": params_like, "state": state_like})
+    mean, std = record.normalization()
+    return Trained(
+        model,
+        ckpt.params,
+        ckpt.state,
+        record.input_shape,
+        record.classes,
+        mean,
+        std,
+        ckpt.meta,
+        record,
+    )

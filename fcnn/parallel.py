@@ -12,6 +12,13 @@ global batch, as in one process::
     ts = ts._replace(state=allreduce_mean(ts.state, comm))   # batch-norm statistics
     test_loss, test_acc = evaluate_sharded(model, ts.params, ts.state, x_test, y_test, comm)
 
+A training program holds a ``Ranks`` record instead of the communicator and asks these
+functions for what differs between one process and many (``training_step``,
+``evaluate_on``, ``sync``, ``agree``, ``wait_for_root``); ``on_every_rank`` runs its main
+under one abort policy, so no rank is ever left waiting in a collective::
+
+    sys.exit(on_every_rank(lambda ranks: train(args, ranks)))
+
 A global batch of B samples is split into ``size`` contiguous slices whose sizes
 differ by at most one (``shard``), so a short last batch needs no special case
 and no rank ever skips a collective. The layers know nothing of this module;
@@ -23,12 +30,14 @@ functions take any object with mpi4py's buffer methods (``Allreduce``,
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,23 +46,36 @@ from .layers.base import Array, Context, Layer, Params, State
 from .losses import softmax_cross_entropy
 from .model import LossPair, loss_and_grad, predict
 from .optim import Optimizer
-from .training import Step, TrainState, update
+from .training import Step, TrainState, evaluate, make_step, update
 from .tree import flatten_dict, tree_map, tree_map_with_path, unflatten_dict
 
 __all__ = [
     "MPI_ENV_VARS",
     "Comm",
+    "EveryRankError",
+    "MissingMPIError",
+    "Ranks",
+    "RanksDisagreeError",
     "abort",
     "abort_on_failure",
+    "agree",
     "allreduce_mean",
     "allreduce_sum",
     "broadcast",
     "check_same_everywhere",
     "data_parallel_step",
+    "drop_last_batch",
+    "evaluate_on",
     "evaluate_sharded",
+    "fingerprint",
+    "join_ranks",
+    "on_every_rank",
     "set_blas_threads",
     "shard",
+    "sync",
     "sync_train_state",
+    "training_step",
+    "wait_for_root",
     "world",
 ]
 
@@ -189,11 +211,9 @@ def data_parallel_step(
     loss on any rank makes the global loss non-finite: every rank then raises
     ``NonFiniteLossError`` together, leaving ``ts`` untouched.
 
-    ``random_layers``: whether the model draws from ``ctx.rng`` (dropout). Each rank
-    then draws from a generator of its own, seeded by one draw from the shared
-    ``ctx.rng`` per step. Pass ``False`` for a model without such layers: ``ctx.rng``
-    is then never touched, so data order and augmentation are exactly those of one
-    process.
+    ``random_layers``: whether the model draws from ``ctx.rng`` (dropout); each rank then
+    has a generator of its own, seeded by one draw from ``ctx.rng`` per step. ``False``
+    never touches ``ctx.rng``: data order and augmentation are then one process's.
     """
     grad_fn = loss_and_grad(model, loss)
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -334,3 +354,166 @@ def abort_on_failure(comm: Comm | None) -> Iterator[None]:
         print(f"rank {rank}: {traceback.format_exc()}", file=sys.stderr, flush=True)
         abort(comm, 1)
         raise
+
+
+# --- a job's ranks, as a training program sees them ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """The MPI ranks training together (``comm`` is None in a plain one-process run).
+
+    Every rank trains on its slice of each global batch; only rank 0 prints and writes.
+    ``threads`` says in words how many BLAS threads each rank has.
+    """
+
+    comm: Comm | None = None
+    rank: int = 0
+    size: int = 1
+    threads: str = ""
+
+    @property
+    def root(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def summary(self) -> str:
+        """How the job shares the work, in words, for a run's header; ``""`` in one process."""
+        if self.comm is None:
+            return ""
+        return (
+            f"data-parallel on {self.size} MPI ranks, each on 1/{self.size} of every batch; "
+            f"{self.threads}"
+        )
+
+    @property
+    def prefix(self) -> str:
+        """``"rank 1: "`` before this rank's own error messages under MPI, else ``""``."""
+        return "" if self.comm is None else f"rank {self.rank}: "
+
+
+def join_ranks() -> Ranks:
+    """This process's place among the ranks ``mpiexec`` started, if any, with its BLAS
+    threads set to cores / ranks (unless the environment says otherwise).
+    ``MissingMPIError`` when started by mpiexec without mpi4py."""
+    comm = world()
+    if comm is None:
+        return Ranks()
+    return Ranks(comm, comm.Get_rank(), comm.Get_size(), set_blas_threads(comm.Get_size()))
+
+
+def training_step(
+    ranks: Ranks,
+    model: Layer,
+    opt: Optimizer,
+    loss: LossPair = softmax_cross_entropy,
+    *,
+    random_layers: bool = True,
+) -> Step:
+    """``fcnn.make_step`` in one process; ``data_parallel_step`` over the ranks otherwise
+    (``random_layers``: whether the model has dropout, see there)."""
+    if ranks.comm is None:
+        return make_step(model, opt, loss)
+    return data_parallel_step(model, opt, ranks.comm, loss, random_layers=random_layers)
+
+
+def evaluate_on(
+    ranks: Ranks, model: Layer, params: Params, state: State, x: Array, y: Array
+) -> tuple[float, float]:
+    """Test ``(mean loss, accuracy)``: ``fcnn.evaluate``, sharded over the ranks under MPI."""
+    if ranks.comm is None:
+        return evaluate(model, params, state, x, y)
+    return evaluate_sharded(model, params, state, x, y, ranks.comm)
+
+
+def sync(ranks: Ranks, ts: TrainState) -> TrainState:
+    """At the end of an epoch: ``sync_train_state`` under MPI; ``ts`` itself in one process."""
+    return ts if ranks.comm is None else sync_train_state(ts, ranks.comm)
+
+
+def wait_for_root(ranks: Ranks) -> None:
+    """Every rank waits here for the others (after rank 0 wrote a file everyone relies on)."""
+    if ranks.comm is not None:
+        ranks.comm.Barrier()
+
+
+def drop_last_batch(n: int, batch_size: int, ranks: int, batch_norm: bool) -> bool:
+    """Whether to skip an epoch's short last batch of ``n`` samples over ``ranks`` ranks.
+
+    Batch norm cannot normalise one image: a last batch of one image is skipped (for
+    every model, as always), and with batch norm also one that would leave some rank's
+    slice with a single image."""
+    rest = n % batch_size
+    if rest == 0 or n == 1:
+        return False
+    if rest == 1:
+        return True
+    sizes = {len(range(n)[shard(rest, r, ranks)]) for r in range(ranks)}
+    return batch_norm and 1 in sizes
+
+
+def fingerprint(settings: Mapping[str, Any], arrays: Sequence[Array]) -> str:
+    """A digest of what the ranks must share: JSON-able ``settings`` and ``arrays`` (their
+    shapes, dtypes and bytes)."""
+    h = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode())
+    for a in arrays:
+        h.update(repr((a.shape, a.dtype.str)).encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+class EveryRankError(Exception):
+    """A failure raised at the same point on every rank (ranks that disagree, a non-finite
+    loss): ``on_every_rank`` has rank 0 alone report it, and every rank exits 1."""
+
+
+class RanksDisagreeError(EveryRankError):
+    """The ranks were started with different settings or data; raised on every rank."""
+
+
+def agree(ranks: Ranks, digest: str, ts: TrainState) -> TrainState:
+    """Refuse ranks whose ``digest`` (``fingerprint``) differs from rank 0's, on every rank
+    and before training; then every rank starts from rank 0's ``ts``."""
+    if ranks.comm is None:
+        return ts
+    differ = check_same_everywhere(digest, ranks.comm)
+    if differ:
+        raise RanksDisagreeError(
+            f"rank{'s' * (len(differ) > 1)} {', '.join(map(str, differ))} started with other "
+            "settings, data or checkpoint than rank 0; start every rank with the same command"
+        )
+    return sync_train_state(ts, ranks.comm)
+
+
+# How long a rank that ends on Ctrl-C waits before ending the job: rank 0, interrupted
+# too, normally says where the run can resume and ends the job first.
+INTERRUPT_GRACE_S = 1.0
+
+
+def on_every_rank(body: Callable[[Ranks], int]) -> int:
+    """Run ``body(ranks)`` on this process under the job's abort policy; its exit status.
+
+    ``body`` reports a user's error itself and returns non-zero (1, or 130 for Ctrl-C):
+    under MPI that rank then ends every rank with its status, so none waits in a
+    collective. An ``EveryRankError`` is said once, by rank 0, and every rank returns 1.
+    Any other exception keeps its traceback and ends the job (``abort_on_failure``).
+    Started by mpiexec without mpi4py: one line and 1.
+    """
+    try:
+        ranks = join_ranks()
+    except MissingMPIError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    with abort_on_failure(ranks.comm):
+        try:
+            code = body(ranks)
+        except EveryRankError as err:
+            if ranks.root:
+                print(f"error: {err}", file=sys.stderr, flush=True)
+            return 1
+        if code and ranks.comm is not None and ranks.size > 1:
+            if code == 130 and not ranks.root:
+                time.sleep(INTERRUPT_GRACE_S)
+                print(f"{ranks.prefix}interrupted", file=sys.stderr, flush=True)
+            abort(ranks.comm, code)
+    return code

@@ -78,7 +78,9 @@ def train_epoch(
     """One pass over ``(x, y)`` in shuffled batches; returns the new state and the mean loss.
 
     ``rng`` shuffles, is handed to the layers (dropout) through the context, and
-    to ``augment(x_batch, rng) -> x_batch`` when given (e.g. ``random_shift``).
+    to ``augment(x_batch, rng) -> x_batch`` when given: e.g.
+    ``fcnn.data.augment.shift_augment(2, mean, std)`` for images normalised with
+    ``(mean, std)``, whose border is the normalised background.
     ``on_batch(batch_index, loss)`` is called after every step (progress bars).
     ``drop_last`` skips a final short batch (e.g. one image, which batch norm refuses).
     """

@@ -2,14 +2,15 @@
 
 From the command line, for a checkpoint written by ``train.py``::
 
-    python -m fcnn.visualize runs/model.npz --out docs/pictures [--data-dir data]
+    python -m fcnn.visualize runs/mnist-1/model.npz --out runs/mnist-1/pictures [--data-dir data]
 
 writes five PNGs into ``--out``: ``filters.png`` (the first convolution's kernels),
 ``feature_maps.png`` (one test image through every convolution), ``saliency.png``
 (the gradient of the class score with respect to the input pixels),
 ``confusion.png`` (the confusion matrix on the test set) and ``wrong.png`` (the
-most confidently wrong test images). The test set is the checkpoint's dataset,
-read through ``fcnn.data.load_dataset``.
+most confidently wrong test images); pictures already there are replaced only with
+``--overwrite``. The test set is the checkpoint's dataset (``fcnn.run.load_test_set``:
+from ``--data-dir``, else from the folder the training run recorded).
 
 The computations are plain functions on arrays, usable without matplotlib::
 
@@ -37,6 +38,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .atomic import atomic_write
+from .cli import (
+    CliError,
+    add_checkpoint,
+    add_overwrite,
+    check_new_file,
+    checkpoint_path,
+    run_main,
+)
 from .layers.base import Array, Context, Layer, Params, State
 from .losses import softmax
 from .model import backward, forward, predict
@@ -316,52 +325,40 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
 # --- the command line ----------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m fcnn.visualize",
         description="Draw what a trained checkpoint learned: filters, feature maps, "
         "saliency, confusion matrix, confidently wrong test images (PNG files in --out).",
     )
-    p.add_argument("checkpoint", help="a checkpoint written by train.py --save")
+    add_checkpoint(p, "a checkpoint written by train.py")
     p.add_argument("--out", required=True, help="folder for the PNG files (created if missing)")
+    add_overwrite(p)
     p.add_argument(
-        "--data-dir", default=None, help="where the dataset's files are (mnist, cifar10)"
+        "--data-dir", default=None, help="the dataset's folder (default: the one training used)"
     )
     p.add_argument("--index", type=int, default=0, help="test image for the feature maps (0)")
     p.add_argument("--saliency", type=int, default=8, help="test images in saliency.png (8)")
     p.add_argument("--wrong", type=int, default=16, help="images in wrong.png (16)")
     p.add_argument("--limit-test", type=int, default=None, help="use the first N test images only")
-    return p
-
-
-class _CliError(Exception):
-    """A one-line message for the user; exit status 1."""
+    args = p.parse_args(argv)
+    args.checkpoint = checkpoint_path(args, p)
+    return args
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Array]:
+    """The trained model, its raw test set and that set normalised, before any drawing."""
     from .data.dataset import normalize
-    from .data.registry import load_dataset
-    from .io import CheckpointError
     from .models import load_trained
+    from .run import load_test_set
 
-    try:
-        check_readable_file(args.checkpoint, "checkpoint")
-        trained = load_trained(args.checkpoint)
-    except (PathError, CheckpointError) as err:
-        raise _CliError(str(err)) from None
-    dataset = trained.meta.get("dataset")
-    if not isinstance(dataset, str):
-        raise _CliError(f"{args.checkpoint}: the checkpoint does not name its dataset")
-    config = trained.meta.get("config")
-    seed = config.get("seed", 0) if isinstance(config, dict) else 0
-    try:
-        ds = load_dataset(dataset, args.data_dir, seed=int(seed))
-    except (OSError, ValueError) as err:
-        raise _CliError(f"cannot load the {dataset!r} test set: {err}") from None
-    if ds.input_shape != trained.input_shape:
-        raise _CliError(
-            f"the {dataset} images are {ds.input_shape}; the checkpoint wants {trained.input_shape}"
-        )
+    check_readable_file(args.checkpoint, "checkpoint")
+    for name in PICTURES:
+        check_new_file(os.path.join(args.out, name), args.overwrite, "--out")
+    trained = load_trained(args.checkpoint)
+    if trained.record is None:
+        raise CliError(f"{args.checkpoint}: the model carries no run record")
+    ds = load_test_set(trained.record, args.data_dir)
     x = ds.x_test[: args.limit_test] if args.limit_test else ds.x_test
     return trained, ds, normalize(x.astype(np.float32), trained.mean, trained.std)
 
@@ -373,7 +370,7 @@ def run(args: argparse.Namespace) -> list[str]:
     raw = ds.x_test[: x.shape[0]]
     labels = ds.y_test[: x.shape[0]]
     if not 0 <= args.index < x.shape[0]:
-        raise _CliError(f"--index must be in [0, {x.shape[0]}), got {args.index}")
+        raise CliError(f"--index must be in [0, {x.shape[0]}), got {args.index}")
     os.makedirs(args.out, exist_ok=True)
     model, params, state, classes = trained.model, trained.params, trained.state, trained.classes
     probs = softmax(predict(model, params, state, x, batch_size=500))
@@ -412,18 +409,16 @@ def run(args: argparse.Namespace) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m fcnn.visualize``: 0 on success, 1 with one line on stderr otherwise."""
-    args = _parser().parse_args(argv)
-    try:
-        written = run(args)
-    except MissingExtraError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except (_CliError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    for path in written:
-        print(path)
-    return 0
+    from .io import CheckpointError
+
+    args = _parse(argv)
+
+    def body() -> int:
+        for path in run(args):
+            print(path)
+        return 0
+
+    return run_main(body, MissingExtraError, PathError, CheckpointError, OSError)
 
 
 if __name__ == "__main__":

@@ -533,3 +533,29 @@ def test_cli_verifies_a_trained_resnet(
     assert "(ok)" in out and "output 'logits' (N, 10)" in out
     proto = onnx.load(str(ckpt.with_suffix(".onnx")))
     assert {"Add", "GlobalAveragePool"} <= {n.op_type for n in proto.graph.node}
+
+
+# --- issue 21: -o never replaces a file silently; the shared checkpoint argument; 0.2.0 ----
+
+
+def test_cli_refuses_to_replace_a_file_without_overwrite(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"mine")
+    assert main(["--checkpoint", str(checkpoint), "-o", str(out)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: -o {out} already exists; pass --overwrite to replace it\n"
+    )
+    assert out.read_bytes() == b"mine"
+    assert main([str(checkpoint), "-o", str(out), "--overwrite"]) == 0
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+@pytest.mark.parametrize("name", ["v0.2.0-lines-small.npz", "v0.2.0-digits-fast.npz"])
+def test_cli_exports_a_checkpoint_of_fcnn_0_2_0(name: str, tmp_path: Path) -> None:
+    fixture = Path(__file__).parent / "fixtures" / name
+    out = tmp_path / "old.onnx"
+    assert main([str(fixture), "-o", str(out), "--verify"]) == 0
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["dataset"]) == load_trained(fixture).record.dataset  # type: ignore[union-attr]

@@ -332,12 +332,88 @@ def test_regression_offline_mnist_hint_named_train_py(
 ) -> None:
     from functools import partial
 
+    import fcnn.run
     from fcnn.data.registry import load_dataset
 
     ckpt = _untrained(tmp_path / "mnist.npz", [str(d) for d in range(10)], (1, 28, 28), "mnist")
-    monkeypatch.setattr(inference_example, "load_dataset", partial(load_dataset, download=False))
+    monkeypatch.setattr(fcnn.run, "load_dataset", partial(load_dataset, download=False))
     empty = tmp_path / "empty"
     empty.mkdir()
     code, out, err = _run(capsys, "--checkpoint", str(ckpt), "--data-dir", str(empty))
     assert code == 1 and out == ""
     assert "train.py" not in err and "--data-dir DIR option" in err
+
+
+# --- issue 21: one command-line style, each bad file on its own line, the recorded data ----
+
+
+def test_the_checkpoint_positional_or_as_a_flag_gives_the_same_output(
+    digits_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("PIL")
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path, digit in zip(paths, load_digits_sample().x_test[:2, 0], strict=True):
+        _write_paper_digit(path, digit)
+    images = list(map(str, paths))
+    flag = _run(capsys, "--checkpoint", str(digits_ckpt), *images)
+    positional = _run(capsys, str(digits_ckpt), *images)
+    assert flag == positional and flag[0] == 0 and len(flag[1].splitlines()) == 2
+    assert _run(capsys, str(digits_ckpt), "--samples", "2") == _run(
+        capsys, "--checkpoint", str(digits_ckpt), "--samples", "2"
+    )
+
+
+def test_regression_the_first_unreadable_file_stopped_every_other(
+    digits_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """inference_example.py a.png blank.png notimg.png good.png stopped at the first bad
+    file: each is now reported on its own line, the rest classified, and the status is 1."""
+    pytest.importorskip("PIL")
+    digits = load_digits_sample().x_test
+    a, blank, notimg, good = (tmp_path / n for n in ("a.png", "blank.png", "notimg.png", "g.png"))
+    _write_paper_digit(a, digits[0, 0])
+    _write_paper_digit(blank, np.zeros((28, 28)))
+    notimg.write_text("not an image")
+    _write_paper_digit(good, digits[1, 0])
+    missing = tmp_path / "missing.png"
+    paths = [a, blank, notimg, missing, good]
+    code, out, err = _run(capsys, str(digits_ckpt), *map(str, paths))
+    assert code == 1
+    errors = err.splitlines()
+    assert len(errors) == 2 and all(line.startswith("error: ") for line in errors)
+    assert "notimg.png" in errors[0] and "not a readable image" in errors[0]
+    assert errors[1] == f"error: cannot read image '{missing}': No such file or directory"
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == [str(a), str(blank), str(good)]
+    assert "not classified" in lines[1] and len(GUESS.findall(lines[2])) == 3
+
+
+def test_show_replaces_a_file_only_with_overwrite(
+    digits_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    grid = tmp_path / "g.png"
+    grid.write_bytes(b"mine")
+    code, out, err = _run(capsys, str(digits_ckpt), "--samples", "2", "--show", str(grid))
+    assert code == 1 and out == "" and grid.read_bytes() == b"mine"
+    assert err == f"error: --show {grid} already exists; pass --overwrite to replace it\n"
+    argv = (str(digits_ckpt), "--samples", "2", "--show", str(grid), "--overwrite")
+    assert _run(capsys, *argv)[0] == 0 and grid.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_samples_come_from_the_data_folder_the_run_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: --samples failed for an MNIST checkpoint without --data-dir, because the
+    checkpoint did not remember where its data was. (CIFAR-10: a small local copy.)"""
+    from helpers import fake_cifar10
+
+    from fcnn import train
+
+    fake_cifar10(tmp_path, monkeypatch)
+    ckpt = tmp_path / "c.npz"
+    argv = ["--dataset", "cifar10", "--data-dir", str(tmp_path), "--model", "small", "--quiet"]
+    assert train.main([*argv, "--epochs", "1", "--save", str(ckpt)]) == 0
+    monkeypatch.setenv("FCNN_DATA_DIR", str(tmp_path / "elsewhere"))
+    code, out, err = _run(capsys, str(ckpt), "--samples", "3")
+    assert code == 0 and err == "" and out.endswith(" correct\n")

@@ -13,7 +13,7 @@ from helpers import fake_cifar10, interrupt_at_epoch, same_tree, without_timing
 from measure import peak_growth
 
 import fcnn
-import train
+from fcnn import train
 from fcnn.gradcheck import check_layer
 from fcnn.io import load_checkpoint
 from fcnn.models import MODELS, build_model, describe_model, load_trained, model_from_description
@@ -325,8 +325,8 @@ def test_regression_a_stored_input_shape_of_1000x1000_ran_init_to_gigabytes(
 ) -> None:
     """Issue 15: a 28×28 checkpoint whose meta says input_shape [1, 1000, 1000] made
     load_trained run init, drawing a (4000000, 128) dense weight (5.9 GB of peak memory)
-    before the params were compared. init now draws through a generator that refuses any
-    array larger than the file's largest, so the file is refused at once."""
+    before the params were compared. The shapes now come from a pass that draws and
+    allocates no weight (``param_shapes``), and the file is refused by comparing them."""
     from fcnn.io import CheckpointError, save_checkpoint
 
     model = build_model("default", 10)
@@ -337,12 +337,34 @@ def test_regression_a_stored_input_shape_of_1000x1000_ran_init_to_gigabytes(
     )
     with pytest.raises(
         CheckpointError,
-        match=r"does not fit input_shape \(1, 1000, 1000\): dense1: it needs an array of "
-        r"shape \(4000000, 128\), more values than the checkpoint's largest array \(401408\)",
+        match=r"dense1/w: shape \(4000000, 128\) in the model, \(3136, 128\) in the file",
     ):
         load_trained(path)
     grown = _growth_of_refused_load_trained(path)
     assert grown < 32 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB"
+
+
+def test_param_shapes_are_inits_shapes_without_drawing_a_number() -> None:
+    """load_trained needs the params' shapes only: the model's own init runs on abstract
+    draws, so every shape and dtype is init's, no generator is touched and no weight made."""
+    from fcnn.models import ShapeDtype, param_shapes
+
+    for name, shape in [("default", (1, 28, 28)), ("bn", (1, 28, 28)), ("cifar", (3, 32, 32))]:
+        model = build_model(name, 10)
+        like, state_like, out = param_shapes(model, shape)
+        params, state, out_init = fcnn.init(model, np.random.default_rng(0), shape)
+        assert out == out_init == (10,)
+        for tree, real in ((like, params), (state_like, state)):
+            flat, want = fcnn.flatten_dict(tree), fcnn.flatten_dict(real)
+            assert flat.keys() == want.keys()
+            for key, leaf in flat.items():
+                assert (leaf.shape, leaf.dtype) == (want[key].shape, want[key].dtype), key
+        weights = [v for k, v in fcnn.flatten_dict(like).items() if k.endswith("/w")]
+        assert weights and all(isinstance(w, ShapeDtype) for w in weights)
+    huge, _, _ = param_shapes(build_model("default", 10), (1, 10_000, 10_000))
+    assert huge["dense1"]["w"].shape == (64 * 2500 * 2500, 128)  # 2e11 values, none made
+    with pytest.raises(ValueError, match="kernel"):
+        param_shapes(build_model("default", 10), (1, 2, 2))
 
 
 def test_regression_load_trained_inflated_a_deflate_bomb_before_comparing_shapes(
@@ -485,3 +507,15 @@ def test_resnet_trains_saves_and_loads_with_train_py(
     assert "shortcut" in trained.state["stage3"]["residual1"]
     probs = trained.predict_proba(np.random.default_rng(0).random((2, 3, 32, 32), np.float32))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["v0.2.0-lines-small.npz", "v0.2.0-digits-fast.npz"])
+def test_load_trained_reads_a_checkpoint_of_fcnn_0_2_0(name: str) -> None:
+    path = Path(__file__).parent / "fixtures" / name
+    trained = load_trained(path)
+    record = trained.record
+    assert record is not None and record.epoch == 1 and record.config is not None
+    assert record.test_accuracy == trained.meta["history"][-1]["test_acc"]
+    assert trained.classes == tuple(trained.meta["classes"])
+    x = np.random.default_rng(0).uniform(0, 1, (3, *trained.input_shape)).astype(np.float32)
+    np.testing.assert_allclose(trained.predict_proba(x).sum(axis=1), 1.0, rtol=1e-5)

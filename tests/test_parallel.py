@@ -18,10 +18,17 @@ import pytest
 from helpers import same_tree
 
 import fcnn
-import train
+from fcnn import train
 from fcnn.io import load_checkpoint
 from fcnn.models import build_model
-from fcnn.parallel import allreduce_mean, allreduce_sum, broadcast, shard, world
+from fcnn.parallel import (
+    allreduce_mean,
+    allreduce_sum,
+    broadcast,
+    drop_last_batch,
+    shard,
+    world,
+)
 from fcnn.tree import flatten_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +116,7 @@ def test_world_is_none_without_a_launcher(monkeypatch: pytest.MonkeyPatch) -> No
     ],
 )
 def test_drop_last_batch(n: int, batch: int, ranks: int, batch_norm: bool, expected: bool) -> None:
-    assert train.drop_last_batch(n, batch, ranks, batch_norm) is expected
+    assert drop_last_batch(n, batch, ranks, batch_norm) is expected
 
 
 def run_job(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -214,7 +221,7 @@ def test_batch_norm_trains_on_two_ranks_with_averaged_running_statistics(tmp_pat
     state = flatten_dict(load_checkpoint(ckpt).state)
     assert state and all(np.isfinite(v).all() for v in state.values())
     # a batch of 2 splits into slices of 1 image, which batch norm refuses: said up front
-    done = mpirun("train.py", *args[:4], "--batch-size", "3", "--quiet")
+    done = mpirun("train.py", *args[:4], "--batch-size", "3", "--quiet", "--no-save")
     assert done.returncode == 1
     assert "use --batch-size 4 or more" in done.stderr and "Traceback" not in done.stderr
 
@@ -234,8 +241,8 @@ def test_a_non_finite_loss_stops_every_rank_and_keeps_the_checkpoint(tmp_path: P
 
 RANK_1_FAILS = """
 import sys
-sys.path.insert(0, {root!r})
-import fcnn, train
+import fcnn
+from fcnn import train
 from fcnn.parallel import world
 if world().Get_rank() == 1:
     def broken(*args, **kwargs):
@@ -248,7 +255,8 @@ sys.exit(train.main({argv!r}))
 @needs_mpi
 def test_an_exception_on_one_rank_ends_the_whole_job_with_its_message(tmp_path: Path) -> None:
     script = tmp_path / "fail.py"
-    script.write_text(RANK_1_FAILS.format(root=str(ROOT), argv=[*QUICK, "--epochs", "2"]))
+    argv = [*QUICK, "--epochs", "2", "--no-save"]
+    script.write_text(RANK_1_FAILS.format(argv=argv))
     start = time.monotonic()
     done = mpirun(str(script))
     assert time.monotonic() - start < 60  # promptly: rank 0 is not left in the allreduce
@@ -258,8 +266,9 @@ def test_an_exception_on_one_rank_ends_the_whole_job_with_its_message(tmp_path: 
 
 @needs_mpi
 def test_ranks_started_with_different_flags_are_refused_before_training(tmp_path: Path) -> None:
-    cmd = [str(MPIEXEC), "-n", "1", sys.executable, "train.py", *QUICK, "--seed", "0"]
-    cmd += [":", "-n", "1", sys.executable, "train.py", *QUICK, "--seed", "1"]
+    quick = [*QUICK, "--no-save"]
+    cmd = [str(MPIEXEC), "-n", "1", sys.executable, "train.py", *quick, "--seed", "0"]
+    cmd += [":", "-n", "1", sys.executable, "train.py", *quick, "--seed", "1"]
     done = run_job(cmd)
     assert done.returncode == 1
     assert "rank 1 started with other settings" in done.stderr
@@ -335,7 +344,8 @@ def test_sync_train_state_averages_state_and_shares_params() -> None:
 @needs_mpi
 def test_the_header_says_how_many_ranks_and_blas_threads(tmp_path: Path) -> None:
     env = {k: "" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    done = mpirun("train.py", "--dataset", "lines", "--epochs", "1", "--limit-train", "64", env=env)
+    argv = ("--dataset", "lines", "--epochs", "1", "--limit-train", "64", "--no-save")
+    done = mpirun("train.py", *argv, env=env)
     assert done.returncode == 0, done.stderr
     assert "data-parallel on 2 MPI ranks" in done.stdout
     assert re.search(r"\d+ BLAS threads? per rank \(cores / ranks", done.stdout), done.stdout

@@ -17,9 +17,17 @@ from helpers import (
 )
 
 import fcnn
-import train
+from fcnn import train
 from fcnn.io import load_checkpoint
 from fcnn.models import MODELS, build_model
+from fcnn.run import (
+    PRESETS,
+    RECIPES,
+    RunConfig,
+    make_schedule,
+    resolve_config,
+    training_loss,
+)
 
 TINY = ["--limit-train", "256", "--quiet"]
 
@@ -28,14 +36,14 @@ def run(*argv: str) -> int:
     return train.main(list(argv))
 
 
-def config_of(*argv: str) -> train.RunConfig:
-    return train.resolve_config(train.parse_args(list(argv)), None)
+def config_of(*argv: str) -> RunConfig:
+    return resolve_config(train.settings_given(train.parse_args(list(argv))), None)
 
 
 def test_recipe_fast_sets_its_settings_over_the_dataset_presets() -> None:
     c = config_of("--dataset", "mnist", "--recipe", "fast")
     assert c.recipe == "fast" and c.dataset == "mnist"
-    want = {**train.PRESETS["mnist"], **train.RECIPES["fast"]}
+    want = {**PRESETS["mnist"], **RECIPES["fast"]}
     assert {k: getattr(c, k) for k in want} == want
     assert (c.model, c.schedule, c.label_smoothing, c.epochs) == ("fast", "onecycle", 0.1, 3)
     assert config_of("--dataset", "mnist").label_smoothing == 0.0  # without it: as before
@@ -64,24 +72,24 @@ def test_bad_recipe_flags_exit_2(argv: list[str]) -> None:
 
 
 def test_a_checkpoint_saved_before_recipes_resumes_with_their_defaults() -> None:
-    saved = train.RunConfig().as_dict()
+    saved = RunConfig().as_dict()
     del saved["label_smoothing"], saved["recipe"]
-    c = train.RunConfig.from_saved(saved)
+    c = RunConfig.from_saved(saved)
     assert c.label_smoothing == 0.0 and c.recipe is None
     with pytest.raises(ValueError, match=r"--label-smoothing must be a number in \[0, 1\]"):
-        train.RunConfig.from_saved({**saved, "label_smoothing": 2})
+        RunConfig.from_saved({**saved, "label_smoothing": 2})
     with pytest.raises(ValueError, match=r"--recipe must be one of \['fast'\], got 'x'"):
-        train.RunConfig.from_saved({**saved, "recipe": "x"})
+        RunConfig.from_saved({**saved, "recipe": "x"})
 
 
 def test_onecycle_schedule_and_smoothed_loss_follow_the_config() -> None:
     c = config_of("--recipe", "fast")
-    s = train.make_schedule(c, 100)
+    s = make_schedule(c, 100)
     assert s(25) == pytest.approx(c.lr) and s(0) == pytest.approx(c.lr / 25) and s(100) == 0.0
     logits, labels = np.array([[2.0, 0.0, -1.0]]), np.array([0])
-    smoothed = float(train.training_loss(c).fwd(logits, labels)[0])
+    smoothed = float(training_loss(c).fwd(logits, labels)[0])
     assert smoothed == pytest.approx(float(fcnn.label_smoothing(0.1).fwd(logits, labels)[0]))
-    plain = train.training_loss(train.RunConfig())
+    plain = training_loss(RunConfig())
     assert plain is fcnn.softmax_cross_entropy
 
 

@@ -60,16 +60,24 @@ def test_summary_takes_the_faster_torch_format_and_medians_over_seeds() -> None:
 
 def test_fcnn_worker_is_train_py_recipe_run() -> None:
     """The worker's fcnn run gives what train.py gives for the same settings."""
-    import train
+    from fcnn import train
+    from fcnn.parallel import Ranks
+    from fcnn.run import Options, Progress, set_up
 
     out = tta.worker({**TINY, "lib": "fcnn"})
     accs = [r["test_acc"] for r in out["rows"][1:]]
-    args = ["--recipe", "fast", "--limit-train", "256", "--epochs", "2", "--quiet"]
-    run, progress = train.set_up(train.parse_args(args), lambda _: None, train.Ranks())
+    given = {"recipe": "fast", "limit_train": 256, "epochs": 2}
+    run, progress = set_up(given, Options(no_save=True, quiet=True), Ranks())
     data = dataclasses.replace(run.data, x_test=run.data.x_test[:200], y_test=run.data.y_test[:200])
     run = dataclasses.replace(run, data=data)
-    for _ in range(2):
-        progress = train.next_epoch(run, progress, lambda _: None)
+    d = run.data
+    for epoch in (1, 2):  # fcnn.train.train's loop, without the saving
+        ts, _ = fcnn.train_epoch(
+            run.step, progress.ts, d.x_train, d.y_train, run.config.batch_size, progress.rng,
+            None, run.augment, run.drop_last,
+        )  # fmt: skip
+        row = train.epoch_row(run, epoch, 0.0, 1.0, train.evaluate(run, ts, epoch))
+        progress = Progress(ts, progress.rng, epoch, (*progress.history, row), None)
     assert accs == [row["test_acc"] for row in progress.history]
 
 

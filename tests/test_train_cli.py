@@ -1,4 +1,5 @@
-"""train.py end to end, in-process and small: every dataset, checkpoints, resume, guards."""
+"""train.py (fcnn.train) end to end, in-process and small: every dataset, checkpoints, the
+run folder, resume, guards. Every test runs in its tmp_path (runs/ is written there)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from helpers import (
 )
 
 import fcnn
-import train
+import fcnn.run
+from fcnn import train
 from fcnn.io import load_checkpoint, save_checkpoint
 from fcnn.models import load_trained
+
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
 
 FAST = ["--model", "small", "--limit-train", "256", "--batch-size", "64", "--quiet"]
 
@@ -356,8 +360,8 @@ def test_regression_resume_checked_the_stored_spec_after_loading_the_data(
     def no_loading(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the dataset was loaded (or downloaded) before the spec check")
 
-    monkeypatch.setattr(train, "load_dataset", no_loading)
-    monkeypatch.setattr(fcnn, "init", no_loading)
+    monkeypatch.setattr(fcnn.run, "load_dataset", no_loading)
+    monkeypatch.setattr(fcnn.run, "init", no_loading)
     assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 1
     err = capsys.readouterr().err
     assert "at model/spec/layers/2/window: [3, 3] in the checkpoint, [2, 2] now" in err
@@ -540,7 +544,100 @@ def test_resume_refuses_a_deflate_bomb_before_inflating_it(tmp_path: Path) -> No
                 for _ in range(values * 4 // (1 << 22)):
                     f.write(bytes(1 << 22))
     assert bomb.stat().st_size < 2 * 2**20
-    setup = "import sys, train\nsys.stderr = open('/dev/null', 'w')"
+    setup = "import sys\nfrom fcnn import train\nsys.stderr = open('/dev/null', 'w')"
     action = f"code = train.main(['--resume', {str(bomb)!r}, '--quiet'])\nassert code == 1, code"
     grown = peak_growth(setup, action)
     assert grown < 64 * 2**20, f"peak grew by {grown / 2**20:.0f} MiB"
+
+
+# --- issue 21: the run folder, the entry points, 0.2.0 checkpoints, the recorded data ----
+
+
+def test_without_save_every_run_gets_a_new_numbered_folder_and_says_where(
+    in_tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """python train.py trained for a minute and saved nothing; a second run must not
+    destroy the first's."""
+    argv = ("--dataset", "lines", *FAST, "--epochs", "1")
+    assert run(*argv) == 0
+    assert run(*argv, "--seed", "1") == 0
+    out = capsys.readouterr().out
+    first, second = in_tmp_path / "runs" / "lines-1", in_tmp_path / "runs" / "lines-2"
+    for folder in (first, second):
+        assert sorted(p.name for p in folder.iterdir()) == ["metrics.csv", "model.npz"]
+        assert f"checkpoint {Path('runs') / folder.name / 'model.npz'}" in out
+    assert load_checkpoint(first / "model.npz").meta["config"]["seed"] == 0
+    assert load_checkpoint(second / "model.npz").meta["config"]["seed"] == 1
+    # resuming a run folder's checkpoint keeps that folder's metrics up to date
+    assert run("--resume", str(first / "model.npz"), "--epochs", "2", "--quiet") == 0
+    assert [r["epoch"] for r in csv.DictReader((first / "metrics.csv").open())] == ["1", "2"]
+    assert sorted(p.name for p in (in_tmp_path / "runs").iterdir()) == ["lines-1", "lines-2"]
+
+
+def test_no_save_writes_nothing(in_tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--no-save") == 0
+    assert list(in_tmp_path.iterdir()) == []
+    assert "checkpoint" not in capsys.readouterr().out
+    assert run("--no-save", "--save", "m.npz") == 1
+    assert "give --save PATH or --no-save, not both" in capsys.readouterr().err
+
+
+def test_metrics_and_plot_replace_a_file_only_with_overwrite_or_on_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metrics, ckpt = tmp_path / "m.csv", tmp_path / "m.npz"
+    metrics.write_text("someone else's\n")
+    argv = ("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt))
+    assert run(*argv, "--metrics", str(metrics)) == 1
+    assert f"--metrics {metrics} already exists; pass --overwrite" in capsys.readouterr().err
+    assert metrics.read_text() == "someone else's\n" and not ckpt.exists()
+    assert run(*argv, "--metrics", str(metrics), "--overwrite") == 0
+    assert run("--resume", str(ckpt), "--epochs", "2", "--metrics", str(metrics), "--quiet") == 0
+    assert [r["epoch"] for r in csv.DictReader(metrics.open())] == ["1", "2"]
+
+
+def test_python_m_fcnn_train_the_script_and_the_console_entry_are_one_main(
+    tmp_path: Path,
+) -> None:
+    import importlib.metadata
+    import subprocess
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["fcnn-train"] == "fcnn.train:main"
+    entry = importlib.metadata.entry_points(group="console_scripts", name="fcnn-train")
+    assert [e.load() for e in entry] == [train.main], "an old install: pip install -e . again"
+    for argv in (["-m", "fcnn.train"], [str(root / "train.py")]):
+        args = [*argv, "--dataset", "lines", "--epochs", "1", "--limit-train", "64", "--quiet"]
+        done = subprocess.run(
+            [sys.executable, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert "done: test accuracy" in done.stdout and "runs/lines-" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["v0.2.0-lines-small.npz", "v0.2.0-digits-fast.npz"])
+def test_a_checkpoint_written_by_0_2_0_resumes(name: str, tmp_path: Path) -> None:
+    ckpt = tmp_path / name
+    ckpt.write_bytes((Path(__file__).parent / "fixtures" / name).read_bytes())
+    old = load_checkpoint(ckpt)
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 0
+    new = load_checkpoint(ckpt)
+    assert new.meta["epoch"] == 2 and new.meta["history"][0] == old.meta["history"][0]
+    assert new.meta["normalization"] == old.meta["normalization"]
+    assert new.meta["config"] == {**old.meta["config"], "epochs": 2}
+
+
+def test_the_data_folder_is_recorded_and_used_again_on_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_cifar10(tmp_path, monkeypatch)
+    ckpt = tmp_path / "c.npz"
+    argv = ("--dataset", "cifar10", "--model", "small", "--epochs", "1", "--quiet")
+    assert run(*argv, "--data-dir", str(tmp_path), "--save", str(ckpt)) == 0
+    assert load_checkpoint(ckpt).meta["data_dir"] == str(tmp_path)
+    assert load_trained(ckpt).record.data_dir == str(tmp_path)  # type: ignore[union-attr]
+    monkeypatch.setenv("FCNN_DATA_DIR", str(tmp_path / "elsewhere"))  # not where the data is
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 0
+    assert load_checkpoint(ckpt).meta["epoch"] == 2

@@ -72,10 +72,11 @@ def test_non_finite_loss_stops_without_applying_the_step(rng: np.random.Generato
     assert all(np.all(np.isfinite(p)) for p in fcnn.tree_leaves(ts.params))
 
 
-def test_train_py_reaches_full_accuracy_on_lines() -> None:
+def test_train_py_reaches_full_accuracy_on_lines(tmp_path: Path) -> None:
     """The core issue's promise: the lines set is learned perfectly in a few seconds."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--dataset", "lines", "--quiet"],
+        cwd=tmp_path,  # where its run folder goes
         capture_output=True,
         text=True,
         timeout=300,

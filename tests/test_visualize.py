@@ -160,3 +160,36 @@ def test_bad_index_is_one_line(
     argv = [str(untrained_ckpt), "--out", str(tmp_path / "o"), "--limit-test", "10"]
     assert vis.main([*argv, "--index", "10"]) == 1
     assert capsys.readouterr().err == "error: --index must be in [0, 10), got 10\n"
+
+
+# --- issue 21: the shared command line; 0.2.0 checkpoints ----------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_pictures_are_replaced_only_with_overwrite_and_the_flag_form_works(
+    untrained_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pics"
+    out.mkdir()
+    (out / "confusion.png").write_bytes(b"mine")
+    argv = ["--checkpoint", str(untrained_ckpt), "--out", str(out), "--limit-test", "50"]
+    assert vis.main(argv) == 1
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"error: --out {out / 'confusion.png'} already exists; pass --overwrite to replace it\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png"]  # nothing drawn
+    assert vis.main([*argv, "--overwrite"]) == 0
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit) as stop:  # no checkpoint: a usage error
+        vis.main(["--out", str(out)])
+    assert stop.value.code == 2
+
+
+def test_a_checkpoint_of_fcnn_0_2_0_is_drawn(tmp_path: Path) -> None:
+    ckpt = FIXTURES / "v0.2.0-digits-fast.npz"
+    out = tmp_path / "pics"
+    assert vis.main([str(ckpt), "--out", str(out), "--limit-test", "40", "--saliency", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(vis.PICTURES)

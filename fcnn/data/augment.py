@@ -1,12 +1,15 @@
 """Data augmentation as pure functions of a batch and an explicit generator.
 
     x_aug = random_shift(x, max_shift=2, rng=rng)   # x: (N, C, H, W) -> (N, C, H, W), x's dtype
+    augment = shift_augment(2, mean, std)           # augment(x, rng): for fcnn.train_epoch
 
 Each image is translated by its own whole-pixel offset ``(dy, dx)``, drawn
 uniformly from ``[-max_shift, max_shift]`` for each axis; pixels shifted in from
 outside the frame are ``fill``: a number, or one value per channel ``(C,)`` (0 is
 MNIST's background in ``[0, 1]``; after normalisation it is ``-mean / std``).
-Nothing wraps around.
+Nothing wraps around. ``shift_augment`` makes the ``augment(x, rng)`` that
+``fcnn.train_epoch`` takes, for images normalised with ``(mean, std)``: its border is
+the background pixel normalised the same way, so it is right by construction.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["random_shift"]
+from .dataset import normalize
+
+__all__ = ["random_shift", "shift_augment"]
 
 
 def random_shift(
@@ -58,6 +63,26 @@ def random_shift(
         top, left = m - int(dy), m - int(dx)
         out[rows] = padded[rows, :, top : top + h, left : left + w]
     return out
+
+
+def shift_augment(
+    max_shift: int, mean: ArrayLike, std: ArrayLike, background: float = 0.0
+) -> Callable[[NDArray[Any], np.random.Generator], NDArray[Any]]:
+    """``augment(x, rng)`` for ``fcnn.train_epoch``: ``random_shift`` by up to ``max_shift``
+    pixels of images ``x: (N, C, H, W)`` normalised with per-channel ``mean, std: (C,)``.
+
+    Pixels shifted in are ``background`` (a raw intensity, 0 for MNIST's black) normalised
+    like the images, ``(background - mean) / std`` per channel. ``ValueError`` for
+    statistics ``fcnn.data.normalize`` refuses (not ``(C,)``, a non-positive ``std``).
+    """
+    mean_a = np.asarray(mean, dtype=np.float32)
+    pixel = np.full((1, mean_a.size), background, dtype=np.float32)
+    fill = normalize(pixel, mean_a, np.asarray(std, dtype=np.float32))[0]
+
+    def augment(x: NDArray[Any], rng: np.random.Generator) -> NDArray[Any]:
+        return random_shift(x, max_shift, rng, fill=fill)
+
+    return augment
 
 
 # --- CIFAR-style augmentation: random crops of a padded image, horizontal flips ------------
