@@ -1,0 +1,237 @@
+"""Connection guards: uvicorn's h11 protocol with a connection limit that evicts by
+progress, a deadline for the request head and a lingering close; and the open-file limit.
+
+uvicorn has no setting for any of these (``limit_concurrency`` refuses newcomers with a
+503 while idle sockets keep their places; ``timeout_keep_alive`` does not cover a head that
+trickles in), so ``GuardedH11Protocol`` extends its h11 protocol; pass
+``guarded_protocol(ConnectionLimits(...), min_rate)`` as ``uvicorn.run(http=...)``.
+
+- **Head deadline.** A connection waiting for a complete request head (after connecting,
+  or after its last response) ``header_timeout_s`` seconds gets a 408 and is closed.
+- **The limit.** When a new connection would exceed ``max_connections``, the connection
+  furthest behind sending its request is closed (a 408) to make room: among those the
+  server waits on (no complete request head yet, or a body still arriving), the one with
+  the largest ``seconds waited - bytes received / min_rate``, skipping any with bytes
+  already in the kernel that the server has not read (progress the count has not seen
+  yet). A connection whose request is being answered is never closed for a newcomer;
+  when every connection's is, the newcomer gets a 503. So idle and slow connections,
+  however many, only ever displace each other, and a client that sends its request
+  promptly keeps its place.
+- **Lingering close.** When the server closes a connection whose client may still be
+  sending (a refusal before the body was read: 413, 400, 503), it first half-closes
+  and reads out and discards what arrives, for at most ``LINGER_S`` seconds, so the
+  client reads the answer instead of a reset. Such a connection goes first at the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import struct
+from collections.abc import Callable
+from typing import Any, cast
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .limits import ConnectionLimits
+
+try:  # unread bytes of a socket (Linux, macOS); without them no connection is skipped
+    import fcntl
+    import termios
+
+    _FIONREAD: int | None = termios.FIONREAD
+except ImportError:  # pragma: no cover - Windows
+    _FIONREAD = None
+
+__all__ = ["LINGER_S", "GuardedH11Protocol", "fit_open_files", "guarded_protocol"]
+
+LINGER_S = 2.0
+# Descriptors the process needs besides its connections (libraries, the listening socket).
+_SPARE_FILES = 32
+_MAX_BACKLOG = 128
+
+
+def _raw_response(status: int, reason: str, detail: str) -> bytes:
+    """A complete HTTP/1.1 error response that closes the connection."""
+    body = json.dumps({"detail": detail}).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_EVICTED = _raw_response(
+    408,
+    "Request Timeout",
+    "closed for a new connection: this one was furthest behind sending its request",
+)
+_FULL = _raw_response(503, "Service Unavailable", "too many connections; try again")
+
+
+def _unread(transport: asyncio.BaseTransport) -> int:
+    """Bytes that arrived on ``transport``'s socket and are not read yet (0 if unknown)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or _FIONREAD is None:
+        return 0
+    with contextlib.suppress(OSError, ValueError):
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _FIONREAD, b"\0" * 4))[0])
+    return 0
+
+
+class _Transport:
+    """A connection's transport as uvicorn sees it: ``close()`` lingers when the client
+    may still be sending; everything else is the real transport's."""
+
+    def __init__(self, real: asyncio.Transport, protocol: GuardedH11Protocol) -> None:
+        self.real, self._protocol = real, protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def close(self) -> None:
+        self._protocol.close_gracefully()
+
+    def is_closing(self) -> bool:
+        return self.real.is_closing() or self._protocol.lingering is not None
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the guards of the module docstring."""
+
+    def __init__(self, *args: Any, limits: ConnectionLimits, min_rate: float, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.limits, self.min_rate = limits, min_rate
+        self.waiting_since, self.received = 0.0, 0
+        self.clock: asyncio.TimerHandle | None = None
+        self.lingering: asyncio.TimerHandle | None = None
+
+    @property
+    def real(self) -> asyncio.Transport:
+        return cast(_Transport, self.transport).real
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(cast(asyncio.Transport, _Transport(transport, self)))
+        self._start_waiting()
+        if len(self.connections) > self.limits.max_connections:
+            self._make_room()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_clock()
+        if self.lingering is not None:
+            self.lingering.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:  # read out and dropped: the answer is sent
+            return
+        self.received += len(data)
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._start_waiting()
+
+    def awaiting_client(self) -> bool:
+        """The server waits on the client: no complete request head, or a body arriving."""
+        c = self.cycle
+        return c is None or c.response_complete or (c.more_body and not c.disconnected)
+
+    def behind(self, now: float) -> float:
+        """Seconds this connection is behind sending its request at ``min_rate``."""
+        return now - self.waiting_since - self.received / self.min_rate
+
+    def _make_room(self) -> None:
+        others = [
+            c
+            for c in self.connections
+            if isinstance(c, GuardedH11Protocol) and c is not self and not c.real.is_closing()
+        ]
+        lingering = next((c for c in others if c.lingering is not None), None)
+        if lingering is not None:
+            lingering.real.abort()
+            return
+        now = self.loop.time()
+        waiting = sorted((c for c in others if c.awaiting_client()), key=lambda c: -c.behind(now))
+        victim = next((c for c in waiting if not _unread(c.real)), None)
+        if victim is not None:
+            victim.drop(_EVICTED)
+        else:
+            self.drop(_FULL, linger=True)
+
+    def drop(self, response: bytes, linger: bool = False) -> None:
+        """Send ``response`` (unless an answer has started) and close."""
+        self._stop_clock()
+        if self.real.is_closing():
+            return
+        c = self.cycle
+        if c is None or c.response_complete or not c.response_started:
+            self.real.write(response)
+        self.close_gracefully(linger) if linger else self.real.close()
+
+    def close_gracefully(self, linger: bool = False) -> None:
+        """Close; first linger (half-close, read out and drop what arrives, at most
+        ``LINGER_S`` s) when ``linger`` or the client may still be sending its body."""
+        if self.real.is_closing() or self.lingering is not None:
+            return
+        c = self.cycle
+        if not (linger or (c is not None and c.more_body and not c.disconnected)):
+            self.real.close()
+            return
+        self._stop_clock()
+        self.lingering = self.loop.call_later(LINGER_S, self.real.close)
+        self.flow.resume_reading()
+        if self.real.can_write_eof():
+            self.real.write_eof()
+
+    def _start_waiting(self) -> None:
+        self._stop_clock()
+        self.waiting_since, self.received = self.loop.time(), 0
+        self.clock = self.loop.call_later(self.limits.header_timeout_s, self._expire)
+
+    def _stop_clock(self) -> None:
+        if self.clock is not None:
+            self.clock.cancel()
+            self.clock = None
+
+    def _expire(self) -> None:
+        self.clock = None
+        c = self.cycle
+        if c is None or c.response_complete:  # else the body's own deadline runs
+            detail = f"no complete request within {self.limits.header_timeout_s:g} s"
+            self.drop(_raw_response(408, "Request Timeout", detail), linger=True)
+
+
+def guarded_protocol(limits: ConnectionLimits, min_rate: float) -> Callable[..., Any]:
+    """``GuardedH11Protocol`` with these settings, for ``uvicorn.run(http=...)``."""
+    if min_rate <= 0:
+        raise ValueError(f"guarded_protocol: min_rate must be positive, got {min_rate}")
+    return functools.partial(GuardedH11Protocol, limits=limits, min_rate=min_rate)
+
+
+def _open_file_limit() -> int:
+    """The soft limit on open files, raised to the hard limit where allowed (never lowered)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 65536 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def fit_open_files(max_connections: int) -> tuple[int, int, int]:
+    """``(connections, backlog, open-file limit)`` that fit the open-file limit.
+
+    asyncio accepts up to ``backlog`` sockets at a time before any connection is handled
+    (and dropped, if it must make room), and once accept fails for want of descriptors it
+    retries in a tight loop that starves everything else. So the limit must hold
+    ``max_connections`` plus two such bursts plus the process's own files.
+    """
+    limit = _open_file_limit()
+    backlog = max(8, min(_MAX_BACKLOG, (limit - _SPARE_FILES - max_connections) // 2))
+    return max(1, min(max_connections, limit - _SPARE_FILES - 2 * backlog)), backlog, limit
