@@ -1,9 +1,9 @@
 """Uploaded bytes looked at before any decoder sees them: which format they start like, and
 whether a PNG's or a JPEG's structure is one an image of its size can have.
 
-Pure functions on ``bytes`` (NumPy for the byte counts, no Pillow), raising ``InputError``
-(an HTTP status and a one-line detail). What they refuse, and why each bound holds for
-every real file:
+Pure functions on ``bytes`` (no Pillow, nothing allocated in proportion to the file),
+raising ``InputError`` (an HTTP status and a one-line detail). What they refuse, and why
+each bound holds for every real file:
 
 - **PNG**: more than ``MAX_PNG_CHUNKS`` chunks plus one per image row (an encoder writes
   at most one data chunk per row; libpng keeps at most 1000 ancillary chunks). A file
@@ -19,8 +19,6 @@ every real file:
 from __future__ import annotations
 
 from typing import NamedTuple
-
-import numpy as np
 
 __all__ = [
     "MAX_JPEG_SCANS",
@@ -133,14 +131,10 @@ def _jpeg_frame(data: bytes) -> _Frame | None:
 
 
 def _coded_bytes(scan: bytes) -> int:
-    """Entropy-coded data bytes in ``scan``: marker codes and fill bytes not counted, a
-    stuffed ``FF 00`` counted once."""
-    a = np.frombuffer(scan, np.uint8)
-    ff = a == 0xFF
-    after_ff = np.zeros_like(ff)
-    after_ff[1:] = ff[:-1]
-    plain = np.count_nonzero(~ff & ~after_ff)
-    return int(plain + np.count_nonzero(after_ff & (a == 0)))
+    """Entropy-coded data bytes in ``scan``: a marker (``FF`` and its code) not counted, a
+    stuffed ``FF 00`` counted once (fill bytes, rare, count one less each: never more)."""
+    markers = scan.count(b"\xff")
+    return len(scan) - 2 * markers + scan.count(b"\xff\x00")
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -104,7 +104,9 @@ class GuardedH11Protocol(H11Protocol):
     def __init__(self, *args: Any, limits: ConnectionLimits, min_rate: float, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.limits, self.min_rate = limits, min_rate
-        self.waiting_since, self.received = 0.0, 0
+        self.waiting_since = self.head_at = 0.0
+        self.body_received = 0
+        self.head_cycle: Any = None  # the request whose head arrived at head_at
         self.clock: asyncio.TimerHandle | None = None
         self.lingering: asyncio.TimerHandle | None = None
 
@@ -127,8 +129,12 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering is not None:  # read out and dropped: the answer is sent
             return
-        self.received += len(data)
+        before = self.cycle
         super().data_received(data)
+        if self.cycle is not before and self.cycle is not None:  # a request head arrived
+            self.head_cycle, self.head_at, self.body_received = self.cycle, self.loop.time(), 0
+        else:
+            self.body_received += len(data)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -141,8 +147,13 @@ class GuardedH11Protocol(H11Protocol):
         return c is None or c.response_complete or (c.more_body and not c.disconnected)
 
     def behind(self, now: float) -> float:
-        """Seconds this connection is behind sending its request at ``min_rate``."""
-        return now - self.waiting_since - self.received / self.min_rate
+        """Seconds this connection is behind sending its request: waiting for a head, the
+        seconds waited; receiving a body, the seconds since the head minus the body's
+        bytes over ``min_rate``."""
+        c = self.cycle
+        if c is None or c.response_complete or c is not self.head_cycle:
+            return now - self.waiting_since
+        return now - self.head_at - self.body_received / self.min_rate
 
     def _make_room(self) -> None:
         others = [
@@ -189,7 +200,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def _start_waiting(self) -> None:
         self._stop_clock()
-        self.waiting_since, self.received = self.loop.time(), 0
+        self.waiting_since = self.loop.time()
         self.clock = self.loop.call_later(self.limits.header_timeout_s, self._expire)
 
     def _stop_clock(self) -> None:

@@ -189,7 +189,8 @@ def predictions(trained: Trained, x: Array) -> list[Prediction]:
 
     ``InputError`` (422) when the model's probabilities for an image are not finite.
     """
-    probs = trained.predict_proba(x, batch_size=max(1, len(x)))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+        probs = trained.predict_proba(x, batch_size=max(1, len(x)))
     bad = np.flatnonzero(~np.all(np.isfinite(probs), axis=1))
     if bad.size:
         raise InputError(
