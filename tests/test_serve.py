@@ -552,3 +552,76 @@ def test_main_bad_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_main_bad_port() -> None:
     with pytest.raises(SystemExit):
         main(["--checkpoint", "m.npz", "--port", "70000"])
+
+
+def test_main_takes_the_checkpoint_as_for_every_command(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: CHECKPOINT or --checkpoint CHECKPOINT (fcnn.cli.add_checkpoint)."""
+    uvicorn = pytest.importorskip("uvicorn")
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+    assert main([str(checkpoint)]) == 0
+    assert main(["--checkpoint", str(checkpoint)]) == 0
+    assert len(runs) == 2
+    assert main([]) == 1
+    assert capsys.readouterr().err.startswith("error: no checkpoint given")
+
+
+def test_main_flags_reach_the_app_and_the_connection_guards(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append({"app": app, **kw}))
+    argv = [str(checkpoint), "--max-connections", "7", "--header-timeout", "3"]
+    argv += ["--min-body-rate", "1000", "--max-pending-bytes", "99999999", "--keep-alive", "2"]
+    assert main(argv) == 0
+    guard = runs[0]["http"].keywords
+    assert guard["limits"].max_connections == 7 and guard["limits"].header_timeout_s == 3
+    assert guard["min_rate"] == 1000 and runs[0]["timeout_keep_alive"] == 2
+    limits = TestClient(runs[0]["app"]).get("/metadata").json()["limits"]
+    assert limits["min_body_rate"] == 1000 and limits["max_pending_bytes"] == 99999999
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [
+        ("--max-batch", "0", "ServeLimits.max_batch (--max-batch) must be a positive int, got 0"),
+        ("--body-timeout", "-1", "(--body-timeout) must be a positive int, got -1"),
+        ("--header-timeout", "0", "(--header-timeout) must be a positive int, got 0"),
+        ("--port", "70000", "--port must be in [0, 65535], got 70000"),
+        ("--max-pixels", "many", "invalid int value: 'many'"),
+    ],
+)
+def test_main_bad_flag_values_exit_2_naming_the_flag(
+    flag: str, value: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["m.npz", flag, value])
+    assert exit_.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_every_setting_is_a_flag_declared_once() -> None:
+    """Issue 21: the flags come from the fields of the settings dataclasses."""
+    from fcnn.cli import flag_name
+    from fcnn.serve import ConnectionLimits, Listen
+    from fcnn.serve.__main__ import _parser
+
+    text = _parser().format_help()
+    for cls in (ServeLimits, ConnectionLimits, Listen):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("flag", flag_name(f.name)) in text, f.name
+
+
+def test_python_m_fcnn_serve_help() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "fcnn.serve", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith("usage: python -m fcnn.serve")
+    assert "--max-pending-bytes" in proc.stdout and "--checkpoint" in proc.stdout

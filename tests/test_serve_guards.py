@@ -329,3 +329,24 @@ def test_regression_a_flood_of_8_mb_json_bodies_filled_memory(checkpoint: Path) 
     # The bodies in the 64 MiB budget, once more while each is joined from its chunks,
     # and a little for the rest (measured: 110-115 MiB over the base; 4.8 GB before).
     assert peak - base < 2 * 64 + 64, f"peak {peak} MiB, {base} MiB before"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("scenario", "attackers"),
+    [("slow-body", 100), ("idle", 300), ("json-flood", 95), ("png-flood", 8)],
+)
+def test_legitimate_clients_are_served_during_a_flood(
+    checkpoint: Path, scenario: str, attackers: int
+) -> None:
+    """Issue 24.1 and 24.5 at full size, through benchmarks/serve_probe.py: 15 s of a flood
+    (attackers in a process of their own, reconnecting), 4 legitimate clients beside it."""
+    import serve_probe
+
+    argv = [scenario, "--attackers", str(attackers), "--seconds", "15", "--idle-seconds", "1"]
+    args = serve_probe._parser().parse_args(argv)
+    result = serve_probe.run(args, checkpoint)
+    flood = result["rounds"][1]
+    assert flood["legit_attempted"] >= 20, flood
+    assert flood["legit_served"] >= 0.95 * flood["legit_attempted"], flood
+    assert result["vm_hwm_mib"] < 600, result
