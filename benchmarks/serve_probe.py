@@ -16,6 +16,8 @@ Scenarios (each attacker reconnects as soon as the server closes its connection)
 - ``idle``: connect and send nothing;
 - ``json-flood``: an 8 MB JSON body of 2M ``[0]`` to ``/predict/array``, as fast as answered;
 - ``png-flood``: a 10 MB PNG of 870k empty chunks to ``/predict``, as fast as answered;
+- ``image-flood``: a 4000 × 4000 PNG of a bar (16 megapixels, the default ``max_pixels``)
+  to ``/predict``, as fast as answered: the most memory a legitimate request may take;
 - ``requests``: no flood; each hostile request of ``hostile_requests`` once, on a fresh
   connection, with what came back (the status lines, whether sending failed) and the
   seconds it took (``--scale 1e30`` makes the model's logits overflow: its answers).
@@ -58,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-SCENARIOS = ("slow-body", "idle", "json-flood", "png-flood", "none", "requests")
+SCENARIOS = ("slow-body", "idle", "json-flood", "png-flood", "image-flood", "none", "requests")
 HOST = "127.0.0.1"
 
 
@@ -187,6 +189,13 @@ def empty_chunk_png(n: int = 870_000) -> bytes:
     return png[:33] + _chunk(b"prVt", b"") * n + png[33:]
 
 
+def big_png() -> bytes:
+    """A 4000 × 4000 PNG of a dark bar on white (16 megapixels, a few kB)."""
+    x = np.zeros((4000, 4000))
+    x[800:3200, 1900:2100] = 1.0
+    return png_bytes(x)
+
+
 async def exchange(raw: bytes, port: int, timeout: float) -> tuple[str, float]:
     """Send one request on a fresh connection: (outcome, seconds); the outcome is the
     status code, or 'reset', 'closed' (no answer), 'timeout', 'refused'."""
@@ -290,8 +299,8 @@ def attacker(scenario: str, port: int) -> Callable[[float, Tally], Awaitable[Non
             "/predict/array", b"[" + b"[0]," * 1_999_999 + b"[0]]", "application/json"
         )
         return lambda until, t: flood(port, until, t, raw)
-    if scenario == "png-flood":
-        body, ctype = multipart(empty_chunk_png())
+    if scenario in ("png-flood", "image-flood"):
+        body, ctype = multipart(empty_chunk_png() if scenario == "png-flood" else big_png())
         raw = request_bytes("/predict", body, ctype)
         return lambda until, t: flood(port, until, t, raw)
     raise ValueError(scenario)

@@ -19,8 +19,9 @@ trickles in), so ``GuardedH11Protocol`` extends its h11 protocol; pass
   promptly keeps its place.
 - **Lingering close.** When the server closes a connection whose client may still be
   sending (a refusal before the body was read: 413, 400, 503), it first half-closes
-  and reads out and discards what arrives, for at most ``LINGER_S`` seconds, so the
-  client reads the answer instead of a reset. Such a connection goes first at the limit.
+  and reads out and discards what arrives, until the client closes or sends nothing
+  for ``LINGER_QUIET_S`` seconds (at most ``LINGER_MAX_S``), so the client reads the
+  answer instead of a reset. Such a connection goes first at the limit.
 """
 
 from __future__ import annotations
@@ -45,9 +46,18 @@ try:  # unread bytes of a socket (Linux, macOS); without them no connection is s
 except ImportError:  # pragma: no cover - Windows
     _FIONREAD = None
 
-__all__ = ["LINGER_S", "GuardedH11Protocol", "fit_open_files", "guarded_protocol"]
+__all__ = [
+    "LINGER_MAX_S",
+    "LINGER_QUIET_S",
+    "GuardedH11Protocol",
+    "fit_open_files",
+    "guarded_protocol",
+]
 
-LINGER_S = 2.0
+# A lingering close ends when the client closes, after LINGER_QUIET_S s without data, or
+# LINGER_MAX_S s after it began (nginx's lingering_timeout and lingering_time: 5 and 30 s).
+LINGER_QUIET_S = 2.0
+LINGER_MAX_S = 30.0
 # Descriptors the process needs besides its connections (libraries, the listening socket).
 _SPARE_FILES = 32
 _MAX_BACKLOG = 128
@@ -108,7 +118,8 @@ class GuardedH11Protocol(H11Protocol):
         self.body_received = 0
         self.head_cycle: Any = None  # the request whose head arrived at head_at
         self.clock: asyncio.TimerHandle | None = None
-        self.lingering: asyncio.TimerHandle | None = None
+        self.lingering: asyncio.TimerHandle | None = None  # the close that ends it
+        self.linger_until = 0.0
 
     @property
     def real(self) -> asyncio.Transport:
@@ -128,6 +139,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.lingering is not None:  # read out and dropped: the answer is sent
+            self._linger()
             return
         before = self.cycle
         super().data_received(data)
@@ -184,8 +196,8 @@ class GuardedH11Protocol(H11Protocol):
         self.close_gracefully(linger) if linger else self.real.close()
 
     def close_gracefully(self, linger: bool = False) -> None:
-        """Close; first linger (half-close, read out and drop what arrives, at most
-        ``LINGER_S`` s) when ``linger`` or the client may still be sending its body."""
+        """Close; first linger (half-close, then read out and drop what arrives) when
+        ``linger`` or the client may still be sending its body."""
         if self.real.is_closing() or self.lingering is not None:
             return
         c = self.cycle
@@ -193,10 +205,18 @@ class GuardedH11Protocol(H11Protocol):
             self.real.close()
             return
         self._stop_clock()
-        self.lingering = self.loop.call_later(LINGER_S, self.real.close)
+        self.linger_until = self.loop.time() + LINGER_MAX_S
+        self._linger()
         self.flow.resume_reading()
         if self.real.can_write_eof():
             self.real.write_eof()
+
+    def _linger(self) -> None:
+        """(Re)arm the lingering close: ``LINGER_QUIET_S`` more, within ``LINGER_MAX_S``."""
+        if self.lingering is not None:
+            self.lingering.cancel()
+        left = min(LINGER_QUIET_S, self.linger_until - self.loop.time())
+        self.lingering = self.loop.call_later(max(left, 0.0), self.real.close)
 
     def _start_waiting(self) -> None:
         self._stop_clock()
