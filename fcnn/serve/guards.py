@@ -8,15 +8,13 @@ trickles in), so ``GuardedH11Protocol`` extends its h11 protocol; pass
 
 - **Head deadline.** A connection waiting for a complete request head (after connecting,
   or after its last response) ``header_timeout_s`` seconds gets a 408 and is closed.
-- **The limit.** When a new connection would exceed ``max_connections``, the connection
-  furthest behind sending its request is closed (a 408) to make room: among those the
-  server waits on (no complete request head yet, or a body still arriving), the one with
-  the largest ``seconds waited - bytes received / min_rate``, skipping any with bytes
-  already in the kernel that the server has not read (progress the count has not seen
-  yet). A connection whose request is being answered is never closed for a newcomer;
-  when every connection's is, the newcomer gets a 503. So idle and slow connections,
-  however many, only ever displace each other, and a client that sends its request
-  promptly keeps its place.
+- **The limit.** When a new connection would exceed ``max_connections``, the one
+  furthest behind sending its request is closed (a 408) to make room: the oldest
+  waiting for a head, or a body furthest behind ``min_rate`` (seconds since its head
+  minus its bytes over the rate), whichever is further; never one whose bytes wait in
+  the kernel unread, nor one whose request is being answered (when all are, the
+  newcomer gets a 503). So idle and slow connections only displace each other, and a
+  client that sends its request at once keeps its place.
 - **Lingering close.** When the server closes a connection whose client may still be
   sending (a refusal before the body was read: 413, 400, 503), it first half-closes
   and reads out and discards what arrives, until the client closes or sends nothing
@@ -108,12 +106,47 @@ class _Transport:
         return self.real.is_closing() or self._protocol.lingering is not None
 
 
+class _Places:
+    """The connections of one server that the guard may close for a newcomer, kept in
+    order, so finding one never scans every connection: those waiting for a request head
+    (oldest first), those receiving a body, those lingering."""
+
+    def __init__(self) -> None:
+        self.heads: dict[GuardedH11Protocol, None] = {}
+        self.bodies: set[GuardedH11Protocol] = set()
+        self.lingering: dict[GuardedH11Protocol, None] = {}
+
+    def put(self, c: GuardedH11Protocol, where: str | None) -> None:
+        """File ``c`` under ``where`` ("head", "body", "linger"), or under none."""
+        self.heads.pop(c, None)
+        self.bodies.discard(c)
+        self.lingering.pop(c, None)
+        if where == "head":
+            self.heads[c] = None
+        elif where == "body":
+            self.bodies.add(c)
+        elif where == "linger":
+            self.lingering[c] = None
+
+    def furthest_behind(
+        self, newcomer: GuardedH11Protocol, now: float
+    ) -> GuardedH11Protocol | None:
+        """The connection furthest behind sending its request, none with unread bytes."""
+        head = next((c for c in self.heads if c is not newcomer and not _unread(c.real)), None)
+        bodies = sorted(self.bodies, key=lambda c: -c.behind(now))
+        body = next((c for c in bodies if not _unread(c.real)), None)
+        found = [c for c in (head, body) if c is not None]
+        return max(found, key=lambda c: c.behind(now)) if found else None
+
+
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with the guards of the module docstring."""
 
-    def __init__(self, *args: Any, limits: ConnectionLimits, min_rate: float, **kw: Any) -> None:
+    def __init__(
+        self, *args: Any, limits: ConnectionLimits, min_rate: float, places: _Places, **kw: Any
+    ) -> None:
         super().__init__(*args, **kw)
-        self.limits, self.min_rate = limits, min_rate
+        self.limits, self.min_rate, self.places = limits, min_rate, places
         self.waiting_since = self.head_at = 0.0
         self.body_received = 0
         self.head_cycle: Any = None  # the request whose head arrived at head_at
@@ -121,11 +154,8 @@ class GuardedH11Protocol(H11Protocol):
         self.lingering: asyncio.TimerHandle | None = None  # the close that ends it
         self.linger_until = 0.0
 
-    @property
-    def real(self) -> asyncio.Transport:
-        return cast(_Transport, self.transport).real
-
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.real = transport
         super().connection_made(cast(asyncio.Transport, _Transport(transport, self)))
         self._start_waiting()
         if len(self.connections) > self.limits.max_connections:
@@ -133,6 +163,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_clock()
+        self.places.put(self, None)
         if self.lingering is not None:
             self.lingering.cancel()
         super().connection_lost(exc)
@@ -143,20 +174,19 @@ class GuardedH11Protocol(H11Protocol):
             return
         before = self.cycle
         super().data_received(data)
-        if self.cycle is not before and self.cycle is not None:  # a request head arrived
-            self.head_cycle, self.head_at, self.body_received = self.cycle, self.loop.time(), 0
-        else:
+        c = self.cycle
+        if c is not before and c is not None:  # a request head arrived
+            self.head_cycle, self.head_at, self.body_received = c, self.loop.time(), 0
+            self.places.put(self, "body" if c.more_body else None)
+        elif c is not None and c is self.head_cycle and not c.response_complete:
             self.body_received += len(data)
+            if not c.more_body:  # the body is complete: the server's turn
+                self.places.put(self, None)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
             self._start_waiting()
-
-    def awaiting_client(self) -> bool:
-        """The server waits on the client: no complete request head, or a body arriving."""
-        c = self.cycle
-        return c is None or c.response_complete or (c.more_body and not c.disconnected)
 
     def behind(self, now: float) -> float:
         """Seconds this connection is behind sending its request: waiting for a head, the
@@ -168,18 +198,12 @@ class GuardedH11Protocol(H11Protocol):
         return now - self.head_at - self.body_received / self.min_rate
 
     def _make_room(self) -> None:
-        others = [
-            c
-            for c in self.connections
-            if isinstance(c, GuardedH11Protocol) and c is not self and not c.real.is_closing()
-        ]
-        lingering = next((c for c in others if c.lingering is not None), None)
+        lingering = next(iter(self.places.lingering), None)
         if lingering is not None:
+            self.places.put(lingering, None)
             lingering.real.abort()
             return
-        now = self.loop.time()
-        waiting = sorted((c for c in others if c.awaiting_client()), key=lambda c: -c.behind(now))
-        victim = next((c for c in waiting if not _unread(c.real)), None)
+        victim = self.places.furthest_behind(self, self.loop.time())
         if victim is not None:
             victim.drop(_EVICTED)
         else:
@@ -193,7 +217,11 @@ class GuardedH11Protocol(H11Protocol):
         c = self.cycle
         if c is None or c.response_complete or not c.response_started:
             self.real.write(response)
-        self.close_gracefully(linger) if linger else self.real.close()
+        if linger:
+            self.close_gracefully(linger)
+        else:
+            self.places.put(self, None)
+            self.real.close()
 
     def close_gracefully(self, linger: bool = False) -> None:
         """Close; first linger (half-close, then read out and drop what arrives) when
@@ -202,9 +230,11 @@ class GuardedH11Protocol(H11Protocol):
             return
         c = self.cycle
         if not (linger or (c is not None and c.more_body and not c.disconnected)):
+            self.places.put(self, None)
             self.real.close()
             return
         self._stop_clock()
+        self.places.put(self, "linger")
         self.linger_until = self.loop.time() + LINGER_MAX_S
         self._linger()
         self.flow.resume_reading()
@@ -220,6 +250,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def _start_waiting(self) -> None:
         self._stop_clock()
+        self.places.put(self, "head")
         self.waiting_since = self.loop.time()
         self.clock = self.loop.call_later(self.limits.header_timeout_s, self._expire)
 
@@ -240,7 +271,7 @@ def guarded_protocol(limits: ConnectionLimits, min_rate: float) -> Callable[...,
     """``GuardedH11Protocol`` with these settings, for ``uvicorn.run(http=...)``."""
     if min_rate <= 0:
         raise ValueError(f"guarded_protocol: min_rate must be positive, got {min_rate}")
-    return functools.partial(GuardedH11Protocol, limits=limits, min_rate=min_rate)
+    return functools.partial(GuardedH11Protocol, limits=limits, min_rate=min_rate, places=_Places())
 
 
 def _open_file_limit() -> int:
