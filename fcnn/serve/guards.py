@@ -61,12 +61,12 @@ _SPARE_FILES = 32
 _MAX_BACKLOG = 128
 
 
-def _raw_response(status: int, reason: str, detail: str) -> bytes:
+def _raw_response(status: int, reason: str, detail: str, extra: str = "") -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
     body = json.dumps({"detail": detail}).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n{extra}\r\n"
     )
     return head.encode() + body
 
@@ -76,7 +76,9 @@ _EVICTED = _raw_response(
     "Request Timeout",
     "closed for a new connection: this one was furthest behind sending its request",
 )
-_FULL = _raw_response(503, "Service Unavailable", "too many connections; try again")
+_FULL = _raw_response(
+    503, "Service Unavailable", "too many connections; try again", "retry-after: 1\r\n"
+)
 
 
 def _unread(transport: asyncio.BaseTransport) -> int:
@@ -108,35 +110,34 @@ class _Transport:
 
 class _Places:
     """The connections of one server that the guard may close for a newcomer, kept in
-    order, so finding one never scans every connection: those waiting for a request head
-    (oldest first), those receiving a body, those lingering."""
+    order, so finding one never scans every connection: by where they are, "head"
+    (waiting for a request head, oldest first), "body" (receiving one) or "linger"."""
 
     def __init__(self) -> None:
-        self.heads: dict[GuardedH11Protocol, None] = {}
-        self.bodies: set[GuardedH11Protocol] = set()
-        self.lingering: dict[GuardedH11Protocol, None] = {}
+        self.lists: dict[str, dict[GuardedH11Protocol, None]] = {
+            "head": {},
+            "body": {},
+            "linger": {},
+        }
 
     def put(self, c: GuardedH11Protocol, where: str | None) -> None:
-        """File ``c`` under ``where`` ("head", "body", "linger"), or under none."""
-        self.heads.pop(c, None)
-        self.bodies.discard(c)
-        self.lingering.pop(c, None)
-        if where == "head":
-            self.heads[c] = None
-        elif where == "body":
-            self.bodies.add(c)
-        elif where == "linger":
-            self.lingering[c] = None
+        """File ``c`` under ``where``, or under none."""
+        for listed in self.lists.values():
+            listed.pop(c, None)
+        if where is not None:
+            self.lists[where][c] = None
 
     def furthest_behind(
         self, newcomer: GuardedH11Protocol, now: float
     ) -> GuardedH11Protocol | None:
         """The connection furthest behind sending its request, none with unread bytes."""
-        head = next((c for c in self.heads if c is not newcomer and not _unread(c.real)), None)
-        bodies = sorted(self.bodies, key=lambda c: -c.behind(now))
-        body = next((c for c in bodies if not _unread(c.real)), None)
-        found = [c for c in (head, body) if c is not None]
-        return max(found, key=lambda c: c.behind(now)) if found else None
+
+        def free(c: GuardedH11Protocol) -> bool:  # not the newcomer, not closed meanwhile
+            return c is not newcomer and not c.real.is_closing() and not _unread(c.real)
+
+        bodies = sorted(self.lists["body"], key=lambda c: -c.behind(now))
+        found = [next(filter(free, cs), None) for cs in (self.lists["head"], bodies)]
+        return max((c for c in found if c), key=lambda c: c.behind(now), default=None)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -198,7 +199,7 @@ class GuardedH11Protocol(H11Protocol):
         return now - self.head_at - self.body_received / self.min_rate
 
     def _make_room(self) -> None:
-        lingering = next(iter(self.places.lingering), None)
+        lingering = next(iter(self.places.lists["linger"]), None)
         if lingering is not None:
             self.places.put(lingering, None)
             lingering.real.abort()
