@@ -6,7 +6,6 @@ HTTP client for the test client (httpx2, or httpx for older Starlette).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import importlib.util
 import io
@@ -38,6 +37,7 @@ import fcnn
 from fcnn.data.images import load_image
 from fcnn.io import CheckpointError, save_checkpoint
 from fcnn.models import Trained, describe_model
+from fcnn.run import RunRecord
 from fcnn.serve import ServeLimits, create_app, main
 
 SHAPE = (1, 28, 28)
@@ -64,7 +64,9 @@ def trained() -> Trained:
     mean, std = np.array([0.13], np.float32), np.array([0.31], np.float32)
     # about 88% right on the test digits
     run = train_on_digits("small", 512, epochs=2, lr=3e-3, seed=11, stats=(mean, std))
-    return Trained(run.model, run.params, run.state, SHAPE, CLASSES, mean, std, _meta())
+    meta = _meta()
+    record = RunRecord.from_meta(meta)
+    return Trained(run.model, run.params, run.state, SHAPE, CLASSES, mean, std, meta, record)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +206,7 @@ def test_app_from_checkpoint_loads_once(
 ) -> None:
     path = tmp_path / "m.npz"
     save_checkpoint(path, params=trained.params, state=trained.state, meta=_meta())
-    import fcnn.serve as serve
+    import fcnn.serve.app as serve
 
     loads: list[str] = []
     real = serve.load_trained
@@ -366,7 +368,8 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ("strip", "/predict", _upload(_png_bomb(20_000, 1)), 422, "20000×1 is a strip"),
     ("out-of-range", "/predict/array", _json(_array((1, *SHAPE), 255.0)), 422, "[0, 1]"),
     ("too-many-images", "/predict/array", _json(_array((9, 1, 1, 1))), 413, "limit is 8"),
-    ("deep-nesting", "/predict/array", _json(b"[" * 100_000 + b"]" * 100_000), 400, "nested"),
+    # Issue 24: refused from a count of its brackets, before parsing (was 400 "nested").
+    ("deep-nesting", "/predict/array", _json(b"[" * 100_000 + b"]" * 100_000), 413, "arrays"),
     (
         "wrong-content-type",
         "/predict/array",
@@ -442,7 +445,7 @@ def test_server_keeps_serving_after_every_bad_input(client: TestClient, trained:
 def test_invalid_content_length_header(client: TestClient) -> None:
     from starlette.types import Message
 
-    import fcnn.serve as serve
+    from fcnn.serve.body import BodyGuard, ByteBudget
 
     sent: list[Message] = []
 
@@ -457,10 +460,10 @@ def test_invalid_content_length_header(client: TestClient) -> None:
 
     import anyio
 
-    limiter = serve._BodyLimit(app, lambda path: 100)
+    limiter = BodyGuard(app, ServeLimits(max_json_bytes=100), ByteBudget(1000))
     for value, status in ((b"abc", 400), (b"-1", 400), (b"101", 413)):
         sent.clear()
-        scope = {"type": "http", "path": "/predict", "headers": [(b"content-length", value)]}
+        scope = {"type": "http", "path": "/predict/array", "headers": [(b"content-length", value)]}
         anyio.run(limiter, scope, receive, send)
         assert sent[0]["status"] == status
 
@@ -510,6 +513,7 @@ def checkpoint(tmp_path: Path, trained: Trained) -> Path:
 def test_main_loads_then_runs_uvicorn(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uvicorn = pytest.importorskip("uvicorn")
     import fcnn.runtime
+    from fcnn.serve.guards import GuardedH11Protocol
 
     runs: list[dict[str, Any]] = []
     tuned: list[bool] = []
@@ -521,7 +525,7 @@ def test_main_loads_then_runs_uvicorn(checkpoint: Path, monkeypatch: pytest.Monk
     # worker thread's freed image buffers), and guards its connections.
     assert tuned == []
     assert runs[0]["timeout_keep_alive"] == 5 and 8 <= runs[0]["backlog"] <= 128
-    assert issubclass(runs[0]["http"], asyncio.Protocol)
+    assert runs[0]["http"].func is GuardedH11Protocol
     c = TestClient(runs[0]["app"])
     assert c.get("/metadata").json()["classes"] == list(CLASSES)
 
@@ -551,3 +555,76 @@ def test_main_bad_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_main_bad_port() -> None:
     with pytest.raises(SystemExit):
         main(["--checkpoint", "m.npz", "--port", "70000"])
+
+
+def test_main_takes_the_checkpoint_as_for_every_command(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21: CHECKPOINT or --checkpoint CHECKPOINT (fcnn.cli.add_checkpoint)."""
+    uvicorn = pytest.importorskip("uvicorn")
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+    assert main([str(checkpoint)]) == 0
+    assert main(["--checkpoint", str(checkpoint)]) == 0
+    assert len(runs) == 2
+    assert main([]) == 1
+    assert capsys.readouterr().err.startswith("error: no checkpoint given")
+
+
+def test_main_flags_reach_the_app_and_the_connection_guards(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uvicorn = pytest.importorskip("uvicorn")
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append({"app": app, **kw}))
+    argv = [str(checkpoint), "--max-connections", "7", "--header-timeout", "3"]
+    argv += ["--min-body-rate", "1000", "--max-pending-bytes", "99999999", "--keep-alive", "2"]
+    assert main(argv) == 0
+    guard = runs[0]["http"].keywords
+    assert guard["limits"].max_connections == 7 and guard["limits"].header_timeout_s == 3
+    assert guard["min_rate"] == 1000 and runs[0]["timeout_keep_alive"] == 2
+    limits = TestClient(runs[0]["app"]).get("/metadata").json()["limits"]
+    assert limits["min_body_rate"] == 1000 and limits["max_pending_bytes"] == 99999999
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [
+        ("--max-batch", "0", "ServeLimits.max_batch (--max-batch) must be a positive int, got 0"),
+        ("--body-timeout", "-1", "(--body-timeout) must be a positive int, got -1"),
+        ("--header-timeout", "0", "(--header-timeout) must be a positive int, got 0"),
+        ("--port", "70000", "--port must be in [0, 65535], got 70000"),
+        ("--max-pixels", "many", "invalid int value: 'many'"),
+    ],
+)
+def test_main_bad_flag_values_exit_2_naming_the_flag(
+    flag: str, value: str, said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["m.npz", flag, value])
+    assert exit_.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_every_setting_is_a_flag_declared_once() -> None:
+    """Issue 21: the flags come from the fields of the settings dataclasses."""
+    from fcnn.cli import flag_name
+    from fcnn.serve import ConnectionLimits, Listen
+    from fcnn.serve.__main__ import _parser
+
+    text = _parser().format_help()
+    for cls in (ServeLimits, ConnectionLimits, Listen):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("flag", flag_name(f.name)) in text, f.name
+
+
+def test_python_m_fcnn_serve_help() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "fcnn.serve", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert proc.stdout.startswith("usage: python -m fcnn.serve")
+    assert "--max-pending-bytes" in proc.stdout and "--checkpoint" in proc.stdout

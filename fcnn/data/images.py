@@ -168,10 +168,16 @@ def check_unit_images(
     expected = f"(N, {', '.join(map(str, input_shape))})"
     if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(input_shape):
         raise ValueError(
-            _prefixed(
-                where, f"expected images shaped {expected}, got an array shaped {arr.shape}"
-            )
+            _prefixed(where, f"expected images shaped {expected}, got an array shaped {arr.shape}")
         )
+    _check_floating(arr, where)
+    if arr.size:
+        _check_unit_range(arr, where)
+    return arr.astype(np.float32, copy=False)
+
+
+def _check_floating(arr: NDArray[Any], where: str | None) -> None:
+    """``TypeError`` unless ``arr`` holds floats; uint8 is pointed to ``uint8_to_unit``."""
     if arr.dtype == np.uint8:
         raise TypeError(
             _prefixed(
@@ -188,8 +194,10 @@ def check_unit_images(
                 f"{arr.dtype}",
             )
         )
-    if arr.size == 0:
-        return arr.astype(np.float32, copy=False)
+
+
+def _check_unit_range(arr: NDArray[Any], where: str | None) -> None:
+    """``ValueError`` unless the non-empty ``arr`` is finite and within [0, 1]."""
     if not np.all(np.isfinite(arr)):
         raise ValueError(_prefixed(where, "the images hold NaN or infinite values"))
     lo, hi = float(arr.min()), float(arr.max())
@@ -201,11 +209,9 @@ def check_unit_images(
             _prefixed(
                 where,
                 "pixel values must be raw intensities in [0, 1] (the model's training "
-                f"normalisation is applied to them for you); got values in [{lo:g}, {hi:g}]"
-                + hint,
+                f"normalisation is applied to them for you); got values in [{lo:g}, {hi:g}]" + hint,
             )
         )
-    return arr.astype(np.float32, copy=False)
 
 
 def is_empty_image(x: FloatArray) -> bool:
@@ -470,16 +476,7 @@ def decode_image(
     if not _is_count(max_pixels):
         raise ValueError(f"decode_image: max_pixels must be a positive int, got {max_pixels!r}")
     image_mod, ops_mod = _pillow()
-    if isinstance(source, bytes | bytearray):
-        where = f"image data ({len(source)} bytes)"
-        stream: Any = io.BytesIO(bytes(source))
-    elif isinstance(source, str | os.PathLike):
-        where = f"image {os.fspath(source)!r}"
-        stream = open(source, "rb")  # noqa: SIM115 (closed below); OSError propagates as is
-    else:
-        raise TypeError(
-            f"decode_image: source must be a path or bytes, got {type(source).__name__}"
-        )
+    where, stream = _open_source(source)
     with stream:
         try:
             im = image_mod.open(stream, formats=list(formats))
@@ -493,18 +490,7 @@ def decode_image(
             raise ValueError(f"{where}: its header is corrupt or truncated ({err})") from err
         with im:
             width, height = im.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{where}: {width}×{height} = {width * height} pixels is more than the "
-                    f"limit of {max_pixels}"
-                )
-            if width * height == 0:
-                raise ValueError(f"{where}: the image is empty ({width}×{height})")
-            if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-                raise ImageShapeError(
-                    f"{where}: {width}×{height} is a strip, not a picture: one side is more "
-                    f"than {MAX_ASPECT_RATIO} times the other"
-                )
+            _check_header_size(where, width, height, max_pixels)
             try:
                 im.load()
                 oriented = ops_mod.exif_transpose(im)
@@ -513,6 +499,32 @@ def decode_image(
                 raise ImageTooLargeError(f"{where}: too many pixels ({err})") from err
             except _DECODE_ERRORS as err:
                 raise ValueError(f"{where}: cannot be decoded ({err})") from err
+
+
+def _open_source(source: ImageSource) -> tuple[str, Any]:
+    """``(how to name it in messages, a binary stream)`` for a path or bytes."""
+    if isinstance(source, bytes | bytearray):
+        return f"image data ({len(source)} bytes)", io.BytesIO(bytes(source))
+    if isinstance(source, str | os.PathLike):
+        # The caller closes it; OSError (a missing file) propagates as is.
+        return f"image {os.fspath(source)!r}", open(source, "rb")
+    raise TypeError(f"decode_image: source must be a path or bytes, got {type(source).__name__}")
+
+
+def _check_header_size(where: str, width: int, height: int, max_pixels: int) -> None:
+    """Refuse, from the header's size, too many pixels, none, or a thin strip."""
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{where}: {width}×{height} = {width * height} pixels is more than the "
+            f"limit of {max_pixels}"
+        )
+    if width * height == 0:
+        raise ValueError(f"{where}: the image is empty ({width}×{height})")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageShapeError(
+            f"{where}: {width}×{height} is a strip, not a picture: one side is more "
+            f"than {MAX_ASPECT_RATIO} times the other"
+        )
 
 
 def load_image(
