@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import zipfile
@@ -213,6 +214,31 @@ def test_failed_write_keeps_old_checkpoint_and_leaves_no_temp_file(
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["c.npz"]
     assert load_checkpoint(path).meta == {"epoch": 1}
+
+
+def test_regression_a_full_disk_while_saving_did_not_say_the_checkpoint_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: the error named the file but not that the last checkpoint survived."""
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, params={"w": np.arange(4.0)}, state={}, meta={"epoch": 1})
+    before = path.read_bytes()
+
+    def full_disk(file: Any, *args: Any, **kwds: Any) -> None:
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, params={"w": np.zeros(4)}, state={}, meta={"epoch": 2})
+    assert str(info.value) == (
+        f"[Errno 28] No space left on device (the previous file is kept unchanged): '{path}'"
+    )
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.npz"]
+    with pytest.raises(OSError, match=r"\(nothing was written\): '.*new\.npz'"):
+        save_checkpoint(tmp_path / "new.npz", params={}, state={})
+    assert os.listdir(tmp_path) == ["c.npz"]
 
 
 def test_failed_rename_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
