@@ -25,6 +25,8 @@ in the tests; the numbers come from here. Exit code 0 unless a child timed out.
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import json
 import os
 import resource
@@ -120,8 +122,6 @@ def _finish(body: bytes, central: bytes, count: int) -> bytes:
 
 def npy(arr: np.ndarray[Any, Any]) -> bytes:
     """``arr`` as .npy bytes."""
-    import io
-
     buf = io.BytesIO()
     np.lib.format.write_array(buf, arr, allow_pickle=False)
     return buf.getvalue()
@@ -129,8 +129,6 @@ def npy(arr: np.ndarray[Any, Any]) -> bytes:
 
 def npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
     """The .npy header of an array of ``shape`` and ``descr`` (no data)."""
-    import io
-
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
         buf, {"descr": descr, "fortran_order": False, "shape": shape}
@@ -176,15 +174,10 @@ def with_meta(found: dict[str, bytes], meta_json: bytes) -> dict[str, bytes]:
 
 
 def meta_json(found: dict[str, bytes]) -> dict[str, Any]:
-    raw = np.lib.format.read_array(_io(found["__meta__.npy"]), allow_pickle=False)
+    """The header (``__meta__``) of ``found`` as a dict."""
+    raw = np.lib.format.read_array(io.BytesIO(found["__meta__.npy"]), allow_pickle=False)
     header: dict[str, Any] = json.loads(raw.tobytes())
     return header
-
-
-def _io(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
 
 
 def write(path: Path, entries: Sequence[Entry]) -> Path:
@@ -193,11 +186,13 @@ def write(path: Path, entries: Sequence[Entry]) -> Path:
 
 
 def zeros_stream(nbytes: int, chunk: int = 1 << 24) -> Callable[[], Any]:
+    """A generator function yielding ``nbytes`` zero bytes in chunks."""
+
     def gen() -> Any:
         left = nbytes
         block = bytes(chunk)
         while left > 0:
-            yield block[: min(chunk, left)]
+            yield block if left >= chunk else block[:left]
             left -= chunk
 
     return gen
@@ -231,7 +226,7 @@ def sizes_claim_small(folder: Path, inflated: int = 1 << 30) -> Path:
     header = {"format": "fcnn-checkpoint", "format_version": 1, "fcnn_version": "0.2.0"}
     header |= {"trees": {"params": {"w": None}, "state": {}, "opt_state": None}, "meta": {}}
     good = npy(np.zeros(2, np.float32))
-    bomb = deflated("params/w.npy", lambda: [good, *zeros_stream(inflated)()])
+    bomb = deflated("params/w.npy", lambda: itertools.chain([good], zeros_stream(inflated)()))
     bomb.size, bomb.crc = len(good), zlib.crc32(good)
     meta = stored("__meta__.npy", npy(np.frombuffer(json.dumps(header).encode(), np.uint8)))
     return write(folder / "sizes-claim-small.npz", [bomb, meta])
@@ -245,7 +240,7 @@ def deflate_bomb(folder: Path, nbytes: int = 4_000_000 * 128 * 4) -> Path:
     rows = nbytes // (128 * 4)
     head = npy_header((rows, 128))
     entries = [
-        deflated(n, lambda: [head, *zeros_stream(rows * 128 * 4)()])
+        deflated(n, lambda: itertools.chain([head], zeros_stream(rows * 128 * 4)()))
         if n == "params/dense1/w.npy"
         else stored(n, d)
         for n, d in found.items()
@@ -259,7 +254,7 @@ def deflate_bomb_in_opt_state(folder: Path, nbytes: int = 1 << 31) -> Path:
     found = members("small", (1, 28, 28), folder)
     head = npy_header((nbytes // 4,))
     entries = [
-        deflated(n, lambda: [head, *zeros_stream(nbytes)()])
+        deflated(n, lambda: itertools.chain([head], zeros_stream(nbytes)()))
         if n == "opt_state/velocity/dense1/w.npy"
         else stored(n, d)
         for n, d in found.items()
@@ -420,18 +415,36 @@ def _limit(as_limit_mb: int | None) -> Callable[[], None] | None:
 
 
 def run_one(loader: str, path: Path, timeout: float, as_limit_mb: int | None) -> dict[str, Any]:
-    """Run ``loader`` on ``path`` in a fresh process; outcome, peak MiB, seconds, message.
+    """Run ``loader`` on ``path`` in a fresh process; outcome, peak MiB, seconds, message
+    (its first line) and the message's length in characters."""
+    status, report, stderr = _spawn([loader, str(path)], timeout, as_limit_mb)
+    row: dict[str, Any] = {"loader": loader, "peak_mib": None, "seconds": timeout}
+    if status is None or not report:  # killed: by the timeout, or for memory
+        last = stderr.splitlines()[-1:] or [f"exit {status}"]
+        outcome = "timeout" if status is None else "crash"
+        return {**row, "outcome": outcome, "message": last[0], "chars": len(stderr)}
+    outcome, seconds, peak, message = json.loads(report)
+    if loader == "inference_example":  # its own error line, or the traceback it would print
+        message = (
+            stderr if outcome != "crash" else f"Traceback (most recent call last): ... {message}"
+        )
+    first = message.splitlines()[0] if message else ""
+    row |= {"outcome": outcome, "seconds": seconds, "peak_mib": peak}
+    return {**row, "message": first, "chars": len(message)}
+
+
+def _spawn(args: list[str], timeout: float, as_limit_mb: int | None) -> tuple[int | None, str, str]:
+    """(exit status or None after a timeout, the child's report, its stderr).
 
     The child is started by a shell that forks it, so its peak resident memory starts
     from the shell's, not from this process's (a child's ``ru_maxrss`` counts the memory
-    of the process it was forked from). It reports its own peak and the load's seconds
-    in a file; ``inference_example`` runs through its ``main``, whose one-line
-    error goes to stderr."""
+    of the process it was forked from). It writes its own peak and the load's seconds to
+    a file whose descriptor it is given."""
     with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as report:
         fd = report.fileno()
-        cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", _CHILD]
+        shell = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", _CHILD]
         proc = subprocess.Popen(
-            [*cmd, loader, str(path), str(fd)],
+            [*shell, *args, str(fd)],
             stdout=subprocess.DEVNULL,
             stderr=err,
             cwd=ROOT,
@@ -441,35 +454,8 @@ def run_one(loader: str, path: Path, timeout: float, as_limit_mb: int | None) ->
         )
         status = _wait(proc, timeout)
         report.seek(0)
-        text = report.read().decode()
         err.seek(0)
-        stderr = err.read().decode(errors="replace").strip()
-    row: dict[str, Any] = {"loader": loader}
-    if status is None or not text:
-        last = stderr.splitlines()[-1:] or [f"exit {status}"]
-        outcome = "timeout" if status is None else "crash"
-        return {
-            **row,
-            "outcome": outcome,
-            "seconds": timeout,
-            "peak_mib": None,
-            "message": last[0],
-            "chars": len(stderr),
-        }
-    outcome, seconds, peak, message = json.loads(text)
-    if loader == "inference_example":  # its own error line, or the traceback it would print
-        message = (
-            f"Traceback (most recent call last): ... {message}" if outcome == "crash" else stderr
-        )
-    first = message.splitlines()[0] if message else ""
-    return {
-        **row,
-        "outcome": outcome,
-        "seconds": seconds,
-        "peak_mib": peak,
-        "message": first,
-        "chars": len(message),
-    }
+        return status, report.read().decode(), err.read().decode(errors="replace").strip()
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:

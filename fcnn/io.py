@@ -45,6 +45,8 @@ itself, and everything is checked before any array data is decompressed:
 - array data is then read in chunks and counted: memory is taken only for bytes that
   arrived, never for a declared shape, and a member that ends early is refused.
 
+See docs/security.md for the limits and what a caller should do. For example::
+
     save_checkpoint("run/model.npz", params=params, state=state, opt_state=opt_state,
                     meta={"model": model.spec, "epoch": 3, "rng": generator_state(rng)})
     header = read_checkpoint_header("run/model.npz")      # meta and member shapes only
