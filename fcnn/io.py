@@ -39,9 +39,9 @@ itself, and everything is checked before any array data is decompressed:
   JSON values and ``MAX_META_DEPTH`` levels of nesting, counted while it is parsed;
 - every member's shape and dtype come from its ``.npy`` header and must account for
   exactly its size; with ``expected=`` (the trees the model builds) they must be the
-  model's, and the arrays of the trees not in ``expected=`` may together take at most
-  ``MAX_INFLATION`` times the file's size (a decompression bomb is refused from its
-  headers);
+  model's; and all the arrays together may take at most ``MAX_INFLATION`` times the
+  file's size (a decompression bomb is refused from its headers, even one whose shapes
+  the model expects);
 - array data is then read in chunks and counted: memory is taken only for bytes that
   arrived, never for a declared shape, and a member that ends early is refused.
 
@@ -109,8 +109,8 @@ MAX_META_DEPTH = 64
 MAX_META_ITEMS = 250_000
 # Entries in the zip: one per array (a model with Adam's state has three per parameter).
 MAX_MEMBERS = 10_000
-# The arrays that no ``expected=`` tree accounts for may inflate to at most this many times
-# the file's size (fcnn writes them uncompressed; weights barely compress).
+# A checkpoint's arrays may take at most this many times the file's size (fcnn writes them
+# uncompressed; weights barely compress; a deflate bomb inflates a thousandfold).
 MAX_INFLATION = 16
 # Longest .npy header read (NumPy's own default guard).
 _MAX_NPY_HEADER = 10_000
@@ -387,7 +387,7 @@ def _bounded_json(text: str) -> Any:
     return decoder.decode(text)
 
 
-def _parse_header(raw: bytes, where: str) -> dict[str, Any]:
+def _parse_header(raw: bytes | bytearray, where: str) -> dict[str, Any]:
     """The ``__meta__`` bytes as a validated header dict, or ``CheckpointError``."""
     try:
         header = _bounded_json(raw.decode("utf-8"))
@@ -612,9 +612,22 @@ def _npy_header(fp: IO[bytes], where: str, key: str) -> tuple[tuple[int, ...], b
     return tuple(int(d) for d in shape), bool(fortran), dtype
 
 
+@contextlib.contextmanager
+def _open_entry(z: _Zip, key: str, info: zipfile.ZipInfo) -> Iterator[IO[bytes]]:
+    """Member ``key`` open for reading; a corrupt one (a bad CRC, a broken deflate stream)
+    is a ``CheckpointError`` naming it."""
+    try:
+        with z.zf.open(info) as fp:
+            yield fp
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as err:
+        raise CheckpointError(f"{z.where}: entry {key!r} is corrupt ({_reason(err)})") from err
+
+
 def _member(z: _Zip, key: str, info: zipfile.ZipInfo) -> _Member:
     """``key``'s declared shape and dtype, refused unless they account for exactly its size."""
-    with z.zf.open(info) as fp:
+    with _open_entry(z, key, info) as fp:
         shape, fortran, dtype = _npy_header(fp, z.where, key)
         header_bytes = fp.tell()
     member = _Member(info, MemberInfo(shape, dtype, info.compress_size), header_bytes, fortran)
@@ -635,10 +648,10 @@ def _read_meta(z: _Zip, info: zipfile.ZipInfo) -> dict[str, Any]:
         raise CheckpointError(
             f"{z.where}: {META_KEY} holds {meta.nbytes} bytes; the limit is {MAX_META_BYTES}"
         )
-    with z.zf.open(info) as fp:
+    with _open_entry(z, META_KEY, info) as fp:
         fp.read(meta.header_bytes)
         raw = _read_exactly(fp, meta.nbytes, z.where, META_KEY)
-    return _parse_header(bytes(raw), z.where)
+    return _parse_header(raw, z.where)
 
 
 def _entries(z: _Zip) -> dict[str, zipfile.ZipInfo]:
@@ -689,7 +702,7 @@ def _scan(z: _Zip) -> tuple[dict[str, Any], dict[str, _Member]]:
 
 def _read_array(z: _Zip, key: str, member: _Member) -> np.ndarray[Any, Any]:
     """Member ``key``'s array, from exactly the bytes its header declares."""
-    with z.zf.open(member.info) as fp:
+    with _open_entry(z, key, member.info) as fp:
         fp.read(member.header_bytes)
         buf = _read_exactly(fp, member.nbytes, z.where, key)
     shape, dtype = member.declared.shape, member.declared.dtype
@@ -716,11 +729,11 @@ def read_checkpoint_header(path: str | os.PathLike[str]) -> CheckpointHeader:
 _TREE_NAMES = {"params": "params", "state": "state", "opt_state": "optimizer state"}
 
 
-def _check_expected(
+def _check_sizes(
     z: _Zip, header: dict[str, Any], members: Mapping[str, _Member], expected: Mapping[str, Any]
 ) -> None:
     """Compare the trees in ``expected`` with the members' declared shapes and dtypes, and
-    bound the members no tree in ``expected`` accounts for by the file's size."""
+    bound what all the members inflate to by the file's size."""
     declared = {k: m.declared for k, m in members.items()}
     for prefix, tree in expected.items():
         skeleton = header["trees"][prefix]
@@ -730,12 +743,11 @@ def _check_expected(
             check_params_match(tree, _build(skeleton, prefix, declared), _TREE_NAMES[prefix])
         except CheckpointError as err:
             raise CheckpointError(f"{z.where}: {err}") from err
-    unchecked = [m for k, m in members.items() if k.split(SEP, 1)[0] not in expected]
-    total = sum(m.nbytes for m in unchecked)
+    # Even arrays the caller expects: ``expected`` may come from the file's own meta.
+    total = sum(m.nbytes for m in members.values())
     if total > MAX_INFLATION * z.size:
-        which = "its arrays" if not expected else "its arrays that no expected tree accounts for"
         raise CheckpointError(
-            f"{z.where}: {which} would take {total} bytes, more than {MAX_INFLATION} times "
+            f"{z.where}: its arrays would take {total} bytes, more than {MAX_INFLATION} times "
             f"the file's {z.size} (a decompression bomb?)"
         )
 
@@ -750,8 +762,7 @@ def load_checkpoint(
     their leaves need only ``.shape`` and ``.dtype``. Each is compared with the shapes
     and dtypes the members declare (``check_params_match``) before any array data is
     decompressed, so a file that would inflate to more than the model needs is refused.
-    The arrays of the trees not in ``expected`` may together take at most
-    ``MAX_INFLATION`` times the file's size.
+    All the arrays together may take at most ``MAX_INFLATION`` times the file's size.
 
     Raises ``FileNotFoundError`` when ``path`` is not a file and ``CheckpointError`` (a
     ``ValueError``) naming ``path`` when it is not a zip (``.npz``) file or holds more than
@@ -768,7 +779,7 @@ def load_checkpoint(
         raise ValueError(f"load_checkpoint: expected has unknown trees {unknown}; use {PREFIXES}")
     with _open_checkpoint(path) as z:
         header, members = _scan(z)
-        _check_expected(z, header, members, expected or {})
+        _check_sizes(z, header, members, expected or {})
         arrays = {key: _read_array(z, key, member) for key, member in members.items()}
     trees: dict[str, Any] = {}
     for prefix in PREFIXES:
