@@ -12,14 +12,16 @@ plots, ONNX files and benchmark results are all written this way.
 The temporary file is named ``.<name>.<pid>.<random>.tmp`` beside the target. A process
 killed mid-write (``kill -9``, a power cut) cannot remove its own, so every write first
 removes the temporary files of the same target whose process is gone (and unmarked ones
-from older versions of fcnn once they are ten minutes old). A full disk (or quota) is
-reported naming the target: ``[Errno 28] No space left on device: 'runs/model.npz'``.
+from older versions of fcnn once they are ten minutes old). An error while writing (a full
+disk or quota, an I/O error, a folder that refuses the temporary file) is reported naming
+the target and saying what became of it: ``[Errno 28] No space left on device (the
+previous file is kept unchanged): 'runs/model.npz'``, or ``(nothing was written)`` when
+there was no file before.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import tempfile
@@ -30,8 +32,6 @@ from typing import IO, Any
 __all__ = ["atomic_write"]
 
 
-# Errors that mean "no room": reported naming the target, not the temporary file.
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # Temporary files without a pid (older fcnn) count as stale after this many seconds.
 _UNMARKED_STALE_S = 600
 
@@ -94,32 +94,45 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 
     The folder of ``path`` must exist. An existing file keeps its permission bits;
     a new one gets ``0o644``. On an exception the temporary file is removed and
-    ``path`` is left as it was; a full disk raises ``OSError`` naming ``path``. Stale
-    temporary files of ``path`` (their process is gone) are removed first.
+    ``path`` is left as it was; an ``OSError`` of the write itself (a full disk, an I/O
+    error) is re-raised with the same errno naming ``path`` and saying the previous
+    file is kept unchanged (or that nothing was written). Stale temporary files of
+    ``path`` (their process is gone) are removed first.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
     try:
-        perms = os.stat(target).st_mode & 0o777
+        perms: int | None = os.stat(target).st_mode & 0o777
     except FileNotFoundError:
-        perms = 0o644
+        perms = None
     name = os.path.basename(target)
     _remove_stale_temps(folder, name)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as err:  # no room for even an empty file, a folder we cannot write
+        raise _naming_target(err, target, kept=perms is not None) from err
     try:
         encoding = "utf-8" if mode == "w" else None
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, perms)
+        os.chmod(tmp, 0o644 if perms is None else perms)
         os.replace(tmp, target)
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno in _NO_ROOM and err.filename in (None, tmp):
-            raise OSError(err.errno, err.strerror, target) from err
+        if isinstance(err, OSError) and err.errno and err.filename in (None, tmp, target):
+            raise _naming_target(err, target, kept=perms is not None) from err
         raise
     _fsync_dir(folder)
+
+
+def _naming_target(err: OSError, target: str, kept: bool) -> OSError:
+    """``err`` (same errno, so the same ``OSError`` subclass) naming ``target`` instead of
+    the temporary file, and saying what became of the file already there."""
+    what = "the previous file is kept unchanged" if kept else "nothing was written"
+    code = err.errno or 0
+    return OSError(code, f"{err.strerror or os.strerror(code)} ({what})", target)

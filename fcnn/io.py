@@ -23,13 +23,29 @@ Writing is atomic: the file goes to a temporary name in the destination folder,
 is flushed and fsynced, then renamed over ``path`` (``os.replace``), so a crash
 or an error leaves any earlier checkpoint at ``path`` intact. ``path`` is used
 exactly as given (no ``.npz`` is appended). Reading uses ``allow_pickle=False``
-and refuses anything it does not recognise with a ``CheckpointError`` naming the
-file; nothing is ever unpickled. Reading checks before it decompresses: the header
-(``__meta__``) may hold at most ``MAX_META_BYTES`` bytes nested at most
-``MAX_META_DEPTH`` deep, every member's shape and dtype are read from its ``.npy``
-header and must agree with its size in the zip, and with ``expected=`` (the trees
-the model builds) with the model too, so a small file that inflates to gigabytes
-is refused from a few hundred bytes of headers.
+and refuses anything it does not recognise with a one-line ``CheckpointError`` naming
+the file; nothing is ever unpickled.
+
+Reading is bounded by what is really in the file, not by what the file says about
+itself, and everything is checked before any array data is decompressed:
+
+- the zip may list at most ``MAX_MEMBERS`` entries, counted before ``zipfile`` parses
+  its directory;
+- each member's data must lie in the file, between its own header and the next member
+  (so members never overlap and their stored sizes add up to at most the file's size);
+  a stored member inflates to exactly its stored size, a deflated one to at most what
+  deflate can produce; other compression methods are refused;
+- the header (``__meta__``) may hold at most ``MAX_META_BYTES`` bytes, ``MAX_META_ITEMS``
+  JSON values and ``MAX_META_DEPTH`` levels of nesting, counted while it is parsed;
+- every member's shape and dtype come from its ``.npy`` header and must account for
+  exactly its size; with ``expected=`` (the trees the model builds) they must be the
+  model's; and all the arrays together may take at most ``MAX_INFLATION`` times the
+  file's size (a decompression bomb is refused from its headers, even one whose shapes
+  the model expects);
+- array data is then read in chunks and counted: memory is taken only for bytes that
+  arrived, never for a declared shape, and a member that ends early is refused.
+
+See docs/security.md for the limits and what a caller should do. For example::
 
     save_checkpoint("run/model.npz", params=params, state=state, opt_state=opt_state,
                     meta={"model": model.spec, "epoch": 3, "rng": generator_state(rng)})
@@ -40,13 +56,17 @@ is refused from a few hundred bytes of headers.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import json.decoder
+import json.scanner
 import math
 import os
+import struct
 import zipfile
 import zlib
-from collections.abc import Mapping
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 
@@ -55,8 +75,11 @@ from .atomic import atomic_write
 __all__ = [
     "FORMAT_MARKER",
     "FORMAT_VERSION",
+    "MAX_INFLATION",
+    "MAX_MEMBERS",
     "MAX_META_BYTES",
     "MAX_META_DEPTH",
+    "MAX_META_ITEMS",
     "Checkpoint",
     "CheckpointError",
     "CheckpointHeader",
@@ -81,6 +104,14 @@ SEP = "/"
 MAX_META_BYTES = 8 * 1024 * 1024
 # Nesting of the header's JSON (a model spec nests a few levels per block of layers).
 MAX_META_DEPTH = 64
+# Values in the header's JSON (a training run's header holds hundreds; a thousand epochs
+# of history about ten thousand): bounds the memory the parsed header takes.
+MAX_META_ITEMS = 250_000
+# Entries in the zip: one per array (a model with Adam's state has three per parameter).
+MAX_MEMBERS = 10_000
+# A checkpoint's arrays may take at most this many times the file's size (fcnn writes them
+# uncompressed; weights barely compress; a deflate bomb inflates a thousandfold).
+MAX_INFLATION = 16
 # Longest .npy header read (NumPy's own default guard).
 _MAX_NPY_HEADER = 10_000
 
@@ -127,7 +158,8 @@ class Checkpoint(NamedTuple):
 
 class MemberInfo(NamedTuple):
     """A checkpoint member as its ``.npy`` header declares it, read without its data;
-    ``stored_bytes``: its size in the file (smaller than the data only if compressed)."""
+    ``stored_bytes``: its size in the file (smaller than the data only if compressed),
+    checked to lie in the file: the members' ``stored_bytes`` add up to at most its size."""
 
     shape: tuple[int, ...]
     dtype: np.dtype[Any]
@@ -272,6 +304,19 @@ def save_checkpoint(
 # --- loading -----------------------------------------------------------------------------
 
 
+def _few(names: Sequence[str], shown: int = 5) -> str:
+    """``names`` for a message: the first ``shown`` and how many more, so a file with a
+    hundred thousand wrong entries still gets a one-line error."""
+    listed = ", ".join(repr(n) for n in names[:shown])
+    more = len(names) - shown
+    return f"[{listed}{f', ... and {more} more' if more > 0 else ''}]"
+
+
+def _reason(err: BaseException) -> str:
+    """An exception's message, or its type's name when it has none (``EOFError()``)."""
+    return str(err) or type(err).__name__
+
+
 def _skeleton_leaves(skeleton: Any, prefix: str, where: str) -> list[str]:
     """The leaf paths a skeleton promises, validating it as it goes."""
     if skeleton is None:
@@ -295,32 +340,61 @@ def _build(skeleton: dict[str, Any], prefix: str, arrays: Mapping[str, Any]) -> 
     }
 
 
-def _depth(value: Any) -> int:
-    """How many JSON containers ``value`` nests (``1`` is 0, ``[[1]]`` is 2); iterative,
-    so any depth is safe."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        node, outer = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
-        if isinstance(node, dict | list):
-            deepest = max(deepest, outer + 1)
-            stack.extend((child, outer + 1) for child in children)
-    return deepest
+class _HeaderTooLargeError(Exception):
+    """Raised inside the JSON parser when the header passes a bound."""
 
 
-def _parse_header(raw: bytes, where: str) -> dict[str, Any]:
+def _bounded_json(text: str) -> Any:
+    """``json.loads(text)``, stopped as soon as it has made more than ``MAX_META_ITEMS``
+    values or opened more than ``MAX_META_DEPTH`` nested containers.
+
+    The standard parser builds the whole value before anything can be counted (8 MiB of
+    ``[],`` make 2.7 million lists, over 400 MB), so this one counts while it parses: the
+    pure-Python scanner of the ``json`` module, its strings still decoded in C, with the
+    array and object parsers wrapped to count what they read and how deep they are.
+    """
+    items, depth = 0, 0
+
+    def counted(scan_once: Any) -> Any:
+        def scan(s: str, idx: int) -> Any:
+            nonlocal items
+            items += 1
+            if items > MAX_META_ITEMS:
+                raise _HeaderTooLargeError(f"holds more than {MAX_META_ITEMS} JSON values")
+            return scan_once(s, idx)
+
+        return scan
+
+    def nested(parse: Any, at: int) -> Any:
+        def parse_container(*args: Any) -> Any:
+            nonlocal depth
+            depth += 1
+            try:
+                if depth > MAX_META_DEPTH:
+                    raise _HeaderTooLargeError(
+                        f"is JSON nested more than {MAX_META_DEPTH} levels deep"
+                    )
+                return parse(*args[:at], counted(args[at]), *args[at + 1 :])
+            finally:
+                depth -= 1
+
+        return parse_container
+
+    decoder = json.JSONDecoder()
+    decoder.parse_array = nested(json.decoder.JSONArray, 1)  # type: ignore[attr-defined]
+    decoder.parse_object = nested(json.decoder.JSONObject, 2)  # type: ignore[attr-defined]
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder.decode(text)
+
+
+def _parse_header(raw: bytes | bytearray, where: str) -> dict[str, Any]:
     """The ``__meta__`` bytes as a validated header dict, or ``CheckpointError``."""
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except RecursionError:
-        raise CheckpointError(f"{where}: {META_KEY} is JSON nested too deeply") from None
+        header = _bounded_json(raw.decode("utf-8"))
+    except _HeaderTooLargeError as err:
+        raise CheckpointError(f"{where}: {META_KEY} {err}") from None
     except ValueError as err:  # UnicodeDecodeError, JSONDecodeError, over-long int literals
         raise CheckpointError(f"{where}: {META_KEY} is not valid UTF-8 JSON ({err})") from err
-    if _depth(header) > MAX_META_DEPTH:
-        raise CheckpointError(
-            f"{where}: {META_KEY} is JSON nested more than {MAX_META_DEPTH} levels deep"
-        )
     if not isinstance(header, dict) or header.get("format") != FORMAT_MARKER:
         found = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise CheckpointError(
@@ -348,44 +422,248 @@ def _parse_header(raw: bytes, where: str) -> dict[str, Any]:
     return header
 
 
-def _npy_header(fp: Any, where: str, key: str, stored_bytes: int) -> MemberInfo:
+# --- the zip file, checked against the bytes really in it ----------------------------------
+#
+# A zip states each member's sizes twice (local header, central directory) and zipfile
+# believes the central directory. Nothing here does: before any member is read, every
+# member's data must lie inside the file, between its own local header and the next
+# member's (so members never overlap and together hold at most the file's bytes), a
+# stored member's inflated size must be its stored size, and a deflated one's at most
+# what deflate can produce from it. Then data is read in chunks and counted, and
+# memory is only ever taken for bytes that arrived.
+
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory record
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")  # zip64 end of central directory record
+_CENTRAL_SIGNATURE = b"PK\x01\x02"
+_LOCAL = struct.Struct("<4s5H3L2H")  # local file header, before its name and extra field
+_DEFLATE_MAX_RATIO = 1032  # deflate never inflates one byte into more (RFC 1951's 258/2 bits)
+_CHUNK = 1 << 20
+_MAX_DIRECTORY_BYTES = MAX_MEMBERS * 1024  # an entry: 46 bytes, its name and a zip64 field
+
+
+class _Zip(NamedTuple):
+    """An open checkpoint: the zip, its file, the name errors use, the file's size and
+    where its central directory starts (where the members' data must end)."""
+
+    zf: zipfile.ZipFile
+    file: IO[bytes]
+    where: str
+    size: int
+    directory_start: int
+
+
+def _directory(f: IO[bytes], size: int, where: str) -> int:
+    """Where the central directory starts, found as ``zipfile`` finds it (the end record
+    without a comment, else the last one in the final 64 KiB; a zip64 record just before
+    it); refuses a directory that could list more than ``MAX_MEMBERS`` entries, before
+    ``zipfile`` parses one of them."""
+    f.seek(max(0, size - _EOCD.size - (1 << 16)))
+    tail = f.read()
+    at = len(tail) - _EOCD.size
+    if tail[at : at + 4] != b"PK\x05\x06" or tail[-2:] != b"\0\0":
+        at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _EOCD.size > len(tail):
+        raise CheckpointError(f"{where}: not a zip (.npz) file")
+    cd_size = _EOCD.unpack_from(tail, at)[5]
+    end = size - len(tail) + at
+    if end >= _EOCD64_LOCATOR.size + _EOCD64.size:
+        f.seek(end - _EOCD64_LOCATOR.size)
+        if f.read(4) == b"PK\x06\x07":  # zip64: its record lies just before the locator
+            end -= _EOCD64_LOCATOR.size + _EOCD64.size
+            f.seek(end)
+            record = f.read(_EOCD64.size)
+            if record[:4] != b"PK\x06\x06":
+                raise CheckpointError(f"{where}: not a zip (.npz) file (no zip64 end record)")
+            cd_size = _EOCD64.unpack(record)[-2]
+    start = end - int(cd_size)
+    if start < 0 or cd_size > _MAX_DIRECTORY_BYTES:
+        raise CheckpointError(
+            f"{where}: its zip directory claims {cd_size} bytes (the file has {size}; "
+            f"{MAX_MEMBERS} entries take at most {_MAX_DIRECTORY_BYTES})"
+        )
+    f.seek(start)
+    # Every entry starts with the signature, so this bounds what zipfile will parse.
+    if f.read(cd_size).count(_CENTRAL_SIGNATURE) > MAX_MEMBERS:
+        raise CheckpointError(f"{where}: holds more than {MAX_MEMBERS} entries")
+    return start
+
+
+@contextlib.contextmanager
+def _open_checkpoint(path: str | os.PathLike[str]) -> Iterator[_Zip]:
+    """The checkpoint at ``path``, open; what goes wrong reading it inside the block is a
+    ``CheckpointError`` naming the file."""
+    fs_path = os.fspath(path)
+    where = f"checkpoint {fs_path!r}"
+    if not os.path.isfile(fs_path):
+        raise FileNotFoundError(f"{where}: no such file")
+    with open(fs_path, "rb") as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            start = _directory(f, size, where)
+            with zipfile.ZipFile(f) as zf:
+                yield _Zip(zf, f, where, size, start)
+        except CheckpointError:
+            raise
+        except _READ_ERRORS as err:
+            raise CheckpointError(f"{where}: cannot be read as .npz ({_reason(err)})") from err
+
+
+def _check_layout(z: _Zip, keys: Mapping[str, zipfile.ZipInfo]) -> None:
+    """Refuse a member whose data is not really in the file (see the section comment)."""
+    ordered = sorted(keys.items(), key=lambda item: item[1].header_offset)
+    ends = [info.header_offset for _, info in ordered[1:]] + [z.directory_start]
+    for (key, info), end in zip(ordered, ends, strict=True):
+        z.file.seek(info.header_offset)
+        local = z.file.read(_LOCAL.size)
+        if len(local) < _LOCAL.size or local[:4] != b"PK\x03\x04":
+            raise CheckpointError(f"{z.where}: entry {key!r} has no local header")
+        name_len, extra_len = _LOCAL.unpack(local)[-2:]
+        room = end - (info.header_offset + _LOCAL.size + name_len + extra_len)
+        if info.compress_size > room:
+            raise CheckpointError(
+                f"{z.where}: entry {key!r} claims {info.compress_size} bytes, but "
+                f"{max(room, 0)} lie between its header and the next entry (truncated or forged)"
+            )
+        _check_method(info, key, z.where)
+
+
+def _check_method(info: zipfile.ZipInfo, key: str, where: str) -> None:
+    """A stored member inflates to exactly its size, a deflated one to at most
+    ``_DEFLATE_MAX_RATIO`` times it; other methods and encryption are refused."""
+    if info.flag_bits & 0x1:
+        raise CheckpointError(f"{where}: entry {key!r} is encrypted")
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.file_size != info.compress_size:
+            raise CheckpointError(
+                f"{where}: entry {key!r} claims {info.file_size} bytes stored in "
+                f"{info.compress_size} (forged sizes)"
+            )
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        if info.file_size > _DEFLATE_MAX_RATIO * (info.compress_size + 1):
+            raise CheckpointError(
+                f"{where}: entry {key!r} claims {info.file_size} bytes inflated from "
+                f"{info.compress_size}, more than deflate can produce (forged sizes)"
+            )
+    else:
+        raise CheckpointError(
+            f"{where}: entry {key!r} uses compression method {info.compress_type}; "
+            "checkpoints are stored or deflated"
+        )
+
+
+def _read_exactly(fp: IO[bytes], nbytes: int, where: str, key: str) -> bytearray:
+    """The next ``nbytes`` bytes of member ``key``, read in chunks and counted: memory grows
+    with the bytes that arrive, never with what the member declares."""
+    buf = bytearray()
+    try:
+        while len(buf) < nbytes:
+            chunk = fp.read(min(_CHUNK, nbytes - len(buf)))
+            if not chunk:
+                break
+            buf += chunk
+        extra = fp.read(1)
+    except EOFError:  # a deflate stream that stops early
+        extra = b""
+    if len(buf) < nbytes or extra:
+        got = f"only {len(buf)}" if len(buf) < nbytes else "more than"
+        raise CheckpointError(
+            f"{where}: entry {key!r} holds {got} of the {nbytes} bytes its header declares"
+        )
+    return buf
+
+
+# --- the members -------------------------------------------------------------------------
+
+
+class _Member(NamedTuple):
+    """A member as scanned: its zip entry, what its ``.npy`` header declares, how long that
+    header is and whether the data is in Fortran order."""
+
+    info: zipfile.ZipInfo
+    declared: MemberInfo
+    header_bytes: int
+    fortran: bool
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.declared.shape) * self.declared.dtype.itemsize
+
+
+def _npy_header(fp: IO[bytes], where: str, key: str) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     """Read a ``.npy`` header from ``fp`` (left just before the data); never the data."""
     try:
         version = np.lib.format.read_magic(fp)
     except ValueError as err:
         raise CheckpointError(f"{where}: entry {key!r} is not a .npy array ({err})") from err
     if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=_MAX_NPY_HEADER)
+        header = np.lib.format.read_array_header_1_0(fp, max_header_size=_MAX_NPY_HEADER)
     elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=_MAX_NPY_HEADER)
+        header = np.lib.format.read_array_header_2_0(fp, max_header_size=_MAX_NPY_HEADER)
     else:
         raise CheckpointError(f"{where}: entry {key!r} has unsupported .npy version {version}")
+    shape, fortran, dtype = header
     if dtype.hasobject:
         raise CheckpointError(
             f"{where}: entry {key!r} is an object array, which cannot be read without unpickling"
         )
-    return MemberInfo(tuple(int(d) for d in shape), dtype, stored_bytes)
+    if dtype.subdtype is not None:
+        raise CheckpointError(f"{where}: entry {key!r} has a sub-array dtype {dtype}")
+    return tuple(int(d) for d in shape), bool(fortran), dtype
 
 
-class _Member(NamedTuple):
-    info: zipfile.ZipInfo
-    declared: MemberInfo
+@contextlib.contextmanager
+def _open_entry(z: _Zip, key: str, info: zipfile.ZipInfo) -> Iterator[IO[bytes]]:
+    """Member ``key`` open for reading; a corrupt one (a bad CRC, a broken deflate stream)
+    is a ``CheckpointError`` naming it."""
+    try:
+        with z.zf.open(info) as fp:
+            yield fp
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as err:
+        raise CheckpointError(f"{z.where}: entry {key!r} is corrupt ({_reason(err)})") from err
 
 
-def _scan(zf: zipfile.ZipFile, where: str) -> tuple[dict[str, Any], dict[str, _Member]]:
-    """The parsed header and every other member's declared shape and dtype.
+def _member(z: _Zip, key: str, info: zipfile.ZipInfo) -> _Member:
+    """``key``'s declared shape and dtype, refused unless they account for exactly its size."""
+    with _open_entry(z, key, info) as fp:
+        shape, fortran, dtype = _npy_header(fp, z.where, key)
+        header_bytes = fp.tell()
+    member = _Member(info, MemberInfo(shape, dtype, info.compress_size), header_bytes, fortran)
+    if header_bytes + member.nbytes != info.file_size:
+        raise CheckpointError(
+            f"{z.where}: entry {key!r} declares {shape} {dtype} ({member.nbytes} bytes) "
+            f"but holds {info.file_size - header_bytes} bytes"
+        )
+    return member
 
-    Reads the ``.npy`` headers and the ``__meta__`` bytes only (at most ``MAX_META_BYTES``);
-    a member whose declared size disagrees with its size in the zip is refused here.
-    """
+
+def _read_meta(z: _Zip, info: zipfile.ZipInfo) -> dict[str, Any]:
+    """The parsed, validated ``__meta__``: at most ``MAX_META_BYTES`` bytes are read."""
+    meta = _member(z, META_KEY, info)
+    if meta.declared.dtype != np.uint8 or len(meta.declared.shape) != 1:
+        raise CheckpointError(f"{z.where}: {META_KEY} is not a uint8 byte array")
+    if meta.nbytes > MAX_META_BYTES:
+        raise CheckpointError(
+            f"{z.where}: {META_KEY} holds {meta.nbytes} bytes; the limit is {MAX_META_BYTES}"
+        )
+    with _open_entry(z, META_KEY, info) as fp:
+        fp.read(meta.header_bytes)
+        raw = _read_exactly(fp, meta.nbytes, z.where, META_KEY)
+    return _parse_header(raw, z.where)
+
+
+def _entries(z: _Zip) -> dict[str, zipfile.ZipInfo]:
+    """The zip's entries by key (``.npy`` dropped): no duplicates, only known prefixes."""
     keys: dict[str, zipfile.ZipInfo] = {}
-    for info in zf.infolist():
+    for info in z.zf.infolist():
         key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         if key in keys:
-            raise CheckpointError(f"{where}: entry {key!r} appears twice")
+            raise CheckpointError(f"{z.where}: entry {key!r} appears twice")
         keys[key] = info
     if META_KEY not in keys:
-        raise CheckpointError(f"{where}: no {META_KEY} entry; not an fcnn checkpoint")
+        raise CheckpointError(f"{z.where}: no {META_KEY} entry; not an fcnn checkpoint")
     unknown = [
         k
         for k in keys
@@ -393,55 +671,43 @@ def _scan(zf: zipfile.ZipFile, where: str) -> tuple[dict[str, Any], dict[str, _M
     ]
     if unknown:
         raise CheckpointError(
-            f"{where}: unexpected entries {sorted(unknown)}; "
+            f"{z.where}: unexpected entries {_few(sorted(unknown))}; "
             f"expected only {META_KEY} and keys under {[p + SEP for p in PREFIXES]}"
         )
-    members: dict[str, _Member] = {}
-    raw = b""
-    for key, info in keys.items():
-        with zf.open(info) as fp:
-            declared = _npy_header(fp, where, key, info.compress_size)
-            data_bytes = math.prod(declared.shape) * declared.dtype.itemsize
-            if fp.tell() + data_bytes != info.file_size:
-                raise CheckpointError(
-                    f"{where}: entry {key!r} declares {declared.shape} {declared.dtype} "
-                    f"({data_bytes} bytes) but holds {info.file_size - fp.tell()} bytes"
-                )
-            if key == META_KEY:
-                if declared.dtype != np.uint8 or len(declared.shape) != 1:
-                    raise CheckpointError(f"{where}: {META_KEY} is not a uint8 byte array")
-                if data_bytes > MAX_META_BYTES:
-                    raise CheckpointError(
-                        f"{where}: {META_KEY} holds {data_bytes} bytes; the limit is "
-                        f"{MAX_META_BYTES}"
-                    )
-                raw = fp.read(data_bytes)
-            else:
-                members[key] = _Member(info, declared)
-    header = _parse_header(raw, where)
+    return keys
+
+
+def _scan(z: _Zip) -> tuple[dict[str, Any], dict[str, _Member]]:
+    """The parsed header and every other member's declared shape and dtype.
+
+    In order, each step cheap and bounded by the one before: the entries' names; their
+    places in the file; the header; the names the header promises; the ``.npy`` headers.
+    No array data is read.
+    """
+    keys = _entries(z)
+    _check_layout(z, keys)
+    header = _read_meta(z, keys.pop(META_KEY))
     for prefix in PREFIXES:
         skeleton = header["trees"][prefix]
-        promised = set() if skeleton is None else set(_skeleton_leaves(skeleton, prefix, where))
-        present = {k for k in members if k.startswith(prefix + SEP)}
+        promised = set() if skeleton is None else set(_skeleton_leaves(skeleton, prefix, z.where))
+        present = {k for k in keys if k.startswith(prefix + SEP)}
         if promised != present:
             raise CheckpointError(
-                f"{where}: {prefix} entries disagree with the recorded structure: "
-                f"missing {sorted(promised - present)}, unexpected {sorted(present - promised)}"
+                f"{z.where}: {prefix} entries disagree with the recorded structure: "
+                f"missing {_few(sorted(promised - present))}, "
+                f"unexpected {_few(sorted(present - promised))}"
             )
-    return header, members
+    return header, {key: _member(z, key, info) for key, info in keys.items()}
 
 
-def _open_zip(path: str | os.PathLike[str]) -> tuple[zipfile.ZipFile, str]:
-    fs_path = os.fspath(path)
-    where = f"checkpoint {fs_path!r}"
-    if not os.path.isfile(fs_path):
-        raise FileNotFoundError(f"{where}: no such file")
-    if not zipfile.is_zipfile(fs_path):
-        raise CheckpointError(f"{where}: not a zip (.npz) file")
-    try:
-        return zipfile.ZipFile(fs_path), where
-    except _READ_ERRORS as err:
-        raise CheckpointError(f"{where}: cannot be read as .npz ({err})") from err
+def _read_array(z: _Zip, key: str, member: _Member) -> np.ndarray[Any, Any]:
+    """Member ``key``'s array, from exactly the bytes its header declares."""
+    with _open_entry(z, key, member.info) as fp:
+        fp.read(member.header_bytes)
+        buf = _read_exactly(fp, member.nbytes, z.where, key)
+    shape, dtype = member.declared.shape, member.declared.dtype
+    flat = np.frombuffer(buf, dtype=dtype, count=math.prod(shape))
+    return flat.reshape(shape, order="F" if member.fortran else "C")
 
 
 def read_checkpoint_header(path: str | os.PathLike[str]) -> CheckpointHeader:
@@ -451,14 +717,8 @@ def read_checkpoint_header(path: str | os.PathLike[str]) -> CheckpointHeader:
     Raises what ``load_checkpoint`` raises for the file's structure and header, so a
     caller can build the model the meta describes and then load with ``expected=``.
     """
-    zf, where = _open_zip(path)
-    try:
-        with zf:
-            header, members = _scan(zf, where)
-    except CheckpointError:
-        raise
-    except _READ_ERRORS as err:
-        raise CheckpointError(f"{where}: cannot be read as .npz ({err})") from err
+    with _open_checkpoint(path) as z:
+        header, members = _scan(z)
     return CheckpointHeader(
         meta=header["meta"],
         fcnn_version=header["fcnn_version"],
@@ -467,6 +727,29 @@ def read_checkpoint_header(path: str | os.PathLike[str]) -> CheckpointHeader:
 
 
 _TREE_NAMES = {"params": "params", "state": "state", "opt_state": "optimizer state"}
+
+
+def _check_sizes(
+    z: _Zip, header: dict[str, Any], members: Mapping[str, _Member], expected: Mapping[str, Any]
+) -> None:
+    """Compare the trees in ``expected`` with the members' declared shapes and dtypes, and
+    bound what all the members inflate to by the file's size."""
+    declared = {k: m.declared for k, m in members.items()}
+    for prefix, tree in expected.items():
+        skeleton = header["trees"][prefix]
+        if skeleton is None:
+            raise CheckpointError(f"{z.where}: has no {_TREE_NAMES[prefix]} saved")
+        try:
+            check_params_match(tree, _build(skeleton, prefix, declared), _TREE_NAMES[prefix])
+        except CheckpointError as err:
+            raise CheckpointError(f"{z.where}: {err}") from err
+    # Even arrays the caller expects: ``expected`` may come from the file's own meta.
+    total = sum(m.nbytes for m in members.values())
+    if total > MAX_INFLATION * z.size:
+        raise CheckpointError(
+            f"{z.where}: its arrays would take {total} bytes, more than {MAX_INFLATION} times "
+            f"the file's {z.size} (a decompression bomb?)"
+        )
 
 
 def load_checkpoint(
@@ -479,45 +762,25 @@ def load_checkpoint(
     their leaves need only ``.shape`` and ``.dtype``. Each is compared with the shapes
     and dtypes the members declare (``check_params_match``) before any array data is
     decompressed, so a file that would inflate to more than the model needs is refused.
+    All the arrays together may take at most ``MAX_INFLATION`` times the file's size.
 
-    Raises ``FileNotFoundError`` when ``path`` is not a file and
-    ``CheckpointError`` (a ``ValueError``) naming ``path`` when it is not a zip
-    (``.npz``) file, lacks ``__meta__``, has a header over ``MAX_META_BYTES`` bytes,
-    nested over ``MAX_META_DEPTH`` levels or otherwise unparsable, the wrong format
-    marker or an unsupported format version, holds object arrays, members outside
-    ``params/``, ``state/``, ``opt_state/`` or members whose declared size is not their
-    size, disagrees with its recorded tree structure, or with ``expected``. Nothing is
-    unpickled (``allow_pickle=False``).
+    Raises ``FileNotFoundError`` when ``path`` is not a file and ``CheckpointError`` (a
+    ``ValueError``) naming ``path`` when it is not a zip (``.npz``) file or holds more than
+    ``MAX_MEMBERS`` entries, a member's data is not all in the file (truncated, or sizes
+    that lie) or overlaps another's, it lacks ``__meta__``, has a header over
+    ``MAX_META_BYTES`` bytes, ``MAX_META_ITEMS`` values or ``MAX_META_DEPTH`` levels or
+    otherwise unparsable, the wrong format marker or an unsupported format version, holds
+    object arrays, members outside ``params/``, ``state/``, ``opt_state/`` or members
+    whose declared size is not their size, disagrees with its recorded tree structure, or
+    with ``expected``. Nothing is unpickled.
     """
     unknown = sorted(set(expected or {}) - set(PREFIXES))
     if unknown:
         raise ValueError(f"load_checkpoint: expected has unknown trees {unknown}; use {PREFIXES}")
-    zf, where = _open_zip(path)
-    try:
-        with zf:
-            header, members = _scan(zf, where)
-            declared = {k: m.declared for k, m in members.items()}
-            for prefix, tree in (expected or {}).items():
-                skeleton = header["trees"][prefix]
-                if skeleton is None:
-                    raise CheckpointError(f"{where}: has no {_TREE_NAMES[prefix]} saved")
-                try:
-                    check_params_match(
-                        tree, _build(skeleton, prefix, declared), _TREE_NAMES[prefix]
-                    )
-                except CheckpointError as err:
-                    raise CheckpointError(f"{where}: {err}") from err
-            arrays: dict[str, Any] = {}
-            for key, member in members.items():
-                with zf.open(member.info) as fp:
-                    arrays[key] = np.lib.format.read_array(
-                        fp, allow_pickle=False, max_header_size=_MAX_NPY_HEADER
-                    )
-    except CheckpointError:
-        raise
-    except _READ_ERRORS as err:
-        raise CheckpointError(f"{where}: cannot be read as .npz ({err})") from err
-
+    with _open_checkpoint(path) as z:
+        header, members = _scan(z)
+        _check_sizes(z, header, members, expected or {})
+        arrays = {key: _read_array(z, key, member) for key, member in members.items()}
     trees: dict[str, Any] = {}
     for prefix in PREFIXES:
         skeleton = header["trees"][prefix]
@@ -589,9 +852,10 @@ def check_params_match(model_params_like: Any, loaded: Any, what: str = "params"
     """Raise ``CheckpointError`` unless ``loaded`` has exactly the structure, shapes and
     dtypes of ``model_params_like`` (e.g. freshly ``init``-ed params of the model in meta).
 
-    The message lists, by path, the keys missing from the file, the keys the
-    model does not have, and every shape or dtype mismatch, e.g.
-    ``conv1/w: shape (8, 1, 3, 3) in the model, (8, 1, 5, 5) in the file``.
+    The one-line message lists, by path, the keys missing from the file, the keys the
+    model does not have, and every shape or dtype mismatch (five of each at most, then
+    how many more), e.g. ``params do not match the model: conv1/w: shape (8, 1, 3, 3) in
+    the model, (8, 1, 5, 5) in the file``.
     """
     missing: list[str] = []
     extra: list[str] = []
@@ -599,12 +863,18 @@ def check_params_match(model_params_like: Any, loaded: Any, what: str = "params"
     _compare(model_params_like, loaded, "", missing, extra, wrong)
     problems: list[str] = []
     if missing:
-        problems.append("missing in the file: " + ", ".join(missing))
+        problems.append("missing in the file: " + _listed(missing))
     if extra:
-        problems.append("not in the model: " + ", ".join(extra))
-    problems.extend(wrong)
+        problems.append("not in the model: " + _listed(extra))
+    if wrong:
+        problems.append(_listed(wrong, "; "))
     if problems:
-        raise CheckpointError(f"{what} do not match the model:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{what} do not match the model: " + "; ".join(problems))
+
+
+def _listed(items: Sequence[str], sep: str = ", ", shown: int = 5) -> str:
+    more = len(items) - shown
+    return sep.join(items[:shown]) + (f"{sep}... and {more} more" if more > 0 else "")
 
 
 # --- random generator state ----------------------------------------------------------------

@@ -101,8 +101,65 @@ def test_a_full_disk_is_reported_naming_the_target(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(fcnn.atomic.os, "fsync", full)
-    no_room = r"No space left on device: '.*model\.npz'"
+    no_room = r"No space left on device \(nothing was written\): '.*model\.npz'"
     with pytest.raises(OSError, match=no_room) as info, atomic_write(path) as f:
         f.write(b"data")
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_regression_a_full_disk_did_not_say_the_previous_file_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: the full-disk error named the file but not what became of it."""
+    path = tmp_path / "model.npz"
+    path.write_bytes(b"the previous checkpoint")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fcnn.atomic.os, "fsync", full)
+    with pytest.raises(OSError) as info, atomic_write(path) as f:
+        f.write(b"half of the new one")
+    assert str(info.value) == (
+        f"[Errno 28] No space left on device (the previous file is kept unchanged): '{path}'"
+    )
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+@pytest.mark.parametrize(("code", "kind"), [(errno.EIO, OSError), (errno.EACCES, PermissionError)])
+def test_other_write_errors_keep_their_type_and_name_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, kind: type[OSError]
+) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text("old")
+
+    def broken(src: str, dst: str) -> None:
+        raise OSError(code, os.strerror(code), src)
+
+    monkeypatch.setattr(fcnn.atomic.os, "replace", broken)
+    kept = r"\(the previous file is kept unchanged\): '.*metrics\.csv'"
+    with pytest.raises(kind, match=kept), atomic_write(path, "w") as f:
+        f.write("new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+
+
+def test_an_error_about_another_file_is_left_as_it_is(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as info, atomic_write(tmp_path / "out.txt", "w"):
+        open(tmp_path / "missing.txt").close()
+    assert info.value.filename == str(tmp_path / "missing.txt")
+
+
+def test_a_folder_that_refuses_the_temporary_file_is_reported_naming_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_inodes(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / ".x.123.abc.tmp"))
+
+    monkeypatch.setattr(fcnn.atomic.tempfile, "mkstemp", no_inodes)
+    refused = r"\(nothing was written\): '.*new\.npz'$"
+    with pytest.raises(OSError, match=refused), atomic_write(tmp_path / "new.npz"):
+        pass
     assert list(tmp_path.iterdir()) == []

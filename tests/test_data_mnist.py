@@ -23,6 +23,7 @@ from helpers import (
     needs_shared_mnist,
     serving_folder,
 )
+from measure import peak_growth
 from numpy.typing import NDArray
 
 from fcnn.data.dataset import Dataset
@@ -121,7 +122,7 @@ def test_verify_refuses_wrong_dims_and_wrong_checksum(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"expected IDX uint8 \(10000,\).*got uint8 \(9999,\)"):
         read_idx(f)
     f.write_bytes(make_idx(np.zeros((2, 4998), dtype=np.uint8)))  # the right size, 2-D
-    with pytest.raises(ValueError, match=r"got uint8 \(2, 4998\)"):
+    with pytest.raises(ValueError, match=r"magic 0x00000802, expected 0x00000801"):
         read_idx(f)
     f.write_bytes(make_idx(np.zeros(10000, dtype=np.uint8)))  # right header, wrong content
     with pytest.raises(ValueError, match="SHA-256") as info:
@@ -129,6 +130,48 @@ def test_verify_refuses_wrong_dims_and_wrong_checksum(tmp_path: Path) -> None:
     assert str(f) in str(info.value)
     assert MNIST_FILES["t10k-labels-idx1-ubyte"].sha256 in str(info.value)
     np.testing.assert_array_equal(read_idx(f, verify=False), np.zeros(10000, np.uint8))
+
+
+def test_regression_a_wrong_idx_magic_was_reported_as_an_absurd_byte_count(tmp_path: Path) -> None:
+    """Issue 24: train labels whose magic says 4 dimensions (0x00000804) read the next
+    twelve label bytes as sizes and were refused as 'needs 12961623889660273287322500020
+    bytes'. The magic is checked first and named."""
+    labels = np.resize(np.array([5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5], np.uint8), 60000)
+    data = bytearray(make_idx(labels))
+    data[3] = 4
+    f = tmp_path / "train-labels-idx1-ubyte"
+    f.write_bytes(bytes(data))
+    with pytest.raises(ValueError) as info:
+        read_idx(f)
+    assert str(info.value) == (
+        f"{f}: not an IDX file of MNIST train-labels-idx1-ubyte (magic 0x00000804, "
+        "expected 0x00000801)"
+    )
+    for read in (lambda: read_idx(f, verify=False), lambda: parse_idx(bytes(data), str(f))):
+        with pytest.raises(
+            ValueError,
+            match=r"truncated, or not an IDX file: its header \(magic "
+            r"0x00000804\) declares uint8 \(60000, 83887105, 151126275, "
+            r"17040133\), more than the file's 60008 bytes$",
+        ) as info:
+            read()
+        assert "12961623889660273287322500020" not in str(info.value)
+
+
+def test_an_idx_header_is_checked_against_the_file_size_before_its_data_is_read(
+    tmp_path: Path,
+) -> None:
+    """A 64 MB raw file whose header announces 3 bytes is refused from its size on disk;
+    the reading process barely grows (it read up to 1 GiB first)."""
+    f = tmp_path / "big-idx1-ubyte"
+    with open(f, "wb") as out:
+        out.write(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big"))
+        out.truncate(64 * 2**20)
+    with pytest.raises(ValueError, match=r"trailing bytes: its IDX header \(3,\)"):
+        read_idx(f, verify=False)
+    setup = f"from fcnn.data.mnist import read_idx\npath = {str(f)!r}\n"
+    action = "try:\n    read_idx(path, verify=False)\nexcept ValueError:\n    pass"
+    assert peak_growth(setup, action) < 16 * 2**20
 
 
 def test_verify_needs_a_known_name(tmp_path: Path) -> None:

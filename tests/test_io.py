@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import zipfile
@@ -215,6 +216,31 @@ def test_failed_write_keeps_old_checkpoint_and_leaves_no_temp_file(
     assert load_checkpoint(path).meta == {"epoch": 1}
 
 
+def test_regression_a_full_disk_while_saving_did_not_say_the_checkpoint_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: the error named the file but not that the last checkpoint survived."""
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, params={"w": np.arange(4.0)}, state={}, meta={"epoch": 1})
+    before = path.read_bytes()
+
+    def full_disk(file: Any, *args: Any, **kwds: Any) -> None:
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, params={"w": np.zeros(4)}, state={}, meta={"epoch": 2})
+    assert str(info.value) == (
+        f"[Errno 28] No space left on device (the previous file is kept unchanged): '{path}'"
+    )
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.npz"]
+    with pytest.raises(OSError, match=r"\(nothing was written\): '.*new\.npz'"):
+        save_checkpoint(tmp_path / "new.npz", params={}, state={})
+    assert os.listdir(tmp_path) == ["c.npz"]
+
+
 def test_failed_rename_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_replace(src: Any, dst: Any) -> None:
         raise KeyboardInterrupt
@@ -349,9 +375,13 @@ def test_refuses_leaf_not_in_recorded_structure(tmp_path: Path) -> None:
 def test_refuses_non_npy_member(tmp_path: Path) -> None:
     path = tmp_path / "c.npz"
     save_checkpoint(path, params={"w": np.zeros(2)}, state={})
-    with zipfile.ZipFile(path, "a") as zf:
-        zf.writestr("params/x", b"not an array")
-    with pytest.raises(CheckpointError, match=r"c\.npz.*'params/x' is not a \.npy array"):
+    with zipfile.ZipFile(path) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    members["params/w.npy"] = b"not an array"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    with pytest.raises(CheckpointError, match=r"c\.npz.*'params/w' is not a \.npy array"):
         load_checkpoint(path)
 
 
@@ -550,7 +580,7 @@ def _with_meta(tmp_path: Path, meta: bytes) -> Path:
 @pytest.mark.parametrize(
     ("meta", "match"),
     [
-        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested more than 64 levels"),
         (b"[" * (fio.MAX_META_DEPTH + 1) + b"]" * (fio.MAX_META_DEPTH + 1), "more than 64 levels"),
         (b'{"format": "\xff"}', "not valid UTF-8 JSON"),
         (b'{"a": 1' + b"0" * 5000 + b"}", "not valid UTF-8 JSON"),  # int over 4300 digits

@@ -13,7 +13,10 @@ downloaded (``.gz``) into ``<data_home>/mnist/`` from ``MNIST_MIRRORS`` in order
 
 Verification is on the *decompressed* IDX payload, so recompressed copies are
 accepted: its exact size, its header (magic number, dimensions) and its SHA-256.
-Decompression is bounded: at most the expected size + 1 bytes are ever inflated.
+The header is read and checked first (the magic number, then the size its dimensions
+announce against the file's real size and the expected one), so a wrong file is named
+as such before any data is read; decompression is bounded: at most the announced size
++ 1 bytes are ever inflated.
 A file that fails any check (wrong magic or dimensions, truncated, wrong checksum,
 an HTML page saved under a ``.gz`` name) raises ``ValueError`` naming the file;
 nothing is half-used.
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import math
 import os
 import zlib
 from collections.abc import Callable, Sequence
@@ -92,7 +97,12 @@ class IdxFile:
 
     @property
     def size(self) -> int:
-        return 4 + 4 * len(self.shape) + int(np.prod(self.shape))
+        return _idx_size(self.shape, np.dtype(np.uint8))
+
+    @property
+    def magic(self) -> int:
+        """The first four bytes, big-endian: 0x0000, type 0x08 (uint8), the dimensions."""
+        return 0x0800 | len(self.shape)
 
     def describe(self) -> str:
         return (
@@ -135,6 +145,49 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _NOTE = "Each file is also accepted uncompressed (the same name without .gz)."
 
 
+def _idx_size(shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:
+    """Bytes of an IDX file with this header: magic, one uint32 per dimension, the data."""
+    return 4 + 4 * len(shape) + math.prod(shape) * dtype.itemsize
+
+
+def _idx_header(head: bytes, name: str) -> tuple[np.dtype[Any], int]:
+    """The dtype and number of dimensions the magic number ``head[:4]`` announces."""
+    if len(head) < 4:
+        raise ValueError(f"{name}: not an IDX file: {len(head)} bytes, shorter than a header")
+    if head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        raise ValueError(
+            f"{name}: not an IDX file: magic {head[:4].hex()} (expected 0000TTDD with type "
+            f"TT in {sorted(f'{t:02x}' for t in _IDX_DTYPES)}); file starts with {head[:16]!r}"
+        )
+    if head[3] == 0:
+        raise ValueError(f"{name}: IDX header announces 0 dimensions")
+    return _IDX_DTYPES[head[2]], head[3]
+
+
+def _dims(data: bytes, ndim: int, name: str) -> tuple[int, ...]:
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(
+            f"{name}: truncated IDX header: {ndim} dimensions need {4 + 4 * ndim} bytes, "
+            f"got {len(data)}"
+        )
+    return tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+
+
+def _size_error(name: str, magic: bytes, dtype: np.dtype[Any], shape: Any, got: int) -> ValueError:
+    """The file's ``got`` bytes are not what its header announces; the message gives the
+    header's shape, never a byte count a wrong header can make absurd."""
+    expected = _idx_size(shape, dtype)
+    if got < expected:
+        return ValueError(
+            f"{name}: truncated, or not an IDX file: its header (magic 0x{magic.hex()}) "
+            f"declares {dtype} {shape}, more than the file's {got} bytes"
+        )
+    return ValueError(
+        f"{name}: trailing bytes: its IDX header {shape} ({dtype}) needs {expected} bytes, "
+        f"got {got}"
+    )
+
+
 def parse_idx(data: bytes, name: str = "<bytes>") -> NDArray[Any]:
     """Decode one IDX payload into a new, writable array in native byte order.
 
@@ -143,33 +196,11 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> NDArray[Any]:
     magic number, an unknown type code, or a payload whose length is not exactly
     what the header announces (truncated or with trailing bytes).
     """
-    if len(data) < 4:
-        raise ValueError(f"{name}: not an IDX file: {len(data)} bytes, shorter than a header")
-    if data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(
-            f"{name}: not an IDX file: magic {data[:4].hex()} (expected 0000TTDD with type "
-            f"TT in {sorted(f'{t:02x}' for t in _IDX_DTYPES)}); file starts with {data[:16]!r}"
-        )
-    dtype = _IDX_DTYPES[data[2]]
-    ndim = data[3]
-    if ndim == 0:
-        raise ValueError(f"{name}: IDX header announces 0 dimensions")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(
-            f"{name}: truncated IDX header: {ndim} dimensions need {header} bytes, got {len(data)}"
-        )
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    count = 1
-    for d in shape:
-        count *= d
-    expected = header + count * dtype.itemsize
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "trailing bytes"
-        raise ValueError(
-            f"{name}: {what}: IDX header {shape} ({dtype}) needs {expected} bytes, got {len(data)}"
-        )
-    flat = np.frombuffer(data, dtype=dtype, count=count, offset=header)
+    dtype, ndim = _idx_header(data[:4], name)
+    shape = _dims(data, ndim, name)
+    if len(data) != _idx_size(shape, dtype):
+        raise _size_error(name, data[:4], dtype, shape, len(data))
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=4 + 4 * ndim)
     return flat.astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
 
@@ -199,9 +230,9 @@ def read_idx(
 
 
 def _read_verified(path: Path, known: IdxFile, gz: bool) -> NDArray[np.uint8]:
-    """Read ``path`` and check it is exactly ``known`` (size, header, SHA-256)."""
-    data = _read_bounded(path, known.size, gz)
-    arr = parse_idx(data, str(path))  # the header says more about a wrong file than its length
+    """Read ``path`` and check it is exactly ``known`` (magic, size, header, SHA-256)."""
+    data = _read_bounded(path, known.size, gz, known)
+    arr = parse_idx(data, str(path))
     if arr.dtype != np.uint8 or arr.shape != known.shape:
         raise ValueError(
             f"{path}: expected IDX uint8 {known.shape} ({known.name}), got {arr.dtype} {arr.shape}"
@@ -215,27 +246,51 @@ def _read_verified(path: Path, known: IdxFile, gz: bool) -> NDArray[np.uint8]:
     return arr
 
 
-def _read_bounded(path: Path, max_bytes: int, gz: bool) -> bytes:
-    """At most ``max_bytes`` (decompressed) bytes of ``path``; ``ValueError`` when it holds more."""
+def _read_bounded(path: Path, max_bytes: int, gz: bool, known: IdxFile | None = None) -> bytes:
+    """The decompressed file (see ``_read_idx``); ``ValueError`` naming it when it is not
+    the IDX file ``known`` (when given), holds more than ``max_bytes`` or is corrupt."""
     try:
         with open(path, "rb") as f:
-            if gz:
-                head = f.read(16)
-                if head[:2] != _GZIP_MAGIC:
-                    raise ValueError(
-                        f"{path}: not a gzip file (starts with {head!r}); an HTML error page "
-                        "saved under this name? Delete it and download again"
-                    )
-                f.seek(0)
-                with gzip.GzipFile(fileobj=f, mode="rb") as g:
-                    data = g.read(max_bytes + 1)
-            else:
-                data = f.read(max_bytes + 1)
+            if not gz:
+                return _read_idx(f, str(path), max_bytes, known, os.fstat(f.fileno()).st_size)
+            head = f.read(16)
+            if head[:2] != _GZIP_MAGIC:
+                raise ValueError(
+                    f"{path}: not a gzip file (starts with {head!r}); an HTML error page "
+                    "saved under this name? Delete it and download again"
+                )
+            f.seek(0)
+            with gzip.GzipFile(fileobj=f, mode="rb") as g:
+                return _read_idx(g, str(path), max_bytes, known, None)
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise ValueError(f"{path}: corrupt or truncated gzip data: {e}") from e
-    if len(data) > max_bytes:
-        raise ValueError(f"{path}: more than {max_bytes} bytes (decompressed); refused")
-    return data
+
+
+def _read_idx(
+    src: io.BufferedIOBase, name: str, max_bytes: int, known: IdxFile | None, real_size: int | None
+) -> bytes:
+    """An IDX file's bytes, its header checked before its data is read: the magic number
+    against ``known``'s, the size the dimensions announce against the file's
+    ``real_size`` (uncompressed files) and ``max_bytes``. Then at most the announced size
+    + 1 bytes are read (decompressed), so trailing bytes are seen and nothing more."""
+    head = src.read(4)
+    if known is not None and head != known.magic.to_bytes(4, "big"):
+        raise ValueError(
+            f"{name}: not an IDX file of MNIST {known.name} (magic 0x{head.hex()}, expected "
+            f"0x{known.magic:08x})"
+        )
+    dtype, ndim = _idx_header(head, name)
+    head += src.read(4 * ndim)
+    shape = _dims(head, ndim, name)
+    size = _idx_size(shape, dtype)
+    if real_size is not None and real_size != size:
+        raise _size_error(name, head[:4], dtype, shape, real_size)
+    if size > max_bytes:
+        raise ValueError(
+            f"{name}: more than {max_bytes} bytes (decompressed): its IDX header declares "
+            f"{dtype} {shape}; refused"
+        )
+    return head + src.read(size - len(head) + 1)
 
 
 def _locate(root: Path, name: str) -> Path | None:
