@@ -347,3 +347,27 @@ def test_spec_is_exactly_the_constructor_arguments() -> None:
     assert json.loads(json.dumps(layer.spec)) == layer.spec
     fields = {k: v for k, v in layer.spec.items() if k != "type"}
     assert ConvTranspose2d(**fields).spec == layer.spec
+
+
+def test_a_decoder_of_the_new_layers_gradchecks_end_to_end(rng: np.random.Generator) -> None:
+    """Composed, issue 23's layers pass gradients through each other's batch-last outputs."""
+    import fcnn
+    from fcnn.gradcheck import check_layer
+
+    model = fcnn.sequential(
+        fcnn.Conv2d(4, 3, padding="same", dilation=2),
+        fcnn.Gelu(),
+        fcnn.Conv2d(4, 3, stride=2, padding=1, groups=4),
+        fcnn.LeakyRelu(0.1),
+        fcnn.ConvTranspose2d(3, 3, stride=2, padding=1, output_padding=1),
+        fcnn.Gelu("tanh"),
+        fcnn.ConvTranspose2d(2, 2, impl="naive"),
+        fcnn.Sigmoid(),
+        fcnn.Flatten(),
+        fcnn.Dense(3),
+        fcnn.Tanh(),
+    )
+    params, state, out_shape = fcnn.init(model, rng, (2, 8, 7), np.float64)
+    assert out_shape == (3,)
+    report = check_layer(model, params, state, rng.standard_normal((2, 2, 8, 7)), rng=rng)
+    assert report.ok(1e-6), report

@@ -18,8 +18,9 @@ each of its passes is a pass of ``conv`` (docs/conv_transpose.md)::
     db = sum of dy over (N, OH, OW)
 
 ``output_padding`` (``< stride``) picks which of the ``stride`` input sizes that all
-convolve to ``H`` is meant: its extra rows and columns, at the bottom and right, are read
-by no window of ``conv``, so ``y`` there is ``b`` alone.
+convolve to ``H`` is meant: it adds rows and columns at the bottom and right of
+``conv``'s padded input, which no window of ``conv`` reads, so ``y`` there is ``b`` alone
+(unless the padding crops them).
 
 Two kernels: ``*_im2col_*`` are the three im2col pieces of ``ops.conv_im2col`` (``y`` and
 ``dx`` in batch-last memory); ``*_naive_*`` compute the forward by the textbook recipe (zeros
