@@ -158,7 +158,7 @@ _SIG = Signature(
     cfg=Conv2dCfg,
     words={"C": "channel"},
 )
-# With groups, w holds C_g = C / groups channels; _check_groups ties C_g to x's C.
+# With groups, w holds C_g = C / groups channels; _check ties C_g to x's C.
 _SIG_GROUPED = Signature(
     "conv2d",
     x="(N, C, H, W)",
@@ -280,8 +280,9 @@ def Conv2d(
         rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike
     ) -> tuple[Params, State, Shape]:
         c, h, width = _SIG.check_init(in_shape, dtype)
-        if c % cfg.groups:
-            raise ValueError(f"conv2d: input channels {c} are not a multiple of groups={groups}")
+        g = cfg.groups
+        if c % g:
+            raise ValueError(f"conv2d: input channels {c} are not a multiple of groups={g}")
         with prefixed(_SIG.op):
             oh, ow = out_hw(h, width, kh, kw, cfg.stride, pad, cfg.dilation)
         c_g = c // cfg.groups
