@@ -441,3 +441,18 @@ def test_spec_of_a_plain_convolution_is_the_0_2_0_spec() -> None:
         "padding": [[1, 1], [1, 1]],
         "impl": "im2col",
     }
+
+
+@pytest.mark.parametrize("fixture", ["v0.2.0-lines-small.npz", "v0.2.0-digits-fast.npz"])
+def test_0_2_0_checkpoints_still_match_what_conv2d_builds(fixture: str) -> None:
+    """Their stored Conv2d specs have no dilation or groups; loading compares them with
+    today's specs (check_same_model), so a default written into the spec would refuse them."""
+    from pathlib import Path
+
+    from fcnn.models import load_trained
+
+    trained = load_trained(Path(__file__).parent / "fixtures" / fixture)
+    convs = [s for s in trained.meta["model"]["spec"]["layers"] if s["type"] == "Conv2d"]
+    assert convs and all("dilation" not in s and "groups" not in s for s in convs)
+    x = np.random.default_rng(0).random((2, *trained.input_shape), dtype=np.float32)
+    assert np.allclose(trained.predict_proba(x).sum(axis=1), 1.0, atol=1e-5)
