@@ -1,5 +1,9 @@
 """Convolution benchmark: naive vs im2col vs strided, through the public conv2d pair.
 
+The grid holds plain convolutions and two of issue 23's settings: a depthwise case
+(``groups == C``) and a dilated one (dilation 2); the strided kernel takes neither, so
+those rows have naive, im2col and PyTorch only.
+
 Usage::
 
     python benchmarks/conv_bench.py                      # full grid, Markdown table on stdout
@@ -25,7 +29,8 @@ What it does, in order:
    subprocess before and after the convolutions, keeps the faster, and reports
    im2col's forward+backward rate on the (64, 32, 14, 14) case as a fraction of it.
 
-FLOPs: forward ``2*N*F*OH*OW*C*KH*KW``; backward twice that (dx and dw; db is ignored).
+FLOPs: forward ``2*N*F*OH*OW*(C/groups)*KH*KW``; backward twice that (dx and dw; db is
+ignored).
 "Ratio vs im2col" is the per-sample forward+backward time over im2col's (> 1: slower).
 Exit codes: 0 ok, 1 disagreement or a failed worker, 2 bad usage or matplotlib missing
 for ``--plot``.
@@ -83,6 +88,8 @@ class Case:
     kernel: tuple[int, int]
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
 
     @property
     def batch(self) -> int:
@@ -94,19 +101,27 @@ class Case:
     def out_hw(self) -> tuple[int, int]:
         """``(OH, OW)`` through the library's one output-size formula."""
         (_, _, h, w), (kh, kw) = self.x_shape, self.kernel
-        oh = conv_out_size(h, kh, self.stride[0], self.padding[0], self.padding[0], "H")
-        ow = conv_out_size(w, kw, self.stride[1], self.padding[1], self.padding[1], "W")
+        (ph, pw), (dh, dw) = self.padding, self.dilation
+        oh = conv_out_size(h, kh, self.stride[0], ph, ph, "H", dh)
+        ow = conv_out_size(w, kw, self.stride[1], pw, pw, "W", dw)
         return oh, ow
 
     def cfg(self, impl: str) -> Conv2dCfg:
-        return Conv2dCfg(stride=self.stride, padding=self.padding, impl=impl)
+        return Conv2dCfg(self.stride, self.padding, impl, self.dilation, self.groups)
+
+    def runs(self, impl: str) -> bool:
+        """Whether ``impl`` takes this case (the strided kernel: dilation 1, groups 1 only)."""
+        return impl != "strided" or (self.dilation == (1, 1) and self.groups == 1)
 
     def label(self) -> str:
         n, c, h, w = self.x_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
         s = f"{sh}" if sh == sw else f"{sh}x{sw}"
         p = f"{ph}" if ph == pw else f"{ph}x{pw}"
-        return f"{self.name} ({n},{c},{h},{w}) -> {self.filters} {kh}x{kw} s{s} p{p}"
+        (dh, dw), g = self.dilation, self.groups
+        extra = "" if (dh, dw) == (1, 1) else f" d{dh}" if dh == dw else f" d{dh}x{dw}"
+        extra += f" g{g}" if g > 1 else ""
+        return f"{self.name} ({n},{c},{h},{w}) -> {self.filters} {kh}x{kw} s{s} p{p}{extra}"
 
 
 CASES = (
@@ -117,15 +132,19 @@ CASES = (
     Case("stride-2", (64, 16, 28, 28), 32, (3, 3), (2, 2), (1, 1)),
     # (27 - 4) % 3 == 2: the last two rows and columns are touched by no window.
     Case("stride-3-ragged", (64, 8, 27, 27), 16, (4, 4), (3, 3), (0, 0)),
+    # issue 23: one 3x3 filter per channel (groups == C), and taps 2 apart (padding 2 keeps 28x28)
+    Case("depthwise-3x3", (64, 32, 14, 14), 32, (3, 3), (1, 1), (1, 1), groups=32),
+    Case("dilated-3x3", (64, 16, 28, 28), 16, (3, 3), (1, 1), (2, 2), dilation=(2, 2)),
 )
 CASES_BY_NAME = {c.name: c for c in CASES}
 PEAK_CASE = "deep-3x3"  # the case whose im2col rate is compared with the GEMM peak
-QUICK_CASES = ("mnist-3x3", "stride-3-ragged", "deep-3x3")
+QUICK_CASES = ("mnist-3x3", "stride-3-ragged", "deep-3x3", "depthwise-3x3", "dilated-3x3")
 QUICK_NAIVE = ("mnist-3x3", "stride-3-ragged")  # naive is slow: only the smallest in --quick
 
 
 def conv_flops(n: int, c: int, f: int, oh: int, ow: int, kh: int, kw: int) -> tuple[int, int]:
-    """``(forward, backward)`` FLOPs: ``2*N*F*OH*OW*C*KH*KW`` and twice that (dx and dw)."""
+    """``(forward, backward)`` FLOPs: ``2*N*F*OH*OW*C*KH*KW`` and twice that (dx and dw);
+    ``c`` is the channels each filter sees (C/groups)."""
     fwd = 2 * n * f * oh * ow * c * kh * kw
     return fwd, 2 * fwd
 
@@ -133,7 +152,7 @@ def conv_flops(n: int, c: int, f: int, oh: int, ow: int, kh: int, kw: int) -> tu
 def case_flops(case: Case) -> tuple[int, int]:
     """``conv_flops`` of a case at its batch."""
     n, c, _, _ = case.x_shape
-    return conv_flops(n, c, case.filters, *case.out_hw(), *case.kernel)
+    return conv_flops(n, c // case.groups, case.filters, *case.out_hw(), *case.kernel)
 
 
 def plan(
@@ -144,6 +163,8 @@ def plan(
     cases = [CASES_BY_NAME[n] for n in QUICK_CASES] if quick else list(CASES)
     for case in cases:
         for impl in (*IMPLS, TORCH) if torch else IMPLS:
+            if not case.runs(impl):
+                continue
             if impl == "naive":
                 if quick and case.name not in QUICK_NAIVE:
                     continue
@@ -163,6 +184,7 @@ def make_inputs(
     """``(params, x, dy)`` for a case: He-scaled weights, random bias and a random ``dy``."""
     rng = np.random.default_rng(seed)
     n, c, _, _ = case.x_shape
+    c //= case.groups  # the channels each filter sees
     kh, kw = case.kernel
     x = rng.standard_normal(case.x_shape).astype(dtype)
     w = (rng.standard_normal((case.filters, c, kh, kw)) * np.sqrt(2.0 / (c * kh * kw))).astype(
@@ -184,7 +206,15 @@ def _torch_pair(
     dyt = torch.from_numpy(dy)
 
     def fwd() -> Any:
-        return fn(xt, wt, bt, stride=case.stride, padding=case.padding)
+        return fn(
+            xt,
+            wt,
+            bt,
+            stride=case.stride,
+            padding=case.padding,
+            dilation=case.dilation,
+            groups=case.groups,
+        )
 
     def bwd(y: Any) -> dict[str, np.ndarray]:
         dx, dw, db = torch.autograd.grad(y, (xt, wt, bt), dyt)
@@ -266,7 +296,7 @@ def check_agreement(
         case = full.with_batch(min(batch, full.batch))
         ref = run_once(case, REFERENCE, np.float64)
         for impl in impls:
-            if impl == REFERENCE:
+            if impl == REFERENCE or not case.runs(impl):
                 continue
             try:
                 out = run_once(case, impl, np.float64, torch)
@@ -350,6 +380,8 @@ def bench_conv(case: Case, impl: str, repeats: int, warmup: int, threads: int) -
         "kernel": list(case.kernel),
         "stride": list(case.stride),
         "padding": list(case.padding),
+        "dilation": list(case.dilation),
+        "groups": case.groups,
         "dtype": "float32",
         "repeats": repeats,
         "warmup": warmup,
@@ -380,6 +412,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         tuple(c["kernel"]),
         tuple(c["stride"]),
         tuple(c["padding"]),
+        tuple(c["dilation"]),
+        c["groups"],
     )
     return bench_conv(case, spec["impl"], spec["repeats"], spec["warmup"], spec["threads"])
 
@@ -560,7 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("FAILED:\n" + "\n".join(f"- {f}" for f in agreement.failures))
         return 1
     print(
-        f"all of {', '.join(impls)} agree on y/dx/dw/db: max relative error {worst:.2e} <= {RTOL:g}"
+        f"all of {', '.join(impls)} agree on y/dx/dw/db (each on the cases it runs): max "
+        f"relative error {worst:.2e} <= {RTOL:g}"
     )
 
     try:

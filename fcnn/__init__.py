@@ -12,9 +12,39 @@ and grads. Submodules: :mod:`fcnn.gradcheck` (finite-difference checks),
 :mod:`fcnn.io` (checkpoints), :mod:`fcnn.data` (datasets and batching).
 """
 
-from .layers.activation import Relu, ReluCache, relu_bwd, relu_fwd
+from .layers.activation import (
+    Gelu,
+    GeluCache,
+    GeluCfg,
+    LeakyRelu,
+    LeakyReluCache,
+    LeakyReluCfg,
+    Relu,
+    ReluCache,
+    Sigmoid,
+    SigmoidCache,
+    Tanh,
+    TanhCache,
+    gelu_bwd,
+    gelu_fwd,
+    leaky_relu_bwd,
+    leaky_relu_fwd,
+    relu_bwd,
+    relu_fwd,
+    sigmoid_bwd,
+    sigmoid_fwd,
+    tanh_bwd,
+    tanh_fwd,
+)
 from .layers.base import Context, Layer, layer, pair_layer
 from .layers.conv import Conv2d, Conv2dCache, Conv2dCfg, conv2d_bwd, conv2d_fwd
+from .layers.conv_transpose import (
+    ConvTranspose2d,
+    ConvTranspose2dCache,
+    ConvTranspose2dCfg,
+    conv_transpose2d_bwd,
+    conv_transpose2d_fwd,
+)
 from .layers.dense import Dense, DenseCache, dense_bwd, dense_fwd
 from .layers.dropout import (
     Dropout,
@@ -197,4 +227,31 @@ __all__ += [  # issue 23: blocks, global pooling, specs
     "global_avg_pool2d_fwd",
     "rebuildable",
     "residual",
+]
+
+# Issue 23's layers, in one block: more activations and the transposed convolution.
+__all__ += [
+    "ConvTranspose2d",
+    "ConvTranspose2dCache",
+    "ConvTranspose2dCfg",
+    "Gelu",
+    "GeluCache",
+    "GeluCfg",
+    "LeakyRelu",
+    "LeakyReluCache",
+    "LeakyReluCfg",
+    "Sigmoid",
+    "SigmoidCache",
+    "Tanh",
+    "TanhCache",
+    "conv_transpose2d_bwd",
+    "conv_transpose2d_fwd",
+    "gelu_bwd",
+    "gelu_fwd",
+    "leaky_relu_bwd",
+    "leaky_relu_fwd",
+    "sigmoid_bwd",
+    "sigmoid_fwd",
+    "tanh_bwd",
+    "tanh_fwd",
 ]

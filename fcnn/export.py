@@ -4,8 +4,15 @@ Needs the ``onnx`` package (``pip install "fcnn[onnx]"``, which also installs
 onnxruntime to run the result). The graph is built from the layers' ``spec``
 dicts and the params/state trees, one standard ONNX operator per layer::
 
-    Conv2d      -> Conv                 pads [top, left, bottom, right], OIHW weights as is
+    Conv2d      -> Conv                 pads [top, left, bottom, right], OIHW weights as is,
+                                        dilations, group; padding="same" as explicit pads
+    ConvTranspose2d -> ConvTranspose    pads, output_padding; (C_in, C_out, KH, KW) weights
     Relu        -> Relu
+    LeakyRelu   -> LeakyRelu            alpha = slope
+    Gelu        -> Mul, Erf, Add, Mul   x * (1 + erf(x / sqrt(2))) / 2; the tanh form with
+                                        Tanh (ONNX's own Gelu needs opset 20)
+    Sigmoid     -> Sigmoid
+    Tanh        -> Tanh
     MaxPool2d   -> MaxPool              padded cells never win (fcnn pads with -inf)
     AvgPool2d   -> AveragePool          count_include_pad=1 (fcnn divides by KH * KW)
     Flatten     -> Flatten              axis=1, C order like fcnn
@@ -44,6 +51,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -67,6 +75,7 @@ from .cli import add_checkpoint, add_overwrite, check_new_file, checkpoint_path,
 from .io import fcnn_version
 from .layers.base import Array, Layer, Params, State
 from .model import predict
+from .ops.shapes import same_padding
 from .paths import PathError, check_readable_file, check_writable_file
 
 __all__ = [
@@ -127,6 +136,7 @@ def _conv2d(
     spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
 ) -> tuple[Nodes, Inits, str]:
     w, b = _leaf(params, "w", "params", path), _leaf(params, "b", "params", path)
+    dilation = _ints(spec.get("dilation", [1, 1]))  # 0.2.0 specs have neither
     node = helper.make_node(
         "Conv",
         [x, f"{path}/w", f"{path}/b"],
@@ -134,11 +144,87 @@ def _conv2d(
         name=path,
         kernel_shape=list(w.shape[2:]),
         strides=_ints(spec["stride"]),
+        pads=_conv_pads(spec, w.shape[2], w.shape[3], dilation),
+        dilations=dilation,
+        group=int(spec.get("groups", 1)),
+    )
+    return [node], [_init(f"{path}/w", w), _init(f"{path}/b", b)], path
+
+
+def _conv_pads(spec: Mapping[str, Any], kh: int, kw: int, dilation: list[int]) -> list[int]:
+    """Conv2d's pads; ``padding="same"`` resolved for the kernel as fcnn's forward does."""
+    if spec["padding"] != "same":
+        return _pads(spec)
+    (top, bottom), (left, right) = same_padding(kh, kw, (dilation[0], dilation[1]))
+    return [top, left, bottom, right]
+
+
+def _conv_transpose2d(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    w, b = _leaf(params, "w", "params", path), _leaf(params, "b", "params", path)
+    node = helper.make_node(
+        "ConvTranspose",
+        [x, f"{path}/w", f"{path}/b"],
+        [path],
+        name=path,
+        kernel_shape=list(w.shape[2:]),
+        strides=_ints(spec["stride"]),
         pads=_pads(spec),
+        output_padding=_ints(spec["output_padding"]),
         dilations=[1, 1],
         group=1,
     )
     return [node], [_init(f"{path}/w", w), _init(f"{path}/b", b)], path
+
+
+def _leaky_relu(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    node = helper.make_node("LeakyRelu", [x], [path], name=path, alpha=float(spec["slope"]))
+    return [node], [], path
+
+
+_GELU_CONSTANTS = {
+    "one": 1.0,
+    "half": 0.5,
+    "inv_sqrt2": 1.0 / math.sqrt(2.0),
+    "sqrt_2_over_pi": math.sqrt(2.0 / math.pi),
+    "cubic": 0.044715,
+}
+
+
+def _gelu(
+    spec: Mapping[str, Any], params: Params, state: State, x: str, path: str
+) -> tuple[Nodes, Inits, str]:
+    """``x * g`` with the gate ``g = (1 + erf(x / sqrt(2))) / 2`` (exact) or ``(1 +
+    tanh(sqrt(2/pi) * x * (1 + 0.044715 x^2))) / 2`` (tanh), from primitive operators."""
+
+    def op(kind: str, inputs: list[str], out: str) -> onnx.NodeProto:
+        return helper.make_node(kind, inputs, [f"{path}/{out}"], name=f"{path}/{out}")
+
+    c = {k: f"{path}/{k}" for k in _GELU_CONSTANTS}
+    if spec["approximate"] == "none":
+        nodes = [op("Mul", [x, c["inv_sqrt2"]], "scaled"), op("Erf", [f"{path}/scaled"], "s")]
+    elif spec["approximate"] == "tanh":
+        nodes = [
+            op("Mul", [x, x], "x2"),
+            op("Mul", [f"{path}/x2", c["cubic"]], "cx2"),
+            op("Add", [f"{path}/cx2", c["one"]], "poly"),
+            op("Mul", [f"{path}/poly", x], "cubic_x"),
+            op("Mul", [f"{path}/cubic_x", c["sqrt_2_over_pi"]], "u"),
+            op("Tanh", [f"{path}/u"], "s"),
+        ]
+    else:
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {spec['approximate']!r}")
+    nodes += [
+        op("Add", [f"{path}/s", c["one"]], "s_plus_1"),
+        op("Mul", [f"{path}/s_plus_1", c["half"]], "gate"),
+        helper.make_node("Mul", [x, f"{path}/gate"], [path], name=path),
+    ]
+    used = {name for node in nodes for name in node.input}
+    inits = [_init(c[k], np.float32(v)) for k, v in _GELU_CONSTANTS.items() if c[k] in used]
+    return nodes, inits, path
 
 
 def _dense(
@@ -236,6 +322,11 @@ _CONVERTERS: dict[str, Converter] = {
     "Dropout": _identity,
     "SpatialDropout2d": _identity,
     "GlobalAvgPool2d": _global_avg_pool,
+    "ConvTranspose2d": _conv_transpose2d,
+    "LeakyRelu": _leaky_relu,
+    "Gelu": _gelu,
+    "Sigmoid": _simple("Sigmoid"),
+    "Tanh": _simple("Tanh"),
 }
 
 EXPORTABLE: tuple[str, ...] = ("Sequential", *_CONVERTERS, "Residual", "Concat")

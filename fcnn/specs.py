@@ -36,9 +36,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from .layers.activation import Relu
+from .layers.activation import Gelu, LeakyRelu, Relu, Sigmoid, Tanh
 from .layers.base import Layer
 from .layers.conv import Conv2d
+from .layers.conv_transpose import ConvTranspose2d
 from .layers.dense import Dense
 from .layers.dropout import Dropout, SpatialDropout2d
 from .layers.norm import BatchNorm1d, BatchNorm2d
@@ -74,6 +75,11 @@ LAYERS: dict[str, Callable[..., Layer]] = {
     "BatchNorm1d": BatchNorm1d,
     "Dropout": Dropout,
     "SpatialDropout2d": SpatialDropout2d,
+    "ConvTranspose2d": ConvTranspose2d,
+    "LeakyRelu": LeakyRelu,
+    "Gelu": Gelu,
+    "Sigmoid": Sigmoid,
+    "Tanh": Tanh,
 }
 """Leaf spec type -> constructor taking the spec's other fields as keyword arguments.
 

@@ -55,6 +55,23 @@ def test_grid_covers_the_requested_shapes() -> None:
     assert any(
         (c.x_shape[2] + 2 * c.padding[0] - c.kernel[0]) % c.stride[0] for c in conv_bench.CASES
     )
+    # issue 23: a depthwise and a dilated case, in the quick grid too
+    depthwise = conv_bench.CASES_BY_NAME["depthwise-3x3"]
+    assert depthwise.groups == depthwise.x_shape[1] == depthwise.filters
+    assert conv_bench.CASES_BY_NAME["dilated-3x3"].dilation == (2, 2)
+    assert {"depthwise-3x3", "dilated-3x3"} <= set(conv_bench.QUICK_CASES)
+
+
+def test_grouped_and_dilated_cases_count_and_label_their_work() -> None:
+    depthwise = conv_bench.CASES_BY_NAME["depthwise-3x3"]
+    assert depthwise.out_hw() == (14, 14)
+    assert conv_bench.case_flops(depthwise)[0] == 2 * 64 * 32 * 14 * 14 * 1 * 3 * 3
+    assert depthwise.label().endswith("s1 p1 g32")
+    dilated = conv_bench.CASES_BY_NAME["dilated-3x3"]
+    assert dilated.out_hw() == (28, 28)  # 28 + 2*2 - (2*(3 - 1) + 1) + 1
+    assert dilated.label().endswith("p2 d2")
+    params, x, dy = conv_bench.make_inputs(depthwise.with_batch(2), np.float32)
+    assert params["w"].shape == (32, 1, 3, 3) and x.shape == dy.shape == (2, 32, 14, 14)
 
 
 def test_plan_quick_limits_naive_and_full_labels_a_smaller_batch() -> None:
@@ -62,7 +79,9 @@ def test_plan_quick_limits_naive_and_full_labels_a_smaller_batch() -> None:
     assert {c.name for c, _ in quick} == set(conv_bench.QUICK_CASES)
     assert {c.name for c, impl in quick if impl == "naive"} == set(conv_bench.QUICK_NAIVE)
     full = conv_bench.plan(quick=False, naive_batch=16, torch=True)
-    assert len(full) == len(conv_bench.CASES) * 4
+    plain = [c for c in conv_bench.CASES if c.dilation == (1, 1) and c.groups == 1]
+    assert len(full) == len(plain) * 4 + (len(conv_bench.CASES) - len(plain)) * 3
+    assert not [c for c, impl in full if impl == "strided" and c not in plain]
     assert all(c.batch == 16 for c, impl in full if impl == "naive")
     assert all(c.batch == 64 for c, impl in full if impl != "naive")
 
@@ -73,6 +92,18 @@ def test_agreement_passes_for_the_library() -> None:
     assert result.ok, result.failures
     assert len(result.errors) == 2 * 2 * 4  # cases x (im2col, strided) x (y, dx, dw, db)
     assert max(result.errors.values()) <= conv_bench.RTOL
+
+
+def test_agreement_on_grouped_and_dilated_cases_leaves_strided_out() -> None:
+    cases = [
+        conv_bench.Case("g", (2, 4, 6, 5), 6, (3, 2), (2, 1), (1, 0), (1, 2), 2),
+        conv_bench.Case("dw", (2, 3, 5, 5), 3, (3, 3), (1, 1), (2, 2), (2, 2), 3),
+    ]
+    result = conv_bench.check_agreement(cases, batch=2)
+    assert result.ok, result.failures
+    assert sorted(result.errors) == sorted(
+        f"{c}/im2col/{k}" for c in ("g", "dw") for k in ("y", "dx", "dw", "db")
+    )
 
 
 def test_agreement_fails_when_a_forward_is_broken(monkeypatch: pytest.MonkeyPatch) -> None:

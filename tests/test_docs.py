@@ -25,7 +25,10 @@ DOCS = ROOT / "docs"
 DERIVATIONS = (
     "conv",
     "conv_impls",
+    "conv_groups_dilation",
+    "conv_transpose",
     "relu",
+    "activations",
     "pooling",
     "flatten",
     "dense",

@@ -368,9 +368,18 @@ def test_the_table_covers_every_layer_the_library_exports() -> None:
         "BatchNorm1d": fcnn.BatchNorm1d(),
         "Dropout": fcnn.Dropout(0.1),
         "SpatialDropout2d": fcnn.SpatialDropout2d(0.1),
+        "ConvTranspose2d": fcnn.ConvTranspose2d(3, 3, stride=2, padding=1, output_padding=1),
+        "LeakyRelu": fcnn.LeakyRelu(0.2),
+        "Gelu": fcnn.Gelu(approximate="tanh"),
+        "Sigmoid": fcnn.Sigmoid(),
+        "Tanh": fcnn.Tanh(),
     }
-    assert set(examples) == set(LAYERS), "give every table entry an example here"
+    examples["Conv2d dilated, grouped"] = fcnn.Conv2d(4, 3, padding="same", dilation=2, groups=2)
+    assert set(examples) - {"Conv2d dilated, grouped"} == set(LAYERS) == set(LAYERS), (
+        "give every table entry an example here"
+    )
     for kind, layer in examples.items():
-        assert layer.spec["type"] == kind
+        assert kind.startswith(layer.spec["type"])
+        kind = layer.spec["type"]
         fields = {k: v for k, v in layer.spec.items() if k != "type"}
         assert dict(LAYERS[kind](**fields).spec) == dict(layer.spec)

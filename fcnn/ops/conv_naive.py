@@ -5,10 +5,15 @@ Shapes::
 
     x: (N, C, H, W)    w: (F, C, KH, KW)    b: (F,)    y: (N, F, OH, OW)
 
-    OH = (H + pad_top + pad_bottom - KH) // stride_h + 1     (shapes.conv_out_size)
-    OW = (W + pad_left + pad_right - KW) // stride_w + 1
+    OH = (H + pad_top + pad_bottom - dh*(KH - 1) - 1) // stride_h + 1   (shapes.conv_out_size)
+    OW = (W + pad_left + pad_right - dw*(KW - 1) - 1) // stride_w + 1
 
-    y[n, f, oh, ow] = b[f] + sum_{c,i,j} xpad[n, c, oh*sh + i, ow*sw + j] * w[f, c, i, j]
+    y[n, f, oh, ow] = b[f] + sum_{c,i,j} xpad[n, c, oh*sh + i*dh, ow*sw + j*dw] * w[f, c, i, j]
+
+with dilation ``(dh, dw)``, ``(1, 1)`` by default. With ``groups = G``, ``w`` is
+``(F, C/G, KH, KW)`` and the convolution is, by definition, ``G`` independent ones: filter
+block ``g`` of ``F/G`` filters over channel block ``g`` of ``C/G`` channels, their outputs
+stacked along the channel axis (``_by_groups``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .shapes import Pad2d, out_hw
+from .shapes import Pad2d, dilated_span, out_hw
+from .xp import namespace
 
 __all__ = ["conv2d_naive_bwd", "conv2d_naive_fwd"]
 
@@ -32,34 +38,88 @@ def _pad(x: Array, padding: Pad2d) -> Array:
     return xpad
 
 
+def _group(a: Array, axis: int, g: int, groups: int) -> Array:
+    """Block ``g`` of ``groups`` equal blocks of ``a`` along ``axis`` (a view)."""
+    size = a.shape[axis] // groups
+    index = [slice(None)] * a.ndim
+    index[axis] = slice(g * size, (g + 1) * size)
+    return a[tuple(index)]
+
+
 def conv2d_naive_fwd(
-    x: Array, w: Array, b: Array, stride: tuple[int, int], padding: Pad2d
+    x: Array,
+    w: Array,
+    b: Array,
+    stride: tuple[int, int],
+    padding: Pad2d,
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
 ) -> Array:
-    """y: (N, F, OH, OW) from x: (N, C, H, W), w: (F, C, KH, KW), b: (F,)."""
+    """y: (N, F, OH, OW) from x: (N, C, H, W), w: (F, C/groups, KH, KW), b: (F,)."""
+    if groups > 1:
+        parts = [
+            conv2d_naive_fwd(
+                _group(x, 1, g, groups),
+                _group(w, 0, g, groups),
+                _group(b, 0, g, groups),
+                stride,
+                padding,
+                dilation,
+            )
+            for g in range(groups)
+        ]
+        stacked: Array = namespace(x, w, b).concatenate(parts, axis=1)
+        return stacked
     n, _, h, width = x.shape
     f, _, kh, kw = w.shape
     sh, sw = stride
-    oh, ow = out_hw(h, width, kh, kw, stride, padding)
+    dh, dw = dilation
+    span_h, span_w = dilated_span(kh, dh), dilated_span(kw, dw)
+    oh, ow = out_hw(h, width, kh, kw, stride, padding, dilation)
     xpad = _pad(x, padding)
     y: Array = np.empty((n, f, oh, ow), dtype=x.dtype)
     for r in range(oh):
         for s in range(ow):
-            window = xpad[:, :, r * sh : r * sh + kh, s * sw : s * sw + kw]  # (N, C, KH, KW)
+            rows, cols = slice(r * sh, r * sh + span_h, dh), slice(s * sw, s * sw + span_w, dw)
+            window = xpad[:, :, rows, cols]  # (N, C, KH, KW): every dh-th row from r*sh
             y[:, :, r, s] = np.tensordot(window, w, axes=([1, 2, 3], [1, 2, 3])) + b
     return y
 
 
 def conv2d_naive_bwd(
-    dy: Array, x: Array, w: Array, stride: tuple[int, int], padding: Pad2d
+    dy: Array,
+    x: Array,
+    w: Array,
+    stride: tuple[int, int],
+    padding: Pad2d,
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
 ) -> tuple[Array, Array, Array]:
     """Gradients ``(dx, dw, db)`` of ``sum(y * dy)``.
 
-    dy: (N, F, OH, OW), x: (N, C, H, W), w: (F, C, KH, KW)
-    -> dx: (N, C, H, W), dw: (F, C, KH, KW), db: (F,).
+    dy: (N, F, OH, OW), x: (N, C, H, W), w: (F, C/groups, KH, KW)
+    -> dx: (N, C, H, W), dw: w's shape, db: (F,).
     """
+    if groups > 1:
+        xp = namespace(dy, x, w)
+        parts = [
+            conv2d_naive_bwd(
+                _group(dy, 1, g, groups),
+                _group(x, 1, g, groups),
+                _group(w, 0, g, groups),
+                stride,
+                padding,
+                dilation,
+            )
+            for g in range(groups)
+        ]
+        dxs, dws, dbs = zip(*parts, strict=True)
+        return xp.concatenate(dxs, axis=1), xp.concatenate(dws), xp.concatenate(dbs)
     _, _, h, width = x.shape
     _, _, kh, kw = w.shape
     sh, sw = stride
+    dh, dw_ = dilation
+    span_h, span_w = dilated_span(kh, dh), dilated_span(kw, dw_)
     (top, _), (left, _) = padding
     oh, ow = dy.shape[2], dy.shape[3]
     xpad = _pad(x, padding)
@@ -68,7 +128,7 @@ def conv2d_naive_bwd(
     for r in range(oh):
         for s in range(ow):
             g = dy[:, :, r, s]  # (N, F)
-            rows, cols = slice(r * sh, r * sh + kh), slice(s * sw, s * sw + kw)
+            rows, cols = slice(r * sh, r * sh + span_h, dh), slice(s * sw, s * sw + span_w, dw_)
             dw += np.tensordot(g, xpad[:, :, rows, cols], axes=([0], [0]))
             dxpad[:, :, rows, cols] += np.tensordot(g, w, axes=([1], [0]))
     dx = dxpad[:, :, top : top + h, left : left + width]

@@ -1,13 +1,16 @@
 """im2col / col2im: unfold convolution windows into columns, and fold them back.
 
-For ``x: (N, C, H, W)``, a kernel ``KH x KW``, stride ``(sh, sw)`` and padding
-``((top, bottom), (left, right))``::
+For ``x: (N, C, H, W)``, a kernel ``KH x KW``, stride ``(sh, sw)``, padding
+``((top, bottom), (left, right))`` and dilation ``(dh, dw)`` (default ``(1, 1)``)::
 
     cols = im2col(x, KH, KW, stride, padding)                 # (C*KH*KW, OH*OW*N)
     x_grad = col2im(cols, x.shape, KH, KW, stride, padding)   # (N, C, H, W)
 
-    OH = (H + top + bottom - KH) // sh + 1              (shapes.conv_out_size)
-    OW = (W + left + right - KW) // sw + 1
+    OH = (H + top + bottom - dh*(KH - 1) - 1) // sh + 1       (shapes.conv_out_size)
+    OW = (W + left + right - dw*(KW - 1) - 1) // sw + 1
+
+Kernel offset ``(i, j)`` reads padded pixel ``(oh*sh + i*dh, ow*sw + j*dw)``: dilation
+only moves where each offset's slice starts.
 
 Row ``(c, i, j)`` of the columns holds the input pixel at kernel offset ``(i, j)``
 of channel ``c`` for every window ``(oh, ow, n)``, batch innermost. Both functions
@@ -42,6 +45,7 @@ def im2col(
     stride: tuple[int, int],
     padding: Pad2d,
     ones_row: bool = False,
+    dilation: tuple[int, int] = (1, 1),
 ) -> Array:
     """Columns of every convolution window.
 
@@ -51,14 +55,16 @@ def im2col(
     """
     n, c, h, w = x.shape
     sh, sw = stride
-    oh, ow = out_hw(h, w, kh, kw, stride, padding)
+    dh, dw = dilation
+    oh, ow = out_hw(h, w, kh, kw, stride, padding, dilation)
     xpad = padded_batch_last(x, padding)  # (C, Hp, Wp, N)
     k = c * kh * kw
     flat: Array = np.empty((k + int(ones_row), oh * ow * n), dtype=x.dtype)
     cols = flat[:k].reshape(c, kh, kw, oh, ow, n)
     for i in range(kh):
         for j in range(kw):
-            cols[:, i, j] = xpad[:, i : i + sh * oh : sh, j : j + sw * ow : sw, :]
+            r, s = i * dh, j * dw  # where offset (i, j)'s windows start
+            cols[:, i, j] = xpad[:, r : r + sh * oh : sh, s : s + sw * ow : sw, :]
     if ones_row:
         flat[k] = 1
     return flat
@@ -71,6 +77,7 @@ def col2im(
     kw: int,
     stride: tuple[int, int],
     padding: Pad2d,
+    dilation: tuple[int, int] = (1, 1),
 ) -> Array:
     """Adjoint of ``im2col``: sum every column entry back onto its input pixel.
 
@@ -81,15 +88,16 @@ def col2im(
     n, c, h, w = (int(d) for d in x_shape)
     (top, _), (left, _) = padding
     sh, sw = stride
-    oh, ow = out_hw(h, w, kh, kw, stride, padding)
+    dh, dw = dilation
+    oh, ow = out_hw(h, w, kh, kw, stride, padding, dilation)
     expected = (c * kh * kw, oh * ow * n)
     if tuple(cols.shape) != expected:
         raise ValueError(f"col2im: cols must have shape {expected}, got {tuple(cols.shape)}")
     c6 = cols.reshape(c, kh, kw, oh, ow, n)
     # Each offset adds only the windows that read the input, straight into the
     # unpadded result: no padded buffer to crop afterwards (one pass less).
-    rows = [inside_input(i, sh, top, h, oh) for i in range(kh)]
-    cols_at = [inside_input(j, sw, left, w, ow) for j in range(kw)]
+    rows = [inside_input(i * dh, sh, top, h, oh) for i in range(kh)]
+    cols_at = [inside_input(j * dw, sw, left, w, ow) for j in range(kw)]
     offsets = [(i, j) for i in range(kh) for j in range(kw)]
     # An offset whose windows read every pixel once (stride 1, "same" padding): start
     # from a copy of it rather than from zeros (one pass less again).

@@ -1,12 +1,22 @@
 """Shape arithmetic shared by convolution and pooling: the only place these formulas live.
 
-Output size along one axis, for input size ``n``, kernel ``k``, stride ``s`` and
-padding ``lo`` before / ``hi`` after::
+Output size along one axis, for input size ``n``, kernel ``k``, stride ``s``,
+dilation ``d`` and padding ``lo`` before / ``hi`` after::
 
-    out = (n + lo + hi - k) // s + 1          (requires n + lo + hi >= k)
+    span = d * (k - 1) + 1                    (the dilated kernel's extent; k when d == 1)
+    out = (n + lo + hi - span) // s + 1       (requires n + lo + hi >= span)
 
-When ``s`` does not divide ``n + lo + hi - k``, the last rows of the padded
+When ``s`` does not divide ``n + lo + hi - span``, the last rows of the padded
 input are touched by no window (they get zero gradient).
+
+A transposed convolution maps ``n`` back to the ``out`` of the convolution it is
+the gradient of; ``output_padding`` (``0 <= op < s``) picks one of the ``s`` sizes
+that all convolve to ``n``::
+
+    out_t = (n - 1) * s - lo - hi + span + op
+
+``padding="same"`` (stride 1, odd ``k``) pads ``d * (k - 1) // 2`` on both sides,
+so that ``out == n``.
 """
 
 from __future__ import annotations
@@ -16,11 +26,14 @@ import operator
 __all__ = [
     "Pad2d",
     "conv_out_size",
+    "conv_transpose_out_size",
+    "dilated_span",
     "inside_input",
     "normalize_padding",
     "out_hw",
     "pair",
     "positive_pair",
+    "same_padding",
 ]
 
 Pad2d = tuple[tuple[int, int], tuple[int, int]]
@@ -74,30 +87,75 @@ def normalize_padding(v: object, name: str = "padding") -> Pad2d:
     return out
 
 
-def conv_out_size(n: int, k: int, stride: int, lo: int, hi: int, axis: str = "H") -> int:
-    """Windows along one axis: ``(n + lo + hi - k) // stride + 1``.
+def dilated_span(k: int, dilation: int) -> int:
+    """Rows a kernel of ``k`` taps spaced ``dilation`` apart covers: ``dilation * (k - 1) + 1``."""
+    return dilation * (k - 1) + 1
 
-    Raises ``ValueError`` with the numbers when the kernel is larger than the
-    padded input (no window fits).
+
+def conv_out_size(
+    n: int, k: int, stride: int, lo: int, hi: int, axis: str = "H", dilation: int = 1
+) -> int:
+    """Windows along one axis: ``(n + lo + hi - span) // stride + 1``, ``span =
+    dilated_span(k, dilation)`` (``k`` without dilation).
+
+    Raises ``ValueError`` with the numbers when the (dilated) kernel is larger than
+    the padded input (no window fits).
     """
     padded = n + lo + hi
-    if padded < k:
+    span = dilated_span(k, dilation)
+    if padded < span:
+        kernel = f"kernel {axis}={k}"
+        if dilation != 1:
+            kernel = f"dilated kernel {axis}={span} ({k} taps, dilation {dilation})"
         raise ValueError(
-            f"kernel {axis}={k} is larger than the padded input {axis}={padded} "
+            f"{kernel} is larger than the padded input {axis}={padded} "
             f"(input {n} + padding {lo}+{hi})"
         )
-    return (padded - k) // stride + 1
+    return (padded - span) // stride + 1
 
 
 def out_hw(
-    h: int, w: int, kh: int, kw: int, stride: tuple[int, int], padding: Pad2d
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    stride: tuple[int, int],
+    padding: Pad2d,
+    dilation: tuple[int, int] = (1, 1),
 ) -> tuple[int, int]:
     """``(OH, OW)`` of (KH, KW) windows over an (H, W) map: ``conv_out_size`` per axis."""
     (top, bottom), (left, right) = padding
     return (
-        conv_out_size(h, kh, stride[0], top, bottom, "H"),
-        conv_out_size(w, kw, stride[1], left, right, "W"),
+        conv_out_size(h, kh, stride[0], top, bottom, "H", dilation[0]),
+        conv_out_size(w, kw, stride[1], left, right, "W", dilation[1]),
     )
+
+
+def conv_transpose_out_size(
+    n: int, k: int, stride: int, lo: int, hi: int, output_padding: int = 0, axis: str = "H"
+) -> int:
+    """A transposed convolution's output along one axis: ``(n - 1) * stride - lo - hi + k +
+    output_padding``, the input size of the convolution it is the gradient of.
+
+    Raises ``ValueError`` with the numbers when that is less than 1.
+    """
+    out = (n - 1) * stride - lo - hi + k + output_padding
+    if out < 1:
+        raise ValueError(
+            f"output {axis} = ({n} - 1) * {stride} - {lo} - {hi} + {k} + {output_padding} = "
+            f"{out} is less than 1 (the padding crops more than the kernel adds)"
+        )
+    return out
+
+
+def same_padding(kh: int, kw: int, dilation: tuple[int, int] = (1, 1)) -> Pad2d:
+    """``padding="same"`` at stride 1: ``((p, p), (q, q))`` with ``p = dilation_h * (KH - 1) // 2``,
+    so the output keeps the input's size. Raises ``ValueError`` for an even kernel size
+    (the two sides would differ)."""
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"padding='same' needs an odd kernel size, got ({kh}, {kw})")
+    p, q = dilation[0] * (kh - 1) // 2, dilation[1] * (kw - 1) // 2
+    return ((p, p), (q, q))
 
 
 def inside_input(offset: int, stride: int, lo: int, n: int, out: int) -> tuple[slice, slice]:
