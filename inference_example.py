@@ -39,6 +39,7 @@ from fcnn.cli import (
     CliError,
     add_checkpoint,
     add_overwrite,
+    add_trust_code,
     check_new_file,
     checkpoint_path,
     run_main,
@@ -92,6 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--show", metavar="PATH", help="save a grid of the inputs and predictions (.png, .jpg, ...)"
     )
     add_overwrite(p)
+    add_trust_code(p)
     p.add_argument(
         "--data-dir", metavar="DIR", help="dataset folder (default: the one training recorded)"
     )
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     check_paths(args)
     if args.show:
         _figure_class()  # fail before any work when matplotlib is missing
-    trained = load_trained(args.checkpoint)
+    trained = load_trained(args.checkpoint, trust_code=args.trust_code)
     failed: list[str] = []
     if args.images:
         inputs, failed = read_images(args.images, trained)
