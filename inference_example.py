@@ -1,4 +1,4 @@
-"""Classify images with a checkpoint written by ``train.py``.
+"""Classify images with a checkpoint written by ``train.py`` (or ``fcnn.save_trained``).
 
     python inference_example.py runs/mnist-1/model.npz digit.png photo.jpg
     python inference_example.py --checkpoint runs/mnist-1/model.npz --samples 16 --show preds.png
@@ -78,7 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog=details,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_checkpoint(p, "a checkpoint written by train.py")
+    add_checkpoint(p, "a checkpoint written by train.py or fcnn.save_trained")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify")
     p.add_argument(
         "--samples",

@@ -524,9 +524,9 @@ def run_onnx(model: onnx.ModelProto | str | os.PathLike[str], x: Array) -> Array
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m fcnn.export",
-        description="Convert a checkpoint written by train.py to an ONNX model.",
+        description="Convert a checkpoint written by train.py or fcnn.save_trained to ONNX.",
     )
-    add_checkpoint(p, "the .npz checkpoint written by train.py")
+    add_checkpoint(p, "the .npz checkpoint written by train.py or fcnn.save_trained")
     p.add_argument(
         "-o", "--output", help="the .onnx file to write (default: the checkpoint's name + .onnx)"
     )

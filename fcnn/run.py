@@ -183,14 +183,12 @@ def _model_name(name: str, value: Any) -> None:
 def _model_args(name: str, value: Any) -> None:
     """Keyword arguments: identifiers mapped to JSON scalars."""
     if not isinstance(value, Mapping) or not value:
-        raise ValueError(f"{flag_name(name)} must be KEY=VALUE pairs, got {value!r}")
+        raise ValueError(f"--model-arg must be KEY=VALUE pairs, got {value!r}")
     for key, v in value.items():
         if not isinstance(key, str) or not _ARG_NAME.fullmatch(key):
-            raise ValueError(f"{flag_name(name)}: {key!r} is not a Python argument name")
+            raise ValueError(f"--model-arg: {key!r} is not a Python argument name")
         if v is not None and not isinstance(v, bool | int | float | str):
-            raise ValueError(
-                f"{flag_name(name)} {key}: a number, string, true/false or null, got {v!r}"
-            )
+            raise ValueError(f"--model-arg {key}: a number, string, true/false or null, got {v!r}")
 
 
 def parse_model_arg(text: str) -> tuple[str, Any]:
@@ -217,6 +215,7 @@ def _setting(
     choices: Sequence[str] = (),
     metavar: str | None = None,
     new: bool = False,
+    flag: str | None = None,
 ) -> Any:
     """A ``RunConfig`` field: its default, its check (``choices``: one of them; a ``None``
     default: also ``None``) and its flag's help (``fcnn.cli.add_flags``). ``new``: added
@@ -227,6 +226,8 @@ def _setting(
     meta: dict[str, Any] = {"check": _optional(check) if default is None else check, "help": help}
     if new:
         meta["new"] = True
+    if flag:
+        meta["flag"] = flag  # its flag's name, when not --field-name
     if choices:
         meta["choices"] = list(choices)
     if metavar:
@@ -262,6 +263,7 @@ class RunConfig:
         _model_args,
         metavar="KEY=VALUE",
         new=True,
+        flag="--model-arg",
     )
     epochs: int = _setting(
         10, "total epochs, counting resumed ones (mnist 12, lines 3, cifar10 20)", _int_at_least(1)
@@ -380,7 +382,8 @@ def resolve_config(given: Mapping[str, Any], saved: RunConfig | None) -> RunConf
     for name, value in given.items():
         if name != "epochs" and value != getattr(saved, name):
             raise CliError(
-                f"{flag_name(name)} {value} contradicts the checkpoint being resumed "
+                f"{_FIELDS[name].metadata.get('flag', flag_name(name))} {value} contradicts "
+                "the checkpoint being resumed "
                 f"({getattr(saved, name)}); leave it out to continue the same run"
             )
     return dataclasses.replace(saved, epochs=given.get("epochs", saved.epochs))

@@ -354,7 +354,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Draw what a trained checkpoint learned: filters, feature maps, "
         "saliency, confusion matrix, confidently wrong test images (PNG files in --out).",
     )
-    add_checkpoint(p, "a checkpoint written by train.py")
+    add_checkpoint(p, "a checkpoint written by train.py or fcnn.save_trained")
     p.add_argument("--out", required=True, help="folder for the PNG files (created if missing)")
     add_overwrite(p)
     add_trust_code(p)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_parallel import mpirun, needs_mpi
 
 import fcnn
 import fcnn.visualize
@@ -110,7 +111,7 @@ def run(*argv: str) -> int:
 
 
 def test_own_model_trains_saves_loads_and_resumes_like_a_registry_model(
-    mynets: str, tmp_path: Path
+    mynets: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ckpt = tmp_path / "m.npz"
     argv = ("--model", f"{mynets}:tiny", "--model-arg", "width=6", "--save", str(ckpt))
@@ -126,6 +127,10 @@ def test_own_model_trains_saves_loads_and_resumes_like_a_registry_model(
     # fcnn's own layers only: loading imports nothing, whatever function made the model
     trained = load_trained(ckpt)
     assert not imported(mynets) and trained.model.spec["layers"][2]["type"] == "Residual"
+    assert run("--resume", str(ckpt), "--model-arg", "width=8", "--epochs", "2") == 1
+    assert capsys.readouterr().err.startswith(
+        "error: --model-arg {'width': 8} contradicts the checkpoint being resumed ({'width': 6})"
+    )
     assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 0
     assert not imported(mynets)
     resumed = load_checkpoint(ckpt)
@@ -415,3 +420,18 @@ def test_the_server_serves_an_own_model_and_a_save_trained_checkpoint(
         assert r.status_code == 200, r.text
         got = [p["probabilities"] for p in r.json()["predictions"]]
         np.testing.assert_allclose(got, load_trained(path).predict_proba(x), rtol=1e-5)
+
+
+@needs_mpi
+def test_own_model_trains_under_mpi_from_the_python_path(mynets: str, tmp_path: Path) -> None:
+    """``mpiexec -n 2 python train.py --model mynets:tiny`` with mynets.py on PYTHONPATH: every
+    rank imports it, and the job trains what one process trains."""
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    argv = [*FAST, "--model", f"{mynets}:tiny", "--model-arg", "width=3", "--epochs", "1"]
+    assert run(*argv, "--save", str(one)) == 0
+    done = mpirun("train.py", *argv, "--save", str(two), env={"PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    a, b = load_checkpoint(one), load_checkpoint(two)
+    assert b.meta["model"] == a.meta["model"] and b.meta["config"] == a.meta["config"]
+    w = a.params["conv1"]["w"]
+    np.testing.assert_allclose(b.params["conv1"]["w"], w, atol=1e-5 * np.abs(w).max())
