@@ -1,4 +1,4 @@
-"""Classify images with a checkpoint written by ``train.py``.
+"""Classify images with a checkpoint written by ``train.py`` (or ``fcnn.save_trained``).
 
     python inference_example.py runs/mnist-1/model.npz digit.png photo.jpg
     python inference_example.py --checkpoint runs/mnist-1/model.npz --samples 16 --show preds.png
@@ -39,6 +39,7 @@ from fcnn.cli import (
     CliError,
     add_checkpoint,
     add_overwrite,
+    add_trust_code,
     check_new_file,
     checkpoint_path,
     run_main,
@@ -77,7 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         epilog=details,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_checkpoint(p, "a checkpoint written by train.py")
+    add_checkpoint(p, "a checkpoint written by train.py or fcnn.save_trained")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to classify")
     p.add_argument(
         "--samples",
@@ -92,6 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--show", metavar="PATH", help="save a grid of the inputs and predictions (.png, .jpg, ...)"
     )
     add_overwrite(p)
+    add_trust_code(p)
     p.add_argument(
         "--data-dir", metavar="DIR", help="dataset folder (default: the one training recorded)"
     )
@@ -235,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     check_paths(args)
     if args.show:
         _figure_class()  # fail before any work when matplotlib is missing
-    trained = load_trained(args.checkpoint)
+    trained = load_trained(args.checkpoint, trust_code=args.trust_code)
     failed: list[str] = []
     if args.images:
         inputs, failed = read_images(args.images, trained)

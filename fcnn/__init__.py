@@ -117,6 +117,7 @@ from .layers.pool import (
 )
 from .model import concat, residual
 from .specs import SPEC_VERSION, CodeNotTrustedError, SpecError, dump_spec, from_spec
+from .models import load_trained, save_trained  # a model built in Python, for every tool
 
 # isort: on
 
@@ -225,8 +226,10 @@ __all__ += [  # issue 23: blocks, global pooling, specs
     "from_spec",
     "global_avg_pool2d_bwd",
     "global_avg_pool2d_fwd",
+    "load_trained",
     "rebuildable",
     "residual",
+    "save_trained",
 ]
 
 # Issue 23's layers, in one block: more activations and the transposed convolution.

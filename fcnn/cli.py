@@ -37,10 +37,12 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "TRUST_CODE_HELP",
     "CliError",
     "add_checkpoint",
     "add_flags",
     "add_overwrite",
+    "add_trust_code",
     "check_new_file",
     "checkpoint_path",
     "flag_name",
@@ -170,6 +172,20 @@ def checkpoint_path(args: argparse.Namespace, parser: argparse.ArgumentParser | 
     if problem:
         raise CliError(problem)
     return str(pos if pos is not None else flag)
+
+
+TRUST_CODE_HELP = (
+    "let the checkpoint's model import and run the code of its own layers (the "
+    "@fcnn.rebuildable functions it names); only for a checkpoint you trust. A model made "
+    "of fcnn's own layers never needs it"
+)
+
+
+def add_trust_code(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--trust-code`` (``args.trust_code``, ``False`` unless given): the one way a command
+    line lets a checkpoint import code. Without it, loading a model with a layer of a
+    user's own is refused with one line naming the code and this flag."""
+    parser.add_argument("--trust-code", action="store_true", help=TRUST_CODE_HELP)
 
 
 def add_overwrite(parser: argparse.ArgumentParser) -> None:

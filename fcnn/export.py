@@ -71,7 +71,14 @@ except ImportError as _err:  # pragma: no cover - exercised only without the ext
     raise ImportError(_NEEDS) from _err
 
 from .atomic import atomic_write
-from .cli import add_checkpoint, add_overwrite, check_new_file, checkpoint_path, run_main
+from .cli import (
+    add_checkpoint,
+    add_overwrite,
+    add_trust_code,
+    check_new_file,
+    checkpoint_path,
+    run_main,
+)
 from .io import fcnn_version
 from .layers.base import Array, Layer, Params, State
 from .model import predict
@@ -608,13 +615,14 @@ def run_onnx(model: onnx.ModelProto | str | os.PathLike[str], x: Array) -> Array
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m fcnn.export",
-        description="Convert a checkpoint written by train.py to an ONNX model.",
+        description="Convert a checkpoint written by train.py or fcnn.save_trained to ONNX.",
     )
-    add_checkpoint(p, "the .npz checkpoint written by train.py")
+    add_checkpoint(p, "the .npz checkpoint written by train.py or fcnn.save_trained")
     p.add_argument(
         "-o", "--output", help="the .onnx file to write (default: the checkpoint's name + .onnx)"
     )
     add_overwrite(p)
+    add_trust_code(p)
     p.add_argument(
         "--no-normalization",
         action="store_true",
@@ -642,7 +650,7 @@ def _export(args: argparse.Namespace) -> int:
     check_readable_file(args.checkpoint, "checkpoint")
     check_writable_file(args.output)  # a directory where a file is expected, ...
     check_new_file(args.output, args.overwrite, "-o")
-    trained = load_trained(args.checkpoint)
+    trained = load_trained(args.checkpoint, trust_code=args.trust_code)
     norm = None if args.no_normalization else (trained.mean, trained.std)
     metadata = {
         "classes": json.dumps(list(trained.classes)),

@@ -1,18 +1,24 @@
-"""The model registry ``train.py --model`` uses, and loading a trained model for inference.
+"""The model registry ``train.py --model`` uses, and trained models saved and loaded.
 
-A model is rebuilt from its registry name, so a checkpoint stores a short JSON
-description (``{"name": "default", "num_classes": 10, "impl": "im2col", "spec": ...}``)
-rather than code; the stored ``spec`` (every layer and its settings) must equal
-what that name builds now, or loading and resuming refuse the checkpoint. Every
-model takes images ``(N, C, H, W)`` and returns logits ``(N, K)``::
+A checkpoint stores its model as a short JSON description (``{"name": "default",
+"num_classes": 10, "impl": "im2col", "spec": ...}``) rather than code. Loading rebuilds
+the model from the stored ``spec`` (every layer and its settings, ``fcnn.from_spec``),
+not from the registry name, so a checkpoint loads as it was saved even after the
+registry's model changed, and a model that is not in the registry at all (built by
+``train.py --model module:function`` or in Python) loads the same way. A layer of a
+user's own is rebuilt by importing its ``@fcnn.rebuildable`` builder, which happens only
+with ``trust_code=True``. Every model takes images ``(N, C, H, W)`` and returns logits
+``(N, K)``::
 
     model = build_model("default", num_classes=10)
     params, state, _ = fcnn.init(model, rng, (1, 28, 28))
 
-``load_trained(path)`` reads a checkpoint written by ``train.py`` and returns a
-``Trained`` record whose ``predict_proba`` normalises raw ``[0, 1]`` images with
+``load_trained(path)`` reads a checkpoint written by ``train.py`` or ``save_trained`` and
+returns a ``Trained`` record whose ``predict_proba`` normalises raw ``[0, 1]`` images with
 the training statistics stored in the checkpoint, exactly as training did.
-``param_shapes(model, input_shape)`` gives the shapes ``init`` would, drawing nothing.
+``save_trained(path, model, params, state, ...)`` writes a model built and trained in
+Python as such a checkpoint. ``param_shapes(model, input_shape)`` gives the shapes
+``init`` would, drawing nothing.
 """
 
 from __future__ import annotations
@@ -20,15 +26,22 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .data import normalize
+from .data import DATASETS, normalize
 from .data.images import check_unit_images
-from .io import CheckpointError, load_checkpoint, read_checkpoint_header
+from .io import (
+    CheckpointError,
+    check_params_match,
+    load_checkpoint,
+    read_checkpoint_header,
+    save_checkpoint,
+)
 from .layers.activation import Relu
 from .layers.base import Array, Layer, Params, State
 from .layers.conv import Conv2d
@@ -39,6 +52,8 @@ from .layers.pool import GlobalAvgPool2d, MaxPool2d
 from .layers.shape import Flatten
 from .losses import softmax
 from .model import predict, residual, sequential
+from .specs import CodeNotTrustedError, SpecError, check_rebuildable, dump_spec, from_spec
+from .tree import tree_map
 
 if TYPE_CHECKING:
     from .run import RunRecord
@@ -48,14 +63,15 @@ __all__ = [
     "ModelInfo",
     "ShapeDtype",
     "Trained",
+    "UntrustedCodeError",
     "build_and_describe",
     "build_model",
-    "check_same_model",
     "describe_model",
     "load_trained",
     "model_from_description",
     "param_shapes",
     "resnet",
+    "save_trained",
 ]
 
 
@@ -265,7 +281,7 @@ def build_and_describe(
     """``build_model(name, num_classes, impl)`` and its ``describe_model`` description,
     building the model once."""
     model = build_model(name, num_classes, impl)
-    desc = {"name": name, "num_classes": num_classes, "impl": impl, "spec": dict(model.spec)}
+    desc = {"name": name, "num_classes": num_classes, "impl": impl, "spec": dump_spec(model)}
     return model, desc
 
 
@@ -274,72 +290,42 @@ def describe_model(name: str, num_classes: int, impl: str = "im2col") -> dict[st
     return build_and_describe(name, num_classes, impl)[1]
 
 
-def _first_difference(saved: Any, now: Any, where: str) -> tuple[str, str, str] | None:
-    """The first place (a ``/`` path) where two JSON values differ, with what each has
-    there as text: the values' reprs, or the entry counts of two lists of layers."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        for key in [*saved, *(k for k in now if k not in saved)]:
-            if key not in saved or key not in now:
-                then, there = saved.get(key, "(absent)"), now.get(key, "(absent)")
-                return f"{where}/{key}", repr(then), repr(there)
-            found = _first_difference(saved[key], now[key], f"{where}/{key}")
-            if found is not None:
-                return found
-        return None
-    layers = isinstance(saved, list) and isinstance(now, list)
-    if layers and any(isinstance(e, dict) for e in [*saved, *now]):  # not into sizes like [3, 3]
-        if len(saved) != len(now):  # not both whole lists: each layer's spec is long
-            return where, f"{len(saved)} entries", str(len(now))
-        for i, (a, b) in enumerate(zip(saved, now, strict=True)):
-            found = _first_difference(a, b, f"{where}/{i}")
-            if found is not None:
-                return found
-        return None
-    return None if saved == now else (where, repr(saved), repr(now))
+_UNTRUSTED_HINT = "pass --trust-code (command line) or trust_code=True (Python)"
 
 
-_DESCRIPTION_KEYS = ("name", "num_classes", "impl", "spec")
+class UntrustedCodeError(CheckpointError):
+    """A checkpoint whose model holds a layer of a user's own, loaded without trust: its
+    ``@fcnn.rebuildable`` builder would be imported and run. ``builder``: the
+    ``module:function`` it names."""
+
+    def __init__(self, message: str, builder: str) -> None:
+        super().__init__(message)
+        self.builder = builder
 
 
-def check_same_model(saved: Any, desc: Mapping[str, Any]) -> None:
-    """Raise ``CheckpointError`` when ``saved`` (a checkpoint's ``meta["model"]``) does not
-    describe the model ``desc`` describes (``build_and_describe``'s, as the code builds it
-    now), naming the first difference, or lacks one of ``describe_model``'s keys."""
-    if not isinstance(saved, Mapping):
-        raise CheckpointError(f"the stored model description is not an object: {saved!r}")
-    missing = [key for key in _DESCRIPTION_KEYS if key not in saved]
-    if missing:
-        raise CheckpointError(f"the stored model description lacks {missing}")
-    # Both as JSON would store them (tuples become lists), so only real differences count.
-    stored = json.loads(json.dumps(dict(saved)))
-    built = json.loads(json.dumps(dict(desc)))
-    found = _first_difference(stored, built, "model")
-    if found is not None:
-        where, then, now = found
-        raise CheckpointError(
-            f"the checkpoint's model differs from what {desc.get('name')!r} builds now, at "
-            f"{where}: {then} in the checkpoint, {now} now (saved by another version of "
-            "the model code?)"
-        )
+def model_from_description(desc: Mapping[str, Any], *, trust_code: bool = False) -> Layer:
+    """The model a checkpoint's description (``meta["model"]``) holds, rebuilt from its
+    ``spec`` (``fcnn.from_spec``), as it was saved, whatever the registry builds now.
 
-
-def model_from_description(desc: Mapping[str, Any]) -> Layer:
-    """Rebuild a model from ``describe_model``'s output (all four keys).
-
-    Raises ``ValueError`` if ``desc`` is malformed, and ``CheckpointError`` (a
-    ``ValueError``) if its ``spec`` is not what the named model builds now.
+    A model made of fcnn's own layers needs no code; one with a layer of a user's own
+    imports that layer's builder only with ``trust_code=True``, else
+    ``UntrustedCodeError`` (one line naming the builder and what to pass). Raises
+    ``ValueError`` for a description without a spec, or a spec that cannot be rebuilt.
     """
     if not isinstance(desc, Mapping):
         raise ValueError(f"model description must be an object, got {desc!r}")
-    missing = [key for key in _DESCRIPTION_KEYS if key not in desc]
-    if missing:
-        raise ValueError(f"model description lacks {missing}")
-    name, k, impl = desc["name"], desc["num_classes"], desc["impl"]
-    if not isinstance(name, str) or not isinstance(k, int) or not isinstance(impl, str):
-        raise ValueError(f"malformed model description: {desc!r}")
-    model, now = build_and_describe(name, k, impl)
-    check_same_model(desc, now)
-    return model
+    if "spec" not in desc:
+        raise ValueError("model description lacks ['spec']")
+    try:
+        return from_spec(desc["spec"], trust_code=trust_code)
+    except CodeNotTrustedError as err:
+        raise UntrustedCodeError(
+            f"its model's layer {err.where} is built by code, {err.builder}, which loading "
+            f"would import and run; if you trust this checkpoint, {_UNTRUSTED_HINT}",
+            err.builder,
+        ) from None
+    except SpecError as err:
+        raise ValueError(f"its model cannot be rebuilt: {err}") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -463,15 +449,24 @@ def param_shapes(
     return model.init(draws, tuple(int(d) for d in input_shape), dtype)
 
 
-def load_trained(path: str | os.PathLike[str]) -> Trained:
-    """Load a checkpoint written by ``train.py`` for inference.
+_NOT_TRAINED_HINT = (
+    "a model built in Python is saved for the tools with fcnn.save_trained(path, model, "
+    "params, state, input_shape=..., classes=..., mean=..., std=...)"
+)
+
+
+def load_trained(path: str | os.PathLike[str], *, trust_code: bool = False) -> Trained:
+    """Load a checkpoint written by ``train.py`` or ``save_trained`` for inference.
 
     Reads the run record (``fcnn.run.RunRecord.from_meta``), rebuilds the model from its
-    description, and checks that the stored params have exactly the shapes that model
-    has for the recorded input shape. Raises ``CheckpointError`` naming the file when
-    anything is missing or inconsistent. Only the header and the arrays' declared shapes
-    are read before everything is checked (``param_shapes`` draws nothing, so a recorded
-    input shape the weights cannot fit allocates nothing); the arrays' data is read last.
+    stored spec (``model_from_description``; ``trust_code``: allow importing the builders
+    of a user's own layers, which runs their code), and checks that the stored params
+    have exactly the shapes that model has for the recorded input shape. Raises
+    ``CheckpointError`` naming the file when anything is missing or inconsistent
+    (``UntrustedCodeError``, one, when the model needs code and ``trust_code`` is false).
+    Only the header and the arrays' declared shapes are read before everything is checked
+    (``param_shapes`` draws nothing, so a recorded input shape the weights cannot fit
+    allocates nothing); the arrays' data is read last.
     """
     from .run import RunRecord  # fcnn.run builds on this module's registry
 
@@ -479,21 +474,16 @@ def load_trained(path: str | os.PathLike[str]) -> Trained:
     header = read_checkpoint_header(path)
     try:
         record = RunRecord.from_meta(header.meta)
-        model = model_from_description(record.model)
-    except CheckpointError as err:  # the stored spec is not what the code builds: say just that
-        raise CheckpointError(f"{where}: {err}") from err
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{where}: not a trained-model checkpoint ({err})") from err
+        hint = f"; {_NOT_TRAINED_HINT}" if "missing" in str(err) else ""
+        raise CheckpointError(f"{where}: not a trained-model checkpoint ({err}){hint}") from err
     try:
-        params_like, state_like, out_shape = param_shapes(model, record.input_shape)
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(
-            f"{where}: the model does not fit input_shape {record.input_shape}: {err}"
-        ) from err
-    if out_shape != (len(record.classes),):
-        raise CheckpointError(
-            f"{where}: the model outputs {out_shape} but there are {len(record.classes)} classes"
-        )
+        model = model_from_description(record.model, trust_code=trust_code)
+    except UntrustedCodeError as err:
+        raise UntrustedCodeError(f"{where}: {err}", err.builder) from None
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: {err}") from err
+    params_like, state_like = _shapes_for(model, record, where)
     # The shapes and dtypes are compared with the members' headers before any data is read.
     ckpt = load_checkpoint(path, expected={"params": params_like, "state": state_like})
     mean, std = record.normalization()
@@ -508,3 +498,101 @@ def load_trained(path: str | os.PathLike[str]) -> Trained:
         ckpt.meta,
         record,
     )
+
+
+def _shapes_for(model: Layer, record: RunRecord, where: str) -> tuple[Params, State]:
+    """The params and state ``model`` has for the record's input shape, as ``ShapeDtype``
+    leaves; ``CheckpointError`` when the shape does not fit or the outputs are not the
+    record's classes."""
+    try:
+        params_like, state_like, out_shape = param_shapes(model, record.input_shape)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"{where}: the model does not fit input_shape {record.input_shape}: {err}"
+        ) from err
+    if out_shape != (len(record.classes),):
+        raise CheckpointError(
+            f"{where}: the model outputs {out_shape} but there are {len(record.classes)} classes"
+        )
+    return params_like, state_like
+
+
+def save_trained(
+    path: str | os.PathLike[str],
+    model: Layer,
+    params: Params,
+    state: State,
+    *,
+    input_shape: Sequence[int],
+    classes: Sequence[str],
+    mean: ArrayLike,
+    std: ArrayLike,
+    name: str = "custom",
+    dataset: str | None = None,
+) -> None:
+    """Save a model built and trained in Python as a checkpoint every tool reads
+    (``load_trained``, inference_example.py, ``python -m fcnn.serve``, ``fcnn.export``,
+    ``fcnn.visualize``), atomically.
+
+    ``input_shape``: per sample ``(C, H, W)``; ``classes[k]``: the name of output ``k``;
+    ``mean``, ``std``: the per-channel normalisation ``(C,)`` the model was trained with,
+    ``(x - mean) / std`` of raw ``[0, 1]`` images (``0`` and ``1`` if it saw them raw);
+    ``name``: a label; ``dataset``: the name of the fcnn dataset it was trained on, which
+    ``fcnn.visualize`` and ``--samples`` need to find test images. Params and state are
+    stored as float32, what the tools compute in. A checkpoint has no optimizer state or
+    run settings, so train.py cannot resume it.
+
+    Raises ``ValueError`` (nothing written) when the model cannot be rebuilt from its spec
+    (a layer of your own needs an importable ``@fcnn.rebuildable`` builder), the params or
+    state do not fit the model for ``input_shape``, the model does not output
+    ``len(classes)`` values, or a field is malformed.
+    """
+    from .run import RunRecord
+
+    if not isinstance(model, Layer):
+        raise TypeError(f"save_trained: model must be a Layer, got {type(model).__name__}")
+    if dataset is not None and dataset not in DATASETS:
+        raise ValueError(f"save_trained: dataset must be one of {list(DATASETS)}, got {dataset!r}")
+    try:
+        check_rebuildable(model)
+        meta = _trained_meta(model, input_shape, classes, mean, std, name, dataset)
+        record = RunRecord.from_meta(json.loads(json.dumps(meta)))  # as load_trained reads it
+    except (TypeError, ValueError) as err:  # SpecError included
+        raise ValueError(f"save_trained: {err}") from err
+    params32, state32 = tree_map(_float32, params), tree_map(_float32, state)
+    params_like, state_like = _shapes_for(model, record, "save_trained")
+    try:
+        check_params_match(params_like, params32, "params")
+        check_params_match(state_like, state32, "state")
+    except CheckpointError as err:
+        raise ValueError(f"save_trained: {err}") from None
+    save_checkpoint(path, params=params32, state=state32, meta=record.to_meta())
+
+
+def _float32(a: Array) -> Array:
+    """A leaf as float32, on its own device (NumPy or CuPy)."""
+    out: Array = a.astype(np.float32) if hasattr(a, "astype") else np.asarray(a, np.float32)
+    return out
+
+
+def _trained_meta(
+    model: Layer,
+    input_shape: Sequence[int],
+    classes: Sequence[str],
+    mean: ArrayLike,
+    std: ArrayLike,
+    name: str,
+    dataset: str | None,
+) -> dict[str, Any]:
+    """The metadata ``save_trained`` writes, before ``RunRecord.from_meta`` checks it."""
+    desc = {"name": name, "num_classes": len(classes), "spec": dump_spec(model)}
+    return {
+        "model": desc,
+        "input_shape": [int(d) if isinstance(d, np.integer) else d for d in input_shape],
+        "classes": [str(c) for c in classes],
+        "normalization": {
+            "mean": np.asarray(mean, np.float64).ravel().tolist(),
+            "std": np.asarray(std, np.float64).ravel().tolist(),
+        },
+        **({"dataset": dataset} if dataset else {}),
+    }

@@ -1,6 +1,7 @@
 """One training run: its typed config, what it builds, its record, saving and resuming.
 
     config = resolve_config({"dataset": "mnist", "recipe": "fast"}, None)  # flags > recipe > preset
+    model, desc = build_model(config, num_classes=10)   # the registry's, or --model module:function
     opt = make_optimizer(config, make_schedule(config, total_steps))
     loss = training_loss(config)                  # label-smoothed when the config says so
     record = RunRecord.from_meta(header.meta)     # a checkpoint's metadata, typed and checked
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
 import os
-import typing
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write
-from .cli import CliError, check_new_file, flag_name
+from .cli import TRUST_CODE_HELP, CliError, check_new_file, flag_name
 from .data import DATASETS, channel_stats, data_home, limit_train, load_dataset, normalize
-from .data.augment import shift_augment
+from .data.augment import Augment, compose, random_flip, shift_augment
 from .data.dataset import Dataset
 from .io import (
     CheckpointError,
@@ -50,12 +52,13 @@ from .layers.base import Array, Layer
 from .layers.conv import _IMPLS as IMPLS
 from .losses import Loss, label_smoothing, softmax_cross_entropy
 from .model import init
-from .models import MODELS, build_and_describe, check_same_model
+from .models import MODELS, UntrustedCodeError, build_and_describe, model_from_description
 from .optim import Optimizer, Schedule, adam, adamw, constant, sgd
 from .parallel import Ranks, agree, drop_last_batch, fingerprint, training_step, wait_for_root
 from .paths import PathError, check_writable_file
 from .plots import figure_class, image_format, plot_history
 from .schedules import cosine_decay, one_cycle
+from .specs import SpecError, check_rebuildable, dump_spec, import_function, where_raised
 from .training import Step, TrainState
 from .tree import tree_leaves
 
@@ -96,7 +99,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "digits-sample": {"augment": 2},
     "mnist": {"epochs": 12, "augment": 2},
     "lines": {"model": "small", "optimizer": "sgd", "epochs": 3},
-    "cifar10": {"epochs": 20},
+    "cifar10": {"epochs": 20, "augment": 4, "flip": 0.5},
 }
 
 # Recipes: a whole run's settings tuned together, over the dataset's presets (flags win).
@@ -163,6 +166,47 @@ def _optional(check: Check) -> Check:
     return check_optional
 
 
+_OWN_MODEL = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_ARG_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def _model_name(name: str, value: Any) -> None:
+    """A registry name or a user's ``module:function``."""
+    if value in MODELS:
+        return
+    if not isinstance(value, str) or not _OWN_MODEL.fullmatch(value):
+        raise ValueError(
+            f"{flag_name(name)} must be one of {sorted(MODELS)} or MODULE:FUNCTION, got {value!r}"
+        )
+
+
+def _model_args(name: str, value: Any) -> None:
+    """Keyword arguments: identifiers mapped to JSON scalars."""
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(f"--model-arg must be KEY=VALUE pairs, got {value!r}")
+    for key, v in value.items():
+        if not isinstance(key, str) or not _ARG_NAME.fullmatch(key):
+            raise ValueError(f"--model-arg: {key!r} is not a Python argument name")
+        if v is not None and not isinstance(v, bool | int | float | str):
+            raise ValueError(f"--model-arg {key}: a number, string, true/false or null, got {v!r}")
+
+
+def parse_model_arg(text: str) -> tuple[str, Any]:
+    """``--model-arg``'s ``KEY=VALUE``: ``("width", 32)`` from ``"width=32"``; the value is a
+    JSON scalar (number, ``true``, ``false``, ``null``, a quoted string) or else the text as
+    it is. ``ValueError`` without ``=``, or for a key that is not an argument name."""
+    key, sep, raw = text.partition("=")
+    if not sep or not _ARG_NAME.fullmatch(key):
+        raise ValueError(f"--model-arg must be KEY=VALUE with KEY an argument name, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return key, raw
+    scalar = value is None or isinstance(value, bool | int | float | str)
+    finite = not isinstance(value, float) or math.isfinite(value)
+    return key, value if scalar and finite else raw
+
+
 def _setting(
     default: Any,
     help: str,
@@ -170,13 +214,20 @@ def _setting(
     *,
     choices: Sequence[str] = (),
     metavar: str | None = None,
+    new: bool = False,
+    flag: str | None = None,
 ) -> Any:
     """A ``RunConfig`` field: its default, its check (``choices``: one of them; a ``None``
-    default: also ``None``) and its flag's help (``fcnn.cli.add_flags``)."""
+    default: also ``None``) and its flag's help (``fcnn.cli.add_flags``). ``new``: added
+    since fcnn 0.2.0, stored only when it is not the default (``RunConfig.as_dict``)."""
     check = _one_of(choices) if choices else check
     if check is None:
         raise TypeError("_setting: give a check or choices")
     meta: dict[str, Any] = {"check": _optional(check) if default is None else check, "help": help}
+    if new:
+        meta["new"] = True
+    if flag:
+        meta["flag"] = flag  # its flag's name, when not --field-name
     if choices:
         meta["choices"] = list(choices)
     if metavar:
@@ -197,7 +248,22 @@ class RunConfig:
         DATASETS[0], "what to train on (digits-sample: offline)", choices=DATASETS
     )
     model: str = _setting(
-        "default", "a model of fcnn.models (lines: small)", choices=sorted(MODELS)
+        "default",
+        f"a model of fcnn.models ({', '.join(sorted(MODELS))}; lines: small), or your own as "
+        "MODULE:FUNCTION: FUNCTION(num_classes, **model args) returning a fcnn Layer, imported "
+        "from MODULE.py in the current folder or on the Python path (docs/own_model.md)",
+        _model_name,
+        metavar="NAME",
+    )
+    model_args: dict[str, Any] | None = _setting(  # noqa: RUF009 (a field(), not a dict)
+        None,
+        "a keyword argument for your own --model MODULE:FUNCTION, e.g. width=32 (repeat it for "
+        "more; values are read as JSON numbers, true/false/null or quoted strings, else kept "
+        "as text)",
+        _model_args,
+        metavar="KEY=VALUE",
+        new=True,
+        flag="--model-arg",
     )
     epochs: int = _setting(
         10, "total epochs, counting resumed ones (mnist 12, lines 3, cifar10 20)", _int_at_least(1)
@@ -226,9 +292,19 @@ class RunConfig:
     impl: str = _setting("im2col", "convolution implementation", choices=IMPLS)
     augment: int = _setting(
         0,
-        "shift training images by up to PIXELS each way (digits-sample, mnist: 2)",
+        "shift training images by up to PIXELS each way, the border filled with the "
+        "normalised black: a random crop of the image padded by PIXELS (digits-sample, "
+        "mnist: 2; cifar10: 4)",
         _int_at_least(0),
         metavar="PIXELS",
+    )
+    flip: float = _setting(
+        0.0,
+        "mirror each training image left to right with probability P (cifar10: 0.5; not for "
+        "digits, whose mirror images are not digits)",
+        _fraction,
+        metavar="P",
+        new=True,
     )
     label_smoothing: float = _setting(
         0.0, "train against (1 - EPS) * one-hot + EPS / classes", _fraction, metavar="EPS"
@@ -244,9 +320,25 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             f.metadata["check"](f.name, getattr(self, f.name))
+        if self.model_args is not None and self.model in MODELS:
+            raise ValueError(
+                f"--model-arg is for a model of your own (--model MODULE:FUNCTION); "
+                f"{self.model!r} of fcnn.models takes none"
+            )
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as JSON values. A setting added since fcnn 0.2.0 is left out while
+        it has its default, so a run that uses none of them is stored as 0.2.0 stored it."""
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if not (_FIELDS[k].metadata.get("new") and v == _FIELDS[k].default)
+        }
+
+    @property
+    def own_model(self) -> bool:
+        """Whether ``model`` is a user's ``module:function`` rather than a registry name."""
+        return self.model not in MODELS
 
     @classmethod
     def from_saved(cls, saved: Mapping[str, Any]) -> RunConfig:
@@ -276,13 +368,22 @@ def resolve_config(given: Mapping[str, Any], saved: RunConfig | None) -> RunConf
         preset = PRESETS[given.get("dataset", RunConfig.dataset)]
         recipe = RECIPES[given["recipe"]] if given.get("recipe") else {}
         settings = {**preset, **recipe, **given}
+        if "impl" in given and settings.get("model", RunConfig.model) not in MODELS:
+            raise CliError(
+                "--impl chooses the convolutions of fcnn's registry models; give your own "
+                "model's function what it takes with --model-arg"
+            )
         if "lr" not in settings:
             settings["lr"] = DEFAULT_LR[settings.get("optimizer", RunConfig.optimizer)]
-        return RunConfig(**settings)
+        try:
+            return RunConfig(**settings)
+        except ValueError as err:  # settings that do not go together (each one was checked)
+            raise CliError(str(err)) from None
     for name, value in given.items():
         if name != "epochs" and value != getattr(saved, name):
             raise CliError(
-                f"{flag_name(name)} {value} contradicts the checkpoint being resumed "
+                f"{_FIELDS[name].metadata.get('flag', flag_name(name))} {value} contradicts "
+                "the checkpoint being resumed "
                 f"({getattr(saved, name)}); leave it out to continue the same run"
             )
     return dataclasses.replace(saved, epochs=given.get("epochs", saved.epochs))
@@ -308,6 +409,20 @@ def make_optimizer(config: RunConfig, schedule: Schedule) -> Optimizer:
     if config.optimizer == "adam":
         return adam(schedule, weight_decay=config.weight_decay)
     return adamw(schedule, weight_decay=config.weight_decay)
+
+
+def make_augment(config: RunConfig, mean: Array, std: Array) -> Augment | None:
+    """The training images' augmentation, ``augment(x, rng) -> x`` for ``fcnn.train_epoch``
+    on images normalised with ``mean, std: (C,)``: shifts of up to ``config.augment`` pixels
+    (a random crop of the image padded by that many pixels) whose border is the normalised
+    black, by construction (``shift_augment``), then left-right mirroring with probability
+    ``config.flip``; ``None`` for neither."""
+    steps: list[Augment] = []
+    if config.augment:
+        steps.append(shift_augment(config.augment, mean, std))
+    if config.flip:
+        steps.append(functools.partial(random_flip, p=config.flip))
+    return compose(*steps) if steps else None
 
 
 def training_loss(config: RunConfig) -> Loss:
@@ -377,13 +492,16 @@ def _optional_of(meta: Mapping[str, Any], key: str, kind: type) -> Any:
 class RunRecord:
     """What a checkpoint says about its model and its run, typed; its metadata's one owner.
 
-    ``model``: ``fcnn.models.describe_model``'s description; ``input_shape``: per sample
-    ``(C, H, W)``; ``classes[k]`` names output ``k``; ``mean``, ``std``: the per-channel
-    normalisation ``(C,)`` training used; ``dataset``: its name; ``data_dir``: the folder
-    its files were read from (``None`` for embedded or generated data); ``config``: the
-    run's settings; ``epoch``: epochs done; ``rng``: the training generator's state;
-    ``history``: one metrics row per epoch. The last four are ``None`` / empty in a
-    checkpoint written by other means than train.py (it then loads but cannot resume).
+    ``model``: the stored model: ``name`` (a label: the registry name, ``module:function``
+    or ``save_trained``'s), ``num_classes``, ``impl`` (registry models) and ``spec``, from
+    which every reader rebuilds it (``fcnn.models.model_from_description``);
+    ``input_shape``: per sample ``(C, H, W)``; ``classes[k]`` names output ``k``; ``mean``,
+    ``std``: the per-channel normalisation ``(C,)`` training used; ``dataset``: its name;
+    ``data_dir``: the folder its files were read from (``None`` for embedded or generated
+    data); ``config``: the run's settings; ``epoch``: epochs done; ``rng``: the training
+    generator's state; ``history``: one metrics row per epoch. The last four are ``None`` /
+    empty in a checkpoint written by other means than train.py (``fcnn.save_trained``: it
+    then loads but cannot resume).
     """
 
     model: Mapping[str, Any]
@@ -525,7 +643,10 @@ def load_test_set(record: RunRecord, data_dir: str | None = None, seed: int = 0)
     ``data_dir`` or else the folder the run recorded; generated data (lines) with the run's
     seed, else ``seed``. ``CliError`` when it cannot be loaded or its images do not fit."""
     if record.dataset is None:
-        raise CliError("the checkpoint does not name its dataset")
+        raise CliError(
+            "the checkpoint does not name its dataset (fcnn.save_trained records it with "
+            "dataset=...)"
+        )
     seed = record.config.seed if record.config is not None else seed
     try:
         ds = load_dataset(record.dataset, data_dir or record.data_dir, seed=seed)
@@ -582,6 +703,7 @@ class Options:
     )
     plot: str | None = _flag("PNG of loss and accuracy curves (needs matplotlib)", metavar="PATH")
     quiet: bool = field(default=False, metadata={"help": "no progress bar, no per-epoch lines"})
+    trust_code: bool = field(default=False, metadata={"help": TRUST_CODE_HELP})
 
     def __post_init__(self) -> None:
         if self.no_save and self.save:
@@ -668,26 +790,86 @@ def read_resume(path: str) -> tuple[CheckpointHeader, RunRecord]:
         record = RunRecord.from_meta(header.meta, resume=True)
     except ValueError as err:
         raise CheckpointError(
-            f"{path}: cannot resume: {err}; was it written by train.py?"
+            f"{path}: cannot resume: {err}; only train.py's checkpoints resume (one written by "
+            "fcnn.save_trained holds no run to continue: train your own model with train.py "
+            "--model MODULE:FUNCTION)"
         ) from None
     if not any(key.startswith("opt_state/") for key in header.members):
         raise CheckpointError(f"{path}: has no optimizer state to resume from")
     return header, record
 
 
-def _resumed_model(path: str, record: RunRecord, config: RunConfig) -> tuple[Layer, dict[str, Any]]:
-    """The model ``config`` names with the checkpoint's number of classes, and its
-    description; ``CheckpointError`` when the checkpoint's stored model is another one.
+def _resumed_model(
+    path: str, record: RunRecord, trust_code: bool
+) -> tuple[Layer, Mapping[str, Any]]:
+    """The checkpoint's model rebuilt from its stored spec, as it was saved (whatever the
+    registry or the user's function builds now), and its description as stored;
+    ``CheckpointError`` when it cannot be rebuilt (``UntrustedCodeError`` when it needs a
+    user's code imported and ``trust_code`` is false).
 
-    Called before the dataset is loaded (or downloaded), so a checkpoint written by
-    other model code is refused at once."""
+    Called before the dataset is loaded (or downloaded), so a checkpoint that cannot be
+    resumed is refused at once."""
+    k = record.model.get("num_classes")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise CheckpointError(
+            f"{path}: cannot resume: num_classes must be a positive int, got {k!r}"
+        )
     try:
-        k = typing.cast(int, record.model.get("num_classes"))  # build_and_describe checks it
-        model, desc = build_and_describe(config.model, k, config.impl)
-        check_same_model(record.model, desc)
-    except ValueError as err:  # CheckpointError included; also a malformed num_classes
+        return model_from_description(record.model, trust_code=trust_code), record.model
+    except UntrustedCodeError as err:
+        raise UntrustedCodeError(f"{path}: cannot resume: {err}", err.builder) from None
+    except ValueError as err:
         raise CheckpointError(f"{path}: cannot resume: {err}") from None
+
+
+def build_model(config: RunConfig, num_classes: int) -> tuple[Layer, dict[str, Any]]:
+    """The model ``config`` names, with ``num_classes`` outputs, and the description a
+    checkpoint stores for it (``name``, ``num_classes``, ``impl`` for a registry model,
+    ``spec`` by ``fcnn.dump_spec``).
+
+    ``config.model`` is a registry name (``fcnn.models.build_model``) or a user's
+    ``module:function``, imported from the current folder or the Python path and called as
+    ``function(num_classes, **config.model_args)``; it must return a ``Layer`` that
+    ``fcnn.from_spec`` can rebuild in another program (``fcnn.specs.check_rebuildable``),
+    so that its checkpoints load. ``CliError`` with one line for anything that fails.
+    """
+    if not config.own_model:
+        try:
+            return build_and_describe(config.model, num_classes, config.impl)
+        except ValueError as err:
+            raise CliError(f"model {config.model!r}: {err}") from None
+    model = _call_own_model(config.model, num_classes, config.model_args or {})
+    try:
+        check_rebuildable(model)
+    except SpecError as err:
+        raise CliError(
+            f"--model {config.model}: its checkpoints could not be loaded: {err} "
+            "(docs/own_model.md)"
+        ) from None
+    desc = {"name": config.model, "num_classes": num_classes, "spec": dump_spec(model)}
     return model, desc
+
+
+def _call_own_model(path: str, num_classes: int, kwargs: Mapping[str, Any]) -> Layer:
+    """``function(num_classes, **kwargs)`` for ``path`` = ``module:function``: a ``Layer``,
+    or ``CliError`` saying what went wrong (not found, raised, returned something else)."""
+    try:
+        function = import_function(path)
+    except ValueError as err:
+        raise CliError(f"--model {path}: {err}") from None
+    call = ", ".join([str(num_classes), *(f"{k}={v!r}" for k, v in kwargs.items())])
+    try:
+        model = function(num_classes, **kwargs)
+    except Exception as err:  # the user's code: one line with what it raised and where
+        raise CliError(
+            f"--model {path}: {path}({call}) raised {type(err).__name__}: {err}{where_raised(err)}"
+        ) from None
+    if not isinstance(model, Layer):
+        raise CliError(
+            f"--model {path}: {path}({call}) returned a {type(model).__name__}, not a fcnn "
+            "Layer (build one with fcnn.sequential(...))"
+        )
+    return model
 
 
 @dataclass(frozen=True)
@@ -747,7 +929,7 @@ class Run:
     schedule: Schedule
     steps_per_epoch: int
     drop_last: bool
-    augment: Callable[[Any, np.random.Generator], Any] | None
+    augment: Augment | None
     record: RunRecord  # what every checkpoint says, besides its epoch, rng and history
     quiet: bool
     ranks: Ranks
@@ -785,7 +967,8 @@ def set_up(given: Mapping[str, Any], options: Options, ranks: Ranks) -> tuple[Ru
     flags gave (name -> value)."""
     record = read_resume(options.resume)[1] if options.resume else None
     config = resolve_config(given, None if record is None else record.config)
-    built = None if record is None else _resumed_model(options.resume or "", record, config)
+    resume, trust = options.resume or "", options.trust_code
+    built = None if record is None else _resumed_model(resume, record, trust)
     if ranks.root:  # the only rank that writes
         check_outputs(Outputs(options.save, options.metrics, options.plot), options)
     data = load_data(
@@ -809,7 +992,7 @@ def set_up(given: Mapping[str, Any], options: Options, ranks: Ranks) -> tuple[Ru
         schedule=schedule,
         steps_per_epoch=steps_per_epoch,
         drop_last=drop_last,
-        augment=shift_augment(config.augment, data.mean, data.std) if config.augment else None,
+        augment=make_augment(config, data.mean, data.std),
         record=_record(config, data, desc),
         quiet=options.quiet or not ranks.root,
         ranks=ranks,
@@ -818,8 +1001,11 @@ def set_up(given: Mapping[str, Any], options: Options, ranks: Ranks) -> tuple[Ru
 
 
 def _model(
-    config: RunConfig, data: Data, built: tuple[Layer, dict[str, Any]] | None, resume: str | None
-) -> tuple[Layer, dict[str, Any]]:
+    config: RunConfig,
+    data: Data,
+    built: tuple[Layer, Mapping[str, Any]] | None,
+    resume: str | None,
+) -> tuple[Layer, Mapping[str, Any]]:
     """The resumed run's model (``built``), if its classes fit the data; else a new one."""
     if built is not None:
         k = built[1]["num_classes"]
@@ -829,10 +1015,7 @@ def _model(
                 f"{data.name} has {len(data.classes)}"
             )
         return built
-    try:
-        return build_and_describe(config.model, len(data.classes), config.impl)
-    except ValueError as err:
-        raise CliError(f"model {config.model!r}: {err}") from None
+    return build_model(config, len(data.classes))
 
 
 def _batches(config: RunConfig, data: Data, model: Layer, ranks: Ranks) -> tuple[bool, int]:

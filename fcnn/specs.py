@@ -27,13 +27,22 @@ Format versions (``SPEC_VERSION``; ``dump_spec`` writes ``"spec_version"`` at th
 - 2: adds ``Residual``, ``Concat``, ``GlobalAvgPool2d`` and ``"builder"``.
 
 Each version reads every older one unchanged (a spec without a version is read as 1).
+
+Code named by a path is imported by ``import_function("module:function")`` alone (from
+the current folder or ``sys.path``, one-line errors); ``check_rebuildable(model)`` says
+whether another program could rebuild ``model`` from its spec (``fcnn.save_trained`` and
+``train.py --model module:function`` check it before writing a checkpoint).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from types import ModuleType
 from typing import Any
 
 from .layers.activation import Gelu, LeakyRelu, Relu, Sigmoid, Tanh
@@ -53,8 +62,10 @@ __all__ = [
     "VERSION_KEY",
     "CodeNotTrustedError",
     "SpecError",
+    "check_rebuildable",
     "dump_spec",
     "from_spec",
+    "import_function",
     "spec_version",
 ]
 
@@ -95,11 +106,13 @@ class SpecError(ValueError):
 
 class CodeNotTrustedError(SpecError):
     """A spec names code to import (a layer of a user's own) and the caller did not
-    allow it. ``builder`` is the ``module:function`` path it names."""
+    allow it. ``builder`` is the ``module:function`` path it names, ``where`` the layer's
+    path in the model (``"stage1/gate1"``)."""
 
-    def __init__(self, message: str, builder: str) -> None:
+    def __init__(self, message: str, builder: str, where: str = "") -> None:
         super().__init__(message)
         self.builder = builder
+        self.where = where
 
 
 def dump_spec(model: Layer) -> dict[str, Any]:
@@ -214,16 +227,12 @@ class _Builder:
                 "would import and run; if you trust this spec, pass trust_code=True (Python) "
                 f"or --trust-code (command line), or pass layers={{{kind!r}: ...}}",
                 builder,
+                where,
             )
         try:
-            found: Any = importlib.import_module(module)
-            for part in qualname.split("."):
-                found = getattr(found, part)
-        except (ImportError, AttributeError) as err:
+            return import_function(builder)
+        except ValueError as err:
             raise SpecError(f"from_spec: {where}: cannot import {builder} ({err})") from err
-        if not callable(found):
-            raise SpecError(f"from_spec: {where}: {builder} is not a function")
-        return found  # type: ignore[no-any-return]
 
 
 def _call(ctor: Callable[..., Layer], fields: dict[str, Any], kind: str, where: str) -> Layer:
@@ -266,3 +275,98 @@ _CONTAINERS: dict[str, Callable[[_Builder, Mapping[str, Any], str], Layer]] = {
     "Residual": _residual,
     "Concat": _concat,
 }
+
+
+# --- code named by a path: a user's layer builders, train.py --model module:function ------
+
+
+def _import_module(name: str) -> ModuleType:
+    """``importlib.import_module(name)`` with the current folder searched first, as
+    ``python -m`` and ``python -c`` search it (``python script.py`` searches the script's
+    folder instead), so a user's ``mynets.py`` beside the command is found by every command
+    line. The folder is on ``sys.path`` only during the import."""
+    here = os.getcwd()
+    added = not any(os.path.abspath(p or os.curdir) == here for p in sys.path)
+    if added:
+        sys.path.insert(0, here)
+    try:
+        importlib.invalidate_caches()  # a file written since the last import is found
+        return importlib.import_module(name)
+    finally:
+        if added and here in sys.path:
+            sys.path.remove(here)
+
+
+_FCNN = os.path.dirname(os.path.abspath(__file__))
+
+
+def where_raised(err: BaseException) -> str:
+    """`` (mynets.py, line 3)``: where a user's code raised ``err``, the innermost frame of
+    its traceback outside fcnn (else the innermost), or ``""`` without a traceback."""
+    if isinstance(err, SyntaxError) and err.filename:
+        return f" ({os.path.basename(err.filename)}, line {err.lineno})"
+    frames = list(traceback.extract_tb(err.__traceback__))
+    outside = [f for f in frames if not os.path.abspath(f.filename).startswith(_FCNN + os.sep)]
+    if not frames:
+        return ""
+    frame = (outside or frames)[-1]
+    return f" ({os.path.basename(frame.filename)}, line {frame.lineno})"
+
+
+def import_function(path: str) -> Callable[..., Any]:
+    """The function at ``path``, ``"module:function"`` (``function`` may be dotted), imported
+    from the current folder or ``sys.path``. It runs the module's code: call it only for a
+    path the user gave or trusts.
+
+    Raises ``ValueError`` with one line for a malformed path, a module that is not found,
+    a module whose import raised (the exception and where), a missing name, or a name that
+    is not callable.
+    """
+    module, _, qualname = path.partition(":") if isinstance(path, str) else ("", "", "")
+    if not module or not qualname:
+        raise ValueError(f"must be 'module:function', got {path!r}")
+    try:
+        found: Any = _import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is not None and (module + ".").startswith(err.name + "."):
+            raise ValueError(
+                f"no module named {err.name!r} in the current folder or on the Python path"
+            ) from err
+        raise ValueError(f"importing {module} failed: {err}{where_raised(err)}") from err
+    except Exception as err:  # the module's own code raised: say what and where
+        raise ValueError(
+            f"importing {module} raised {type(err).__name__}: {err}{where_raised(err)}"
+        ) from err
+    where = getattr(found, "__file__", None) or module
+    for part in qualname.split("."):
+        if not hasattr(found, part):
+            raise ValueError(f"module {module} ({where}) has no {qualname!r}")
+        found = getattr(found, part)
+    if not callable(found):
+        raise ValueError(f"{path} is not a function (it is {type(found).__name__})")
+    return found  # type: ignore[no-any-return]
+
+
+def _builders(spec: Any) -> list[str]:
+    """Every ``"builder"`` path in a spec tree."""
+    if isinstance(spec, Mapping):
+        own = [spec["builder"]] if isinstance(spec.get("builder"), str) else []
+        return own + [b for v in spec.values() for b in _builders(v)]
+    return [b for v in spec for b in _builders(v)] if isinstance(spec, list) else []
+
+
+def check_rebuildable(model: Layer) -> None:
+    """``SpecError`` unless ``from_spec`` can rebuild ``model`` from its spec in another
+    program: every layer is fcnn's own or built by an importable ``@fcnn.rebuildable``
+    function (not one of the script being run, ``__main__``), and the rebuilt model has
+    the same spec. Imports the builders the spec names, as building ``model`` did."""
+    spec = dump_spec(model)
+    for builder in _builders(spec):
+        if builder.startswith("__main__:"):
+            raise SpecError(
+                f"a layer is built by {builder}, a function of the script being run, which "
+                "no other program can import; move it into a module (a .py file) you import"
+            )
+    again = from_spec(spec, trust_code=True)
+    if again.spec != model.spec:
+        raise SpecError("the model rebuilt from its spec has another spec than the model")

@@ -7,6 +7,13 @@
     python train.py --save runs/model.npz --metrics runs/metrics.csv --plot runs/curves.png
     python train.py --resume runs/model.npz               # continue exactly where it stopped
     python train.py --resume runs/model.npz --epochs 20   # extend to 20 (lr schedule recomputed)
+    python train.py --dataset cifar10 --model resnet      # crops (--augment 4), flips (--flip 0.5)
+    python train.py --model mynets:resnet_small --model-arg width=32     # your own, in mynets.py
+
+--model MODULE:FUNCTION imports MODULE from the current folder (or the Python path) and
+trains FUNCTION(num_classes, **model args), which returns a fcnn Layer, like a registry
+model; its checkpoint is read by every tool (docs/own_model.md). --resume rebuilds a
+model from its checkpoint; one holding a layer of your own needs --trust-code to import it.
 
 Without --save, every run writes a new folder runs/DATASET-N/ (model.npz, metrics.csv)
 and says where; --no-save writes nothing. Existing files are replaced only with
@@ -27,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import fcnn
-from fcnn.cli import EXIT_INTERRUPTED, add_flags, from_flags, run_main
+from fcnn.cli import EXIT_INTERRUPTED, add_flags, add_trust_code, from_flags, run_main
 from fcnn.data import DatasetNotFoundError
 from fcnn.io import CheckpointError
 from fcnn.parallel import EveryRankError, Ranks, evaluate_on, on_every_rank, sync
@@ -39,6 +46,7 @@ from fcnn.run import (
     RunConfig,
     check_setting,
     parameter_count,
+    parse_model_arg,
     save,
     set_up,
 )
@@ -54,15 +62,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_flags(p.add_argument_group("the run's settings"), RunConfig, defaults={"lr": None})
-    add_flags(p.add_argument_group("files"), Options)
+    settings = p.add_argument_group("the run's settings")
+    add_flags(settings, RunConfig, skip=("model_args",), defaults={"lr": None})
+    settings.add_argument(
+        "--model-arg",
+        dest="model_args",
+        action="append",
+        type=_model_arg,
+        metavar="KEY=VALUE",
+        help=_MODEL_ARGS.metadata["help"],
+    )
+    files = p.add_argument_group("files")
+    add_flags(files, Options, skip=("trust_code",))
+    add_trust_code(files)
     args = p.parse_args(argv)
+    if args.model_args is not None:  # [(key, value), ...] -> {key: value}
+        keys = [key for key, _ in args.model_args]
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        if twice:
+            p.error(f"--model-arg gives {', '.join(twice)} more than once")
+        args.model_args = dict(args.model_args)
     for name, value in settings_given(args).items():
         try:
             check_setting(name, value)
         except ValueError as err:
             p.error(str(err))
     return args
+
+
+_MODEL_ARGS = next(f for f in dataclasses.fields(RunConfig) if f.name == "model_args")
+
+
+def _model_arg(text: str) -> tuple[str, Any]:
+    """``--model-arg``'s argparse type: ``parse_model_arg``, its refusal a usage error."""
+    try:
+        return parse_model_arg(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def settings_given(args: argparse.Namespace) -> dict[str, Any]:
@@ -205,6 +241,7 @@ def describe(run: Run, progress: Progress) -> str:
     )
     extras = [f"label smoothing {c.label_smoothing:g}"] if c.label_smoothing else []
     extras += [f"shifts of up to {plural(c.augment, 'pixel')}"] if c.recipe and c.augment else []
+    extras += [f"flips with probability {c.flip:g}"] if c.recipe and c.flip else []
     line = f"recipe {c.recipe}: {line}" if c.recipe else line
     lines = [f"{line}, {', '.join(extras)}" if extras else line]
     if progress.saved:  # resumed

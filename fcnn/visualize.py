@@ -42,13 +42,14 @@ from .cli import (
     CliError,
     add_checkpoint,
     add_overwrite,
+    add_trust_code,
     check_new_file,
     checkpoint_path,
     run_main,
 )
 from .layers.base import Array, Context, Layer, Params, State
 from .losses import softmax
-from .model import backward, forward, predict
+from .model import backward, forward, named_children, predict
 from .paths import PathError, check_readable_file
 from .plots import MissingExtraError, figure_class
 
@@ -78,15 +79,19 @@ _DPI = 100
 # --- computations on arrays ----------------------------------------------------------------
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
 def _leaves(model: Layer, prefix: str = "") -> Iterator[tuple[str, Layer]]:
-    """``(path, layer)`` of every non-block layer in forward order; paths as in params
-    (``"conv1"``, ``"block2/conv1"``)."""
-    if model.kind != "block":
+    """``(path, layer)`` of every layer that is not a container (sequential, residual,
+    concat), in forward order, a residual's block before its shortcut; paths as in params
+    (``"conv1"``, ``"stage2/residual1/block/conv1"``)."""
+    children = named_children(model)
+    if not children:
         yield prefix, model
-        return
-    names = [str(entry["name"]) for entry in model.spec["layers"]]
-    for name, child in zip(names, model.children, strict=True):
-        yield from _leaves(child, f"{prefix}/{name}" if prefix else name)
+    for name, child in children:
+        yield from _leaves(child, _join(prefix, name))
 
 
 def conv_layers(model: Layer) -> list[str]:
@@ -113,16 +118,34 @@ def feature_maps(model: Layer, params: Params, state: State, x: Array) -> list[t
     """Every convolution's output for ``x: (N, C, H, W)``, in eval mode.
 
     Returns ``[(path, y), ...]`` with ``y: (N, F, OH, OW)`` (C-contiguous copies) in
-    forward order. Runs the layers one by one, exactly as ``forward`` does.
+    forward order (a residual's block before its shortcut, a concat's branches in order).
+    Runs the layers one by one, exactly as ``forward`` does.
     """
     out: list[tuple[str, Array]] = []
-    ctx = Context(train=False)
-    y = x
-    for path, layer in _leaves(model):
-        y, _, _ = layer.apply(_subtree(params, path), _subtree(state, path), y, ctx)
-        if layer.kind == "conv":
-            out.append((path, np.ascontiguousarray(y)))
+    _walk(model, params, state, x, "", out)
     return out
+
+
+def _walk(
+    layer: Layer, params: Params, state: State, x: Array, path: str, out: list[tuple[str, Array]]
+) -> Array:
+    """``layer``'s eval-mode output for ``x``, appending every convolution's output inside
+    it to ``out``. A sequential chain feeds each child the previous one's output; the paths
+    of a residual or a concat each take the block's input, and the block's own ``apply``
+    then joins them (its sum or concatenation is written once, in fcnn.model)."""
+    children = named_children(layer)
+    chain = layer.kind == "block" and bool(children)
+    for name, child in children:
+        y = _walk(child, params.get(name, {}), state.get(name, {}), x, _join(path, name), out)
+        if chain:  # each child's output is the next one's input
+            x = y
+    if chain:
+        return x
+    # a leaf, or a residual or concat whose paths each took x: its own apply joins them
+    y, _, _ = layer.apply(params, state, x, Context(train=False))
+    if layer.kind == "conv":
+        out.append((path, np.ascontiguousarray(y)))
+    return y
 
 
 def saliency(
@@ -331,9 +354,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Draw what a trained checkpoint learned: filters, feature maps, "
         "saliency, confusion matrix, confidently wrong test images (PNG files in --out).",
     )
-    add_checkpoint(p, "a checkpoint written by train.py")
+    add_checkpoint(p, "a checkpoint written by train.py or fcnn.save_trained")
     p.add_argument("--out", required=True, help="folder for the PNG files (created if missing)")
     add_overwrite(p)
+    add_trust_code(p)
     p.add_argument(
         "--data-dir", default=None, help="the dataset's folder (default: the one training used)"
     )
@@ -355,7 +379,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Array]:
     check_readable_file(args.checkpoint, "checkpoint")
     for name in PICTURES:
         check_new_file(os.path.join(args.out, name), args.overwrite, "--out")
-    trained = load_trained(args.checkpoint)
+    trained = load_trained(args.checkpoint, trust_code=args.trust_code)
     if trained.record is None:
         raise CliError(f"{args.checkpoint}: the model carries no run record")
     ds = load_test_set(trained.record, args.data_dir)

@@ -175,3 +175,34 @@ def test_cifar_augment_crops_then_flips_with_one_generator() -> None:
     assert seen == ["a", "b"]
     with pytest.raises(TypeError, match="compose: each augment must be a function"):
         compose(3)  # type: ignore[arg-type]
+
+
+def test_train_py_augments_cifar10_with_crops_of_4_and_flips_by_default() -> None:
+    """Issue 23: the cifar10 preset crops (--augment 4) and flips (--flip 0.5); a flag wins."""
+    from fcnn.run import resolve_config
+
+    config = resolve_config({"dataset": "cifar10"}, None)
+    assert (config.augment, config.flip) == (4, 0.5)
+    assert resolve_config({"dataset": "cifar10", "flip": 0.0}, None).flip == 0.0
+    assert resolve_config({"dataset": "mnist"}, None).flip == 0.0  # a digit's mirror is none
+
+
+def test_make_augment_crops_with_the_normalised_black_then_flips() -> None:
+    """The border of a crop is a black pixel normalised like the images, by construction,
+    and the flip mirrors the cropped image; one generator draws both."""
+    from fcnn.data.augment import random_crop, random_flip
+    from fcnn.run import RunConfig, make_augment
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(3.0, 4.0, (16, 3, 8, 8)).astype(np.float32)  # no pixel is the border
+    mean, std = np.array([0.5, 0.4, 0.3], np.float32), np.array([0.2, 0.25, 0.5], np.float32)
+    black = (0 - mean) / std
+    augment = make_augment(RunConfig(dataset="cifar10", augment=4, flip=1.0), mean, std)
+    assert augment is not None
+    out = augment(x, np.random.default_rng(1))
+    draws = np.random.default_rng(1)
+    want = random_flip(random_crop(x, 4, draws, fill=black), draws, p=1.0)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(out == black[:, None, None], out < 3)  # border: black only
+    assert (out < 3).any()  # some border came in
+    assert make_augment(RunConfig(augment=0, flip=0.0), mean, std) is None

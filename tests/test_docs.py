@@ -6,6 +6,8 @@
   file that exists, a function defined in it, and a line of that function's body
   (compared without indentation and trailing comment), so a quote goes stale loudly.
 - Every page is in the site's table of contents, and the pictures exist and are small.
+- A file a page shows in a ``{code-block}`` captioned with its path (docs/own_model.md:
+  examples/mynets.py) holds every such block verbatim, and the page runs beside that file.
 
 The Sphinx build itself (warnings as errors) runs in .ci/run, not here.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -38,7 +42,15 @@ DERIVATIONS = (
     "residual",
     "optimizers",
 )
-EXECUTED = (*DERIVATIONS, "tutorial")
+EXECUTED = (*DERIVATIONS, "tutorial", "own_model")
+
+# Pages that run beside a file of the repository (copied into an empty folder, which becomes
+# the current one) and the extras they need.
+BESIDE = {"own_model": ROOT / "examples" / "mynets.py"}
+NEEDS = {"own_model": ("onnx",)}
+SHOWN_FILE = re.compile(
+    r"^```\{code-block\} python\n:caption: (\S+)\n\n(.*?)^```", flags=re.DOTALL | re.MULTILINE
+)
 
 QUOTE = re.compile(r"`(fcnn/[\w/]+\.py)` · `(\w+)` · `([^`]+)`")
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.DOTALL | re.MULTILINE)
@@ -93,11 +105,36 @@ def test_page_has_asserted_example_and_code_quotes(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", EXECUTED)
-def test_page_examples_run(name: str) -> None:
+def test_page_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for extra in NEEDS.get(name, ()):
+        pytest.importorskip(extra)
+    if name in BESIDE:  # the page's own folder: its file, its runs/
+        shutil.copy(BESIDE[name], tmp_path)
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(sys, "path", list(sys.path))  # the page may add a folder
     path = DOCS / f"{name}.md"
     namespace: dict[str, object] = {"__name__": f"docs_{name}"}
-    for i, block in enumerate(python_blocks(path.read_text())):
-        exec(compile(block, f"{path}:block{i + 1}", "exec"), namespace)
+    try:
+        for i, block in enumerate(python_blocks(path.read_text())):
+            exec(compile(block, f"{path}:block{i + 1}", "exec"), namespace)
+    finally:
+        if name in BESIDE:  # forget the page's module: another test may write its own
+            sys.modules.pop(BESIDE[name].stem, None)
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.stem)
+def test_a_file_a_page_shows_holds_what_it_shows(page: Path) -> None:
+    for shown, code in SHOWN_FILE.findall(page.read_text()):
+        source = (ROOT / shown).read_text()
+        assert code.rstrip() in source, f"docs/{page.name} shows code that {shown} lacks"
+
+
+def test_the_own_model_page_shows_its_file() -> None:
+    """The check above has something to check, and can fail."""
+    shown = SHOWN_FILE.findall((DOCS / "own_model.md").read_text())
+    assert len(shown) == 4 and all(path == "examples/mynets.py" for path, _ in shown)
+    assert "def gate_fwd(" in shown[0][1] and "gated_net" in shown[3][1]
+    assert shown[0][1].replace("(1 - g)", "(1 + g)") not in BESIDE["own_model"].read_text()
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.stem)

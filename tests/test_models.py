@@ -229,79 +229,80 @@ def test_regression_predict_proba_divided_by_a_zero_std_silently() -> None:
         trained.predict_proba(np.zeros((1, 3, 12, 12), np.float32))
 
 
-def test_load_trained_refuses_a_stored_spec_the_code_no_longer_builds(tmp_path: Path) -> None:
-    from fcnn.io import CheckpointError, save_checkpoint
+def _small_checkpoint(path: Path, desc: dict[str, Any] | None = None) -> Any:
+    """A checkpoint of the registry's "small" (10 classes, 28×28) at ``path``, its model
+    stored as ``desc`` (default: ``describe_model``'s); returns its params."""
+    from fcnn.io import save_checkpoint
 
     model = build_model("small", 10)
     params, state, _ = fcnn.init(model, np.random.default_rng(0), (1, 28, 28))
-    desc = describe_model("small", 10)
     meta = {
-        "model": desc,
+        "model": desc or describe_model("small", 10),
         "input_shape": [1, 28, 28],
         "classes": [str(i) for i in range(10)],
         "normalization": {"mean": [0.1], "std": [0.3]},
     }
-    good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
-    save_checkpoint(good, params=params, state=state, meta=meta)
-    assert load_trained(good).model.spec == model.spec
-    relu = json.loads(json.dumps(desc))
-    relu["spec"]["layers"][4]["type"] = "LeakyRelu"  # same params, another model
-    save_checkpoint(bad, params=params, state=state, meta={**meta, "model": relu})
-    with pytest.raises(CheckpointError) as info:
-        load_trained(bad)
-    assert str(info.value) == (
-        f"{bad}: the checkpoint's model differs from what 'small' builds now, at "
-        "model/spec/layers/4/type: 'LeakyRelu' in the checkpoint, 'Relu' now "
-        "(saved by another version of the model code?)"
+    save_checkpoint(path, params=params, state=state, meta=meta)
+    return params
+
+
+def test_a_registry_model_edited_after_saving_still_loads_as_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23: load_trained rebuilds the stored spec; the registry name is a label."""
+    path = tmp_path / "m.npz"
+    params = _small_checkpoint(path)
+    saved = build_model("small", 10)
+    x = np.random.default_rng(1).random((2, 1, 28, 28), dtype=np.float32)
+    before = load_trained(path).predict_proba(x)
+    edited = fcnn.models.ModelInfo(
+        lambda k, impl: fcnn.sequential(fcnn.Conv2d(12, 5), fcnn.Flatten(), fcnn.Dense(k)), "new"
     )
+    monkeypatch.setitem(MODELS, "small", edited)
+    assert build_model("small", 10).spec != saved.spec  # the registry now builds another model
+    trained = load_trained(path)
+    assert trained.model.spec == saved.spec
+    assert same_tree(trained.params, params)
+    np.testing.assert_array_equal(trained.predict_proba(x), before)
 
 
-def test_regression_a_description_without_impl_was_given_a_default_then_refused() -> None:
-    """``describe_model`` has always stored all four keys: a description without ``impl``
-    or ``spec`` is refused by name, not defaulted to ``im2col`` and then refused."""
+def test_load_trained_names_a_stored_spec_it_cannot_rebuild(tmp_path: Path) -> None:
     from fcnn.io import CheckpointError
-    from fcnn.models import check_same_model
+
+    desc = json.loads(json.dumps(describe_model("small", 10)))
+    desc["spec"]["layers"][4]["type"] = "LeakyRelu"  # same params, a layer this fcnn lacks
+    path = tmp_path / "bad.npz"
+    _small_checkpoint(path, desc)
+    with pytest.raises(CheckpointError) as info:
+        load_trained(path)
+    message = str(info.value)
+    assert message.startswith(
+        f"{path}: its model cannot be rebuilt: from_spec: relu2: unknown layer type 'LeakyRelu'"
+    )
+    assert "\n" not in message
+
+
+def test_a_stored_model_is_its_spec_the_other_keys_are_labels(tmp_path: Path) -> None:
+    """Issue 21 refused a description without ``impl``; now only ``spec`` is needed."""
+    from fcnn.io import CheckpointError
 
     desc = describe_model("small", 10)
     no_impl = {k: v for k, v in desc.items() if k != "impl"}
-    with pytest.raises(ValueError, match=r"^model description lacks \['impl'\]$"):
-        model_from_description(no_impl)
-    with pytest.raises(CheckpointError, match=r"^the stored model description lacks \['impl'\]$"):
-        check_same_model(no_impl, desc)
+    assert model_from_description(no_impl).spec == build_model("small", 10).spec
+    _small_checkpoint(tmp_path / "labels.npz", {"spec": desc["spec"], "name": "renamed"})
+    assert load_trained(tmp_path / "labels.npz").model.spec == build_model("small", 10).spec
     no_spec = {k: v for k, v in desc.items() if k != "spec"}
     with pytest.raises(ValueError, match=r"^model description lacks \['spec'\]$"):
         model_from_description(no_spec)
-    with pytest.raises(CheckpointError, match=r"^the stored model description lacks \['spec'\]$"):
-        check_same_model(no_spec, desc)
+    _small_checkpoint(tmp_path / "no-spec.npz", no_spec)
+    with pytest.raises(CheckpointError, match=r"no-spec.npz: model description lacks"):
+        load_trained(tmp_path / "no-spec.npz")
 
 
-def test_check_same_model_names_a_different_num_classes_or_impl() -> None:
-    from fcnn.io import CheckpointError
-    from fcnn.models import check_same_model
-
-    _, desc = fcnn.models.build_and_describe("small", 10, "strided")
-    check_same_model(desc, desc)
-    with pytest.raises(CheckpointError, match="model/num_classes: 9 in the checkpoint, 10 now"):
-        check_same_model({**desc, "num_classes": 9}, desc)
-    with pytest.raises(CheckpointError, match="model/impl: 'im2col' in the checkpoint"):
-        check_same_model({**desc, "impl": "im2col"}, desc)
-
-
-def test_regression_a_different_number_of_layers_printed_both_whole_lists() -> None:
-    from fcnn.io import CheckpointError
-    from fcnn.models import check_same_model
-
-    _, desc = fcnn.models.build_and_describe("default", 10)
-    saved = json.loads(json.dumps(desc))
-    saved["spec"]["layers"].insert(7, {"type": "Dropout", "rate": 0.5})
-    n = len(desc["spec"]["layers"])
-    with pytest.raises(CheckpointError) as info:
-        check_same_model(saved, desc)
-    assert str(info.value) == (
-        "the checkpoint's model differs from what 'default' builds now, at "
-        f"model/spec/layers: {n + 1} entries in the checkpoint, {n} now "
-        "(saved by another version of the model code?)"
-    )
+def test_the_stored_spec_carries_its_format_version() -> None:
+    desc = describe_model("resnet", 10)
+    assert desc["spec"]["spec_version"] == fcnn.SPEC_VERSION
+    assert model_from_description(desc).spec == build_model("resnet", 10).spec
 
 
 def _trained_meta(name: str, input_shape: tuple[int, int, int]) -> dict[str, Any]:

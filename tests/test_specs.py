@@ -270,7 +270,7 @@ def test_a_spec_never_imports_code_unless_trusted(
 @pytest.mark.parametrize(
     ("builder", "message"),
     [
-        ("no_such_module_here:gate", r"cannot import no_such_module_here:gate \(No module named"),
+        ("no_such_module_here:gate", r"cannot import no_such_module_here:gate \(no module named"),
         ("own_layers:no_such_function", "cannot import own_layers:no_such_function"),
         ("own_layers", r"builder must be 'module:function', got 'own_layers'"),
         ("own_layers:Arr", "cannot rebuild gate from"),

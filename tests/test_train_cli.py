@@ -105,6 +105,7 @@ def test_cifar10_from_a_small_local_copy(tmp_path: Path, monkeypatch: pytest.Mon
     assert code == 0
     meta = load_checkpoint(ckpt).meta
     assert meta["input_shape"] == [3, 32, 32] and len(meta["normalization"]["mean"]) == 3
+    assert (meta["config"]["augment"], meta["config"]["flip"]) == (4, 0.5)  # crops and flips
 
 
 def test_same_seed_same_result(tmp_path: Path) -> None:
@@ -336,18 +337,36 @@ def _with_pooling_3x3(path: Path) -> None:
     save_checkpoint(path, params=ckpt.params, state=ckpt.state, opt_state=ckpt.opt_state, meta=meta)
 
 
-def test_regression_resume_never_compared_the_stored_model_spec(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_resume_rebuilds_the_stored_spec_not_what_the_registry_builds_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Issue 23: the checkpoint's spec is the model. A registry entry edited since (here:
+    'small' with 12 filters) and a stored spec that is not what the name builds (3×3
+    pooling) both resume as saved; issue 21's refusal of such a checkpoint is gone."""
+    import fcnn.models
+
     ckpt = tmp_path / "m.npz"
     assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
     _with_pooling_3x3(ckpt)
-    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {ckpt}: cannot resume: the checkpoint's model differs")
-    assert "at model/spec/layers/2/window: [3, 3] in the checkpoint, [2, 2] now" in err
-    assert err.count("\n") == 1
-    assert load_checkpoint(ckpt).meta["epoch"] == 1  # untouched
+    saved_spec = load_checkpoint(ckpt).meta["model"]["spec"]
+    edited = fcnn.models.ModelInfo(
+        lambda k, impl: fcnn.sequential(fcnn.Conv2d(12, 3), fcnn.Flatten(), fcnn.Dense(k)), "new"
+    )
+    monkeypatch.setitem(fcnn.models.MODELS, "small", edited)
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 0
+    resumed = load_checkpoint(ckpt)
+    assert resumed.meta["epoch"] == 2 and resumed.meta["model"]["spec"] == saved_spec
+    assert resumed.params["conv1"]["w"].shape == (8, 1, 3, 3)  # the saved model's, not 12
+    assert load_trained(ckpt).model.spec["layers"][2]["window"] == [3, 3]
+
+
+def _with_unknown_layer(path: Path) -> None:
+    """Rewrite the checkpoint at ``path`` with a layer type no fcnn has (a later version's,
+    say): its spec cannot be rebuilt."""
+    ckpt = load_checkpoint(path)
+    meta = json.loads(json.dumps(ckpt.meta))
+    meta["model"]["spec"]["layers"][1]["type"] = "LeakyRelu"
+    save_checkpoint(path, params=ckpt.params, state=ckpt.state, opt_state=ckpt.opt_state, meta=meta)
 
 
 def test_regression_resume_checked_the_stored_spec_after_loading_the_data(
@@ -355,7 +374,7 @@ def test_regression_resume_checked_the_stored_spec_after_loading_the_data(
 ) -> None:
     ckpt = tmp_path / "m.npz"
     assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
-    _with_pooling_3x3(ckpt)
+    _with_unknown_layer(ckpt)
 
     def no_loading(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the dataset was loaded (or downloaded) before the spec check")
@@ -364,7 +383,9 @@ def test_regression_resume_checked_the_stored_spec_after_loading_the_data(
     monkeypatch.setattr(fcnn.run, "init", no_loading)
     assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 1
     err = capsys.readouterr().err
-    assert "at model/spec/layers/2/window: [3, 3] in the checkpoint, [2, 2] now" in err
+    assert err.startswith(f"error: {ckpt}: cannot resume: its model cannot be rebuilt: ")
+    assert "relu1: unknown layer type 'LeakyRelu'" in err and err.count("\n") == 1
+    assert load_checkpoint(ckpt).meta["epoch"] == 1  # untouched
 
 
 def test_resume_refuses_a_checkpoint_with_another_number_of_classes_than_its_data(
@@ -402,7 +423,7 @@ def test_regression_train_built_each_model_twice(
     assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
     assert built == ["small"]
     assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 0
-    assert built == ["small", "small"]  # once more for the resumed run, not twice
+    assert built == ["small"]  # the resumed run's model is rebuilt from its spec (issue 23)
 
 
 def test_resume_refuses_a_checkpoint_without_training_metadata(

@@ -75,6 +75,46 @@ def test_feature_maps_are_every_convolution_output(rng: np.random.Generator) -> 
     assert vis.first_conv_weights(model, params) is params["conv1"]["w"]
 
 
+def test_feature_maps_walk_into_residual_and_concat_blocks(rng: np.random.Generator) -> None:
+    """Issue 21/23: every path of a residual or a concat takes the block's input, and the
+    block's own output feeds what follows."""
+    conv = fcnn.Conv2dCfg(padding=1)
+    model = fcnn.sequential(
+        fcnn.Conv2d(2, 3, padding=1),
+        fcnn.residual(
+            fcnn.sequential(fcnn.Conv2d(2, 3, padding=1), fcnn.Relu()), fcnn.Conv2d(2, 1)
+        ),
+        fcnn.concat(fcnn.Conv2d(1, 3, padding=1), fcnn.Relu()),
+        fcnn.Conv2d(3, 3, padding=1),
+        fcnn.GlobalAvgPool2d(),
+        fcnn.Dense(4),
+    )
+    params, state, _ = fcnn.init(model, rng, (1, 5, 5), np.float64)
+    x = rng.standard_normal((2, 1, 5, 5))
+    paths = ["conv1", "residual1/block/conv1", "residual1/shortcut", "concat1/conv1", "conv2"]
+    assert vis.conv_layers(model) == paths
+    maps = dict(vis.feature_maps(model, params, state, x))
+    assert list(maps) == paths
+    y1, _ = fcnn.conv2d_fwd(params["conv1"], x, conv)
+    res = params["residual1"]
+    yb, _ = fcnn.conv2d_fwd(res["block"]["conv1"], y1, conv)
+    ys, _ = fcnn.conv2d_fwd(res["shortcut"], y1, fcnn.Conv2dCfg())
+    np.testing.assert_allclose(maps["residual1/block/conv1"], yb)
+    np.testing.assert_allclose(maps["residual1/shortcut"], ys)
+    y2 = np.maximum(yb, 0) + ys
+    yc, _ = fcnn.conv2d_fwd(params["concat1"]["conv1"], y2, conv)
+    np.testing.assert_allclose(maps["concat1/conv1"], yc)
+    last, _ = fcnn.conv2d_fwd(params["conv2"], np.concatenate([yc, np.maximum(y2, 0)], 1), conv)
+    np.testing.assert_allclose(maps["conv2"], last)
+    assert [p for p, _ in vis.feature_maps(*_resnet())] == vis.conv_layers(_resnet()[0])
+
+
+def _resnet() -> tuple[Any, ...]:
+    model = build_model("resnet", 3)
+    params, state, _ = fcnn.init(model, np.random.default_rng(0), (3, 8, 8))
+    return model, params, state, np.zeros((1, 3, 8, 8), np.float32)
+
+
 def test_confusion_matrix_counts_true_rows_predicted_columns() -> None:
     labels = np.array([0, 0, 1, 2, 2, 2])
     predicted = np.array([0, 1, 1, 2, 0, 2])

@@ -1,4 +1,4 @@
-"""``python -m fcnn.serve CHECKPOINT [--host H] [--port P] [limits ...]``: serve a checkpoint.
+"""``python -m fcnn.serve CHECKPOINT [--host H] [--port P] [--trust-code] [limits ...]``.
 
 The flags come from the fields of ``Listen``, ``ServeLimits`` and ``ConnectionLimits``
 (``fcnn.serve.limits``), the checkpoint is given as for every fcnn command (positional
@@ -13,7 +13,15 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..cli import CliError, add_checkpoint, add_flags, checkpoint_path, from_flags, run_main
+from ..cli import (
+    CliError,
+    add_checkpoint,
+    add_flags,
+    add_trust_code,
+    checkpoint_path,
+    from_flags,
+    run_main,
+)
 
 if TYPE_CHECKING:
     from .limits import ConnectionLimits, Listen, ServeLimits
@@ -29,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve a checkpoint written by train.py over HTTP (see /docs).",
     )
     add_checkpoint(p, "the .npz checkpoint to serve")
+    add_trust_code(p)
     add_flags(p, Listen)
     add_flags(p.add_argument_group("request limits"), ServeLimits)
     add_flags(p.add_argument_group("connection guards"), ConnectionLimits)
@@ -52,6 +61,7 @@ def _settings(
 
 
 def _serve(argv: Sequence[str] | None) -> int:
+    from ..models import load_trained
     from ..paths import check_readable_file
     from .app import create_app
     from .guards import fit_open_files, guarded_protocol
@@ -69,7 +79,7 @@ def _serve(argv: Sequence[str] | None) -> int:
         import uvicorn
     except ImportError:
         raise CliError('the server needs uvicorn: pip install "fcnn[serve]"') from None
-    app = create_app(checkpoint, limits)
+    app = create_app(load_trained(checkpoint, trust_code=args.trust_code), limits)
     max_connections, backlog, open_files = fit_open_files(conns.max_connections)
     if max_connections < conns.max_connections:
         print(
