@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the package at the repository root, installed or not
+sys.path.insert(0, str(ROOT / "src"))  # the package, installed or not
 
 import fcnn  # noqa: E402
 

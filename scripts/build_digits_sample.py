@@ -1,4 +1,4 @@
-"""Build ``fcnn/data/digits_sample.npz``, the embedded class-balanced MNIST sample.
+"""Build ``src/fcnn/data/digits_sample.npz``, the embedded class-balanced MNIST sample.
 
     python scripts/build_digits_sample.py [--data-dir DIR] [--out PATH] [--seed N]
 
@@ -24,7 +24,7 @@ from fcnn.data.mnist import load_mnist_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "mnist"
-DEFAULT_OUT = REPO / "fcnn" / "data" / "digits_sample.npz"
+DEFAULT_OUT = REPO / "src" / "fcnn" / "data" / "digits_sample.npz"
 SIZE_LIMIT = 3 * 1000 * 1000  # bytes
 
 

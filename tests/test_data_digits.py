@@ -26,7 +26,7 @@ from fcnn.data.digits import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "fcnn" / "data" / "digits_sample.npz"
+SHIPPED = REPO / "src" / "fcnn" / "data" / "digits_sample.npz"
 
 
 # --- the shipped sample -----------------------------------------------------------------

@@ -26,6 +26,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
+
+def repo_file(path: str) -> Path:
+    """A path the pages name: ``fcnn/...`` is the package's, in ``src/``; others from the root."""
+    return ROOT / "src" / path if path.startswith("fcnn/") else ROOT / path
+
+
 DERIVATIONS = (
     "conv",
     "conv_impls",
@@ -77,7 +83,7 @@ def _normal(line: str) -> str:
 @cache
 def function_lines(path: str, name: str) -> tuple[frozenset[str], ...]:
     """The normalised body lines of every function called ``name`` in ``path``."""
-    source = (ROOT / path).read_text()
+    source = repo_file(path).read_text()
     lines = source.splitlines()
     found = []
     for node in ast.walk(ast.parse(source)):
@@ -125,7 +131,7 @@ def test_page_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.stem)
 def test_a_file_a_page_shows_holds_what_it_shows(page: Path) -> None:
     for shown, code in SHOWN_FILE.findall(page.read_text()):
-        source = (ROOT / shown).read_text()
+        source = repo_file(shown).read_text()
         assert code.rstrip() in source, f"docs/{page.name} shows code that {shown} lacks"
 
 
@@ -141,7 +147,7 @@ def test_the_own_model_page_shows_its_file() -> None:
 def test_quoted_code_lines_exist(page: Path) -> None:
     stale = []
     for path, func, line in code_quotes(page.read_text()):
-        if not (ROOT / path).is_file():
+        if not repo_file(path).is_file():
             stale.append(f"{path} does not exist")
             continue
         bodies = function_lines(path, func)
