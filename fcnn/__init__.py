@@ -60,6 +60,7 @@ from .losses import (
     softmax_cross_entropy_fwd,
 )
 from .model import backward, forward, init, loss_and_grad, predict, sequential
+from .ops.xp import DeviceUnavailableError, array_library, device_generator, namespace
 from .optim import Optimizer, adam, adamw, apply_updates, clip_by_global_norm, constant, sgd
 from .schedules import cosine_decay, linear_warmup, one_cycle, step_decay
 from .summarize import summary
@@ -68,6 +69,8 @@ from .tree import (
     TreeMismatchError,
     flatten_dict,
     global_norm,
+    to_device,
+    to_host,
     tree_leaves,
     tree_map,
     tree_map_with_path,
@@ -91,6 +94,7 @@ __all__ = [
     "Conv2dCfg",
     "Dense",
     "DenseCache",
+    "DeviceUnavailableError",
     "Dropout",
     "DropoutCache",
     "DropoutCfg",
@@ -112,6 +116,7 @@ __all__ = [
     "adam",
     "adamw",
     "apply_updates",
+    "array_library",
     "avg_pool2d_bwd",
     "avg_pool2d_fwd",
     "backward",
@@ -126,6 +131,7 @@ __all__ = [
     "cosine_decay",
     "dense_bwd",
     "dense_fwd",
+    "device_generator",
     "dropout_bwd",
     "dropout_fwd",
     "evaluate",
@@ -146,6 +152,7 @@ __all__ = [
     "mse",
     "mse_bwd",
     "mse_fwd",
+    "namespace",
     "one_cycle",
     "pair_layer",
     "predict",
@@ -160,6 +167,8 @@ __all__ = [
     "spatial_dropout2d_fwd",
     "step_decay",
     "summary",
+    "to_device",
+    "to_host",
     "train_epoch",
     "tree_leaves",
     "tree_map",

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from .im2col import col2im, dy_matrix, im2col
 from .layout import nchw_view
 from .shapes import Pad2d, out_hw
+from .xp import namespace
 
 __all__ = ["conv2d_im2col_bwd", "conv2d_im2col_fwd", "conv2d_im2col_param_grads"]
 
@@ -44,12 +44,13 @@ def conv2d_im2col_fwd(
 
     x: (N, C, H, W), w: (F, C, KH, KW), b: (F,). ``y``'s memory is batch-last.
     """
+    xp = namespace(x, w, b)
     n, _, h, width = x.shape
     f, _, kh, kw = w.shape
     oh, ow = out_hw(h, width, kh, kw, stride, padding)
     cols = im2col(x, kh, kw, stride, padding, ones_row=True)
-    wb = np.concatenate([w.reshape(f, -1), b[:, None]], axis=1)  # (F, C*KH*KW + 1)
-    out = np.matmul(wb, cols)  # (F, OH*OW*N): one GEMM, bias included
+    wb = xp.concatenate([w.reshape(f, -1), b[:, None]], axis=1)  # (F, C*KH*KW + 1)
+    out = xp.matmul(wb, cols)  # (F, OH*OW*N): one GEMM, bias included
     return nchw_view(out.reshape(f, oh, ow, n)), cols
 
 
@@ -68,7 +69,7 @@ def conv2d_im2col_bwd(
     """
     f, _, kh, kw = w.shape
     dw, db = conv2d_im2col_param_grads(dy, cols, w)
-    dcols = np.matmul(w.reshape(f, -1).T, dy_matrix(dy))  # (C*KH*KW, OH*OW*N)
+    dcols = namespace(dy, w).matmul(w.reshape(f, -1).T, dy_matrix(dy))  # (C*KH*KW, OH*OW*N)
     dx = col2im(dcols, x_shape, kh, kw, stride, padding)
     return dx, dw, db
 
@@ -80,11 +81,12 @@ def conv2d_im2col_param_grads(dy: Array, cols: Array, w: Array) -> tuple[Array, 
     -> dw: (F, C, KH, KW), db: (F,). Skipping ``dx`` saves a GEMM and a col2im.
     db is the column of the ones row.
     """
+    xp = namespace(dy, cols, w)
     dy2 = dy_matrix(dy)  # (F, OH*OW*N)
     # A long, thin product (K = OH*OW*N): OpenBLAS runs it faster with the larger
     # of the two result dimensions as rows.
     wide = cols.shape[0] > dy2.shape[0]
-    dwb = np.matmul(cols, dy2.T).T if wide else np.matmul(dy2, cols.T)  # (F, C*KH*KW + 1)
-    dw = np.ascontiguousarray(dwb[:, :-1]).reshape(w.shape)
-    db = np.ascontiguousarray(dwb[:, -1])
+    dwb = xp.matmul(cols, dy2.T).T if wide else xp.matmul(dy2, cols.T)  # (F, C*KH*KW + 1)
+    dw = xp.ascontiguousarray(dwb[:, :-1]).reshape(w.shape)
+    db = xp.ascontiguousarray(dwb[:, -1])
     return dw, db
