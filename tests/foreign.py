@@ -287,6 +287,8 @@ ForeignArray.__hash__ = None  # type: ignore[assignment]
 
 # --- the namespace ---------------------------------------------------------------------
 
+ndarray = ForeignArray
+
 
 def asarray(a: Any, dtype: Any = None, **kwargs: Any) -> ForeignArray:
     """Foreign arrays pass through (cast if asked); anything from the host is an upload."""
@@ -312,10 +314,19 @@ def asnumpy(a: Any) -> Arr:
 
 
 def fuse(fn: Any = None, *, kernel_name: str | None = None) -> Any:
-    """``cupy.fuse``'s signature; the "kernel" is the function itself, run on foreign arrays."""
+    """``cupy.fuse``'s signature: the function runs on foreign arrays and counts as one
+    operation in ``calls``, as its fused kernel would be one launch."""
     if fn is None:
-        return lambda f: f
-    return fn
+        return lambda f: fuse(f, kernel_name=kernel_name)
+
+    def kernel(*args: Any) -> Any:
+        before = calls[0]
+        try:
+            return fn(*args)
+        finally:
+            calls[0] = before + 1
+
+    return kernel
 
 
 class Generator:

@@ -131,18 +131,29 @@ def _per_channel(v: Array, ndim: int) -> Array:
 
 
 @fused
+def _centered(xp: Any, x: Array, total: Array, m: int) -> Array:
+    """``x - total / m``: x (N, C, ...) minus its per-channel mean (total broadcasts)."""
+    out: Array = x - total / m
+    return out
+
+
+@fused
 def _train_stats(
     xp: Any,
-    mean: Array,
-    var: Array,
+    total: Array,
+    squares: Array,
     run_mean: Array,
     run_var: Array,
     gamma: Array,
+    m: int,
     mom: float,
     unbias: float,
     eps: float,
 ) -> tuple[Array, Array, Array, Array]:
-    """(C,) vectors -> (new running mean, new running var, inv_std, gamma * inv_std)."""
+    """(C,) vectors, from the sums of x and of (x - mean)**2 over the M values per channel
+    -> (new running mean, new running var, inv_std, gamma * inv_std)."""
+    mean = total / m
+    var = squares / m
     new_mean = ((1.0 - mom) * run_mean + mom * mean).astype(mean.dtype, copy=False)
     new_var = ((1.0 - mom) * run_var + mom * (var * unbias)).astype(mean.dtype, copy=False)
     inv_std = (1.0 / xp.sqrt(var + eps)).astype(mean.dtype, copy=False)
@@ -194,11 +205,19 @@ def _bn_fwd(
                 f"variance, got x of shape {tuple(x.shape)}"
             )
         # Two passes (mean, then mean of squared deviations): stable, and in x's dtype.
-        mean = channel_sum(x) / m
-        xc = x - _per_channel(mean, x.ndim)
-        var = channel_dot(xc, xc) / m
+        total = channel_sum(x)
+        xc = _centered(x, _per_channel(total, x.ndim), m)
+        squares = channel_dot(xc, xc)
         run_mean, run_var, inv_std, scale = _train_stats(
-            mean, var, state["mean"], state["var"], gamma, cfg.momentum, m / (m - 1), cfg.eps
+            total,
+            squares,
+            state["mean"],
+            state["var"],
+            gamma,
+            m,
+            cfg.momentum,
+            m / (m - 1),
+            cfg.eps,
         )
         new_state: State = {"mean": run_mean, "var": run_var}
     else:

@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 from .layout import batch_last, nchw_view, padded_batch_last
 from .shapes import Pad2d, out_hw
 from .shims import may_hold_nan
-from .xp import namespace
+from .xp import fused, is_numpy, namespace
 
 __all__ = ["avg_pool2d_bwd", "avg_pool2d_fwd", "max_pool2d_bwd", "max_pool2d_fwd"]
 
@@ -200,8 +200,15 @@ def _max_pool2d_bwd_disjoint(
         dxt: Array = xp.empty((c, h, w, n), dtype=dy.dtype)  # every cell is written below
     else:
         dxt = xp.zeros((c, h, w, n), dtype=dy.dtype)
-    nan_windows = may_hold_nan(yt)
     offsets = _window_slices(oh, ow, window, stride)
+    if not is_numpy(xp):
+        # A device pays per kernel: every offset's share in one fused kernel, then one
+        # copy per offset into its slice of dx.
+        shares = _first_max_shares(yt, dyt, *(xt[:, rows, cols] for rows, cols in offsets))
+        for (rows, cols), share in zip(offsets, shares, strict=True):
+            dxt[:, rows, cols] = share
+        return nchw_view(dxt)
+    nan_windows = may_hold_nan(yt)
     free: Array | None = None  # windows whose maximum is still unclaimed
     last = len(offsets) - 1
     for k, (rows, cols) in enumerate(offsets):
@@ -215,6 +222,29 @@ def _max_pool2d_bwd_disjoint(
         if k < last:
             free = ~hit if free is None else xp.logical_xor(free, hit, out=free)
     return nchw_view(dxt)
+
+
+@fused
+def _first_max_shares(xp: Any, yt: Array, dyt: Array, *cells: Array) -> tuple[Array, ...]:
+    """Each window's gradient at each of its cells: yt, dyt and every cell (C, OH, OW, N),
+    one cell per window offset in row-major order -> one (C, OH, OW, N) share per offset.
+
+    The rule of ``_max_pool2d_bwd_disjoint``, elementwise: ``dyt`` goes to the first cell
+    equal to the window's maximum (the first NaN cell of a window whose maximum is NaN);
+    the last offset takes every window no earlier cell claimed.
+    """
+    shares = []
+    free: Any = None
+    for k, cells_k in enumerate(cells):
+        if k == len(cells) - 1 and free is not None:
+            hit = free
+        else:
+            hit = (cells_k == yt) | xp.isnan(cells_k)
+            if free is not None:
+                hit = hit & free
+        shares.append(dyt * hit)
+        free = ~hit if free is None else free & ~hit
+    return tuple(shares)
 
 
 def avg_pool2d_fwd(

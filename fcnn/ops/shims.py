@@ -10,7 +10,8 @@ docs/gpu.md lists them and says why.
     copy_windows(cols, xpad, stride)   im2col's unfolding: a loop of KH*KW slice copies
                                        (NumPy) or one copy from a strided window view
     channel_sum(a), channel_dot(a, b)  per-channel sums over (N, C, ...): einsum (NumPy),
-                                       a plain reduction elsewhere (CuPy's einsum is slow)
+                                       one reduction kernel elsewhere (CuPy's einsum runs
+                                       several, and a product then a sum runs two)
     may_hold_nan(y)                    whether max pooling's backward must look for NaN:
                                        a check on the host, "yes" on a device (a check
                                        there would wait for the device)
@@ -22,7 +23,7 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from .xp import is_numpy, namespace
+from .xp import fused, is_numpy, namespace
 
 __all__ = ["channel_dot", "channel_sum", "copy_windows", "may_hold_nan", "window_view"]
 
@@ -85,8 +86,15 @@ def channel_dot(a: Array, b: Array) -> Array:
     if is_numpy(xp):
         out: Array = xp.einsum("nci,nci->c", a3, b3)  # without the product array
         return out
-    summed: Array = (a3 * b3).sum(axis=(0, 2))
+    summed: Array = _sum_of_products(a3, b3)
     return summed
+
+
+@fused
+def _sum_of_products(xp: Any, a: Array, b: Array) -> Array:
+    """sum(a * b) over axes 0 and 2 of two (N, C, M) arrays -> (C,): one fused reduction."""
+    out: Array = xp.sum(a * b, axis=(0, 2))
+    return out
 
 
 def may_hold_nan(y: Array) -> bool:

@@ -33,9 +33,12 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "FUSE_FALLBACKS",
     "DeviceUnavailableError",
     "array_library",
+    "capture",
     "device_generator",
+    "fused",
     "is_numpy",
     "namespace",
     "to_device",
@@ -68,6 +71,9 @@ def _library_of(a: Any) -> Any:
     return get()
 
 
+_NUMBERS = frozenset({bool, int, float, complex, type(None)})
+
+
 def namespace(*arrays: Any) -> Any:
     """The module to compute ``arrays`` with: ``numpy`` for NumPy arrays, ``cupy`` for
     CuPy arrays; ``numpy`` when every argument is a Python number or ``None``.
@@ -76,8 +82,14 @@ def namespace(*arrays: Any) -> Any:
     """
     found: Any = None
     for a in arrays:
-        lib = _library_of(a)
-        if lib is None or lib is found:
+        kind = type(a)
+        if kind is np.ndarray:  # the common case first: kernels call this every time
+            lib: Any = np
+        elif kind in _NUMBERS:
+            continue
+        else:
+            lib = _library_of(a)
+        if lib is found:
             continue
         if found is not None:
             raise TypeError(
@@ -155,30 +167,73 @@ def device_generator(xp: Any, rng: np.random.Generator) -> Any:
     return xp.random.default_rng(int(child.integers(2**63)))
 
 
+FUSE_FALLBACKS: list[str] = []
+"""The fused functions a library could not fuse (``"name: error"``), which run unfused
+since; the GPU tests require it to stay empty."""
+
+
 def fused(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn(xp, *args)`` as one call of its arrays: a single fused kernel where the library
     offers ``fuse`` (CuPy: ``cupy.fuse``), the plain function elsewhere (NumPy).
 
-    ``fn`` may use elementwise operations only (arithmetic, ufuncs, ``astype``,
-    ``where``) and may return a tuple. Python numbers among ``args`` are kernel
-    arguments, not constants; the kernel is compiled once per library and argument types.
+    ``fn`` may use elementwise operations (arithmetic, ufuncs, ``astype``, ``where``) and
+    end in one reduction (``xp.sum(..., axis=...)``), and may return a tuple. Python
+    numbers among ``args`` are kernel arguments, not constants; the kernel is compiled
+    once per library and argument types. Should the library refuse to fuse ``fn`` (it
+    raises while tracing), ``fn`` runs unfused from then on, and ``FUSE_FALLBACKS`` says so.
     """
-    kernels: dict[int, Any] = {}
+    kernels: dict[int, Any] = {}  # per library: the fused kernel, or None if it refused
 
     def call(*args: Any) -> Any:
         xp = namespace(*args)
-        make = getattr(xp, "fuse", None)
-        if make is None:
+        make = None if xp is np else getattr(xp, "fuse", None)
+        if make is None or kernels.get(id(xp), True) is None:
             return fn(xp, *args)
-        kernel = kernels.get(id(xp))
-        if kernel is None:
+        if id(xp) not in kernels:
 
             def bound(*a: Any) -> Any:
                 return fn(xp, *a)
 
-            kernel = kernels[id(xp)] = make(kernel_name=fn.__name__)(bound)
-        return kernel(*args)
+            kernels[id(xp)] = make(kernel_name=fn.__name__)(bound)
+        try:
+            return kernels[id(xp)](*args)
+        except Exception as err:  # not fusable: this library's tracer refused fn
+            kernels[id(xp)] = None
+            FUSE_FALLBACKS.append(f"{fn.__name__}: {type(err).__name__}: {err}")
+            return fn(xp, *args)
 
     call.__name__ = fn.__name__
     call.__doc__ = fn.__doc__
     return call
+
+
+def capture(xp: Any, body: Callable[[], None]) -> Callable[[], None]:
+    """``launch()``, which does what ``body()`` does: on CuPy by replaying ``body``'s kernels,
+    recorded once as a CUDA graph; elsewhere (NumPy, the test double) by calling ``body``.
+
+    ``body`` must read and write only arrays that exist before this call (its inputs and
+    output buffers) and must not wait for the device. It runs twice first to compile its
+    kernels (so it writes its outputs three times). Its temporaries come from a memory
+    pool of the graph's own and its kernels run on a stream of their own, so nothing
+    else reuses the memory the replays write; the default stream waits for a replay and a
+    replay for the default stream's earlier work, as for any kernel.
+    """
+    cuda = getattr(xp, "cuda", None)
+    if cuda is None or not hasattr(cuda, "Graph"):
+        return body
+    stream = cuda.Stream(non_blocking=False)  # ordered with the default stream both ways
+    pool = cuda.MemoryPool()
+    with cuda.using_allocator(pool.malloc), stream:
+        body()
+        body()
+        stream.synchronize()
+        stream.begin_capture()
+        try:
+            body()
+        finally:
+            graph = stream.end_capture()
+
+    def launch() -> None:
+        graph.launch(stream=stream)  # the closure keeps the pool and the stream alive
+
+    return launch
