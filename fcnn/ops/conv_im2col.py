@@ -67,9 +67,10 @@ def conv2d_im2col_bwd(
     dy: (N, F, OH, OW), cols: (C*KH*KW + 1, OH*OW*N), w: (F, C, KH, KW)
     -> dx: ``x_shape`` = (N, C, H, W) (batch-last memory), dw: (F, C, KH, KW), db: (F,).
     """
+    xp = namespace(dy, w)
     f, _, kh, kw = w.shape
     dw, db = conv2d_im2col_param_grads(dy, cols, w)
-    dcols = namespace(dy, w).matmul(w.reshape(f, -1).T, dy_matrix(dy))  # (C*KH*KW, OH*OW*N)
+    dcols = xp.matmul(w.reshape(f, -1).T, dy_matrix(dy))  # (C*KH*KW, OH*OW*N)
     dx = col2im(dcols, x_shape, kh, kw, stride, padding)
     return dx, dw, db
 
