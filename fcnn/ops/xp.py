@@ -215,14 +215,15 @@ def capture(xp: Any, body: Callable[[], None]) -> Callable[[], None]:
     output buffers) and must not wait for the device. It runs twice first to compile its
     kernels (so it writes its outputs three times). Its temporaries come from a memory
     pool of the graph's own and its kernels run on a stream of their own, so nothing
-    else reuses the memory the replays write; the default stream waits for a replay and a
-    replay for the default stream's earlier work, as for any kernel.
+    else reuses the memory the replays write; events order each replay after the
+    caller's earlier work and before its later work, as for any kernel.
     """
     cuda = getattr(xp, "cuda", None)
     if cuda is None or not hasattr(cuda, "Graph"):
         return body
-    stream = cuda.Stream(non_blocking=False)  # ordered with the default stream both ways
+    stream = cuda.Stream(non_blocking=True)  # ordered with the caller's stream by events
     pool = cuda.MemoryPool()
+    stream.wait_event(cuda.get_current_stream().record())  # body's inputs are ready
     with cuda.using_allocator(pool.malloc), stream:
         body()
         body()
@@ -234,6 +235,9 @@ def capture(xp: Any, body: Callable[[], None]) -> Callable[[], None]:
             graph = stream.end_capture()
 
     def launch() -> None:
+        here = cuda.get_current_stream()
+        stream.wait_event(here.record())  # after the caller's earlier work
         graph.launch(stream=stream)  # the closure keeps the pool and the stream alive
+        here.wait_event(stream.record())  # and before the caller's later work
 
     return launch
