@@ -233,7 +233,7 @@ def data_parallel_step(
         n = float(total["count"][0])
         lv = float(total["loss"][0]) / n
         mean_grads = unflatten_dict(
-            {k: np.divide(g, n, dtype=g.dtype) for k, g in flatten_dict(total["grads"]).items()}
+            {k: xp.divide(g, n, dtype=g.dtype) for k, g in flatten_dict(total["grads"]).items()}
         )
         return update(opt, ts, lv, mean_grads, new_state)
 

@@ -418,3 +418,38 @@ def test_a_captured_step_refuses_a_model_that_draws() -> None:
     model = build_model("bn", 10)
     with pytest.raises(ValueError, match="draws random numbers"):
         fcnn.training.make_captured_step(model, fcnn.sgd(0.1))
+
+
+class _OneRank:
+    """An MPI communicator of one rank (mpi4py's buffer methods on NumPy buffers)."""
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 1
+
+    def Allreduce(self, sendbuf: Any, recvbuf: Any) -> None:
+        assert type(sendbuf) is np.ndarray and type(recvbuf) is np.ndarray  # host buffers
+        recvbuf[...] = sendbuf
+
+    def Bcast(self, buf: Any, root: int = 0) -> None:
+        assert type(buf) is np.ndarray
+
+
+def test_data_parallel_step_on_device_arrays_goes_through_the_host() -> None:
+    """MPI gets host buffers whatever the arrays' library; the step's results stay on the
+    device and equal make_step's."""
+    from fcnn.parallel import broadcast, data_parallel_step
+
+    _step, ts, model, x, y = _fast_setup(np.float64)
+    opt = fcnn.sgd(fcnn.one_cycle(0.05, 20), momentum=0.9)
+    want, want_loss = fcnn.make_step(model, opt)(ts, x[:8], y[:8], fcnn.Context(train=True))
+    dp = data_parallel_step(model, opt, _OneRank(), random_layers=False)
+    dev_ts, xb, yb = fcnn.to_device((ts, x[:8], y[:8]), foreign)
+    got, loss = dp(dev_ts, xb, yb, fcnn.Context(train=True))
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    assert foreign_leaves(got.params) == []
+    assert_same(want.params, fcnn.to_host(got.params), rtol=1e-10, atol=1e-12)
+    shared = broadcast({"p": got.params}, _OneRank())
+    assert foreign_leaves(shared["p"]) == []
