@@ -53,9 +53,9 @@ def _positive_part(x: Array) -> Array:
     """
     xp = namespace(x)
     y: Array = xp.empty_like(x)
-    src, dst = memory_flat(x), memory_flat(y)
+    src, dst = (memory_flat(x), memory_flat(y)) if is_numpy(xp) else (None, None)
     # empty_like keeps a dense x's layout, so src and dst list the same elements in turn.
-    if src is None or dst is None or not is_numpy(xp):
+    if src is None or dst is None:
         xp.maximum(x, 0, out=y)  # a strided x, or a device (one kernel): the plain way
         return y
     zeros = np.zeros(min(src.size, _BLOCK), dtype=x.dtype)
