@@ -2,6 +2,7 @@
 
     python benchmarks/time_to_accuracy.py --data-dir ../shared/data            # seeds 0 1 2
     python benchmarks/time_to_accuracy.py --data-dir ../shared/data --plot docs/time_to_accuracy.png
+    python benchmarks/time_to_accuracy.py --data-dir ../shared/data --device gpu --graph --cpu-too
 
 Both libraries train the same model (``fcnn.models.fast_cnn``; PyTorch starts from
 fcnn's initial weights), with the same recipe (``fcnn.run.RECIPES["fast"]``: Adam, the
@@ -18,6 +19,12 @@ train.py ...`` from start to exit. The time to accuracy is the time at the end o
 first epoch whose test accuracy reaches the target. The ratio is fcnn's time divided by
 PyTorch's for the same seed; the summary gives medians over seeds. The load average
 is printed before and after: other work on the machine slows both.
+
+``--device gpu``: fcnn runs on CuPy (docs/gpu.md): the data uploaded once, the batches
+shuffled from the same generator and cut, shifted and trained on the GPU by
+``fcnn.train_epoch`` (its shifts drawn from a device generator, so they differ from the
+host's), evaluated there; ``--graph`` uses ``make_captured_step``. PyTorch runs on the same
+GPU (CUDA), fed the host's batches as above; ``--cpu-too`` adds fcnn on the CPU per seed.
 """
 
 from __future__ import annotations
@@ -93,6 +100,8 @@ def run_fcnn(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     from fcnn.models import build_model
     from fcnn.run import make_optimizer, make_schedule, training_loss
 
+    if spec.get("device") == "gpu":
+        return run_fcnn_gpu(spec)
     config, data = load(spec)
     init_rng, rng = np.random.default_rng(config.seed).spawn(2)
     model = build_model(config.model, len(data.classes), config.impl)
@@ -107,6 +116,38 @@ def run_fcnn(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
         for xb, yb in batches(config, data, rng):
             ts, _ = step(ts, xb, yb, ctx)
         _, acc = fcnn.evaluate(model, ts.params, ts.state, data.x_test, data.y_test)
+        rows.append({"epoch": epoch, "seconds": time.perf_counter() - _START, "test_acc": acc})
+    return rows
+
+
+def run_fcnn_gpu(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``run_fcnn`` on the GPU: the same config, weights and batch order, device batches."""
+    import numpy as np
+
+    import fcnn
+    from fcnn.models import build_model
+    from fcnn.parallel import drop_last_batch
+    from fcnn.run import make_augment, make_optimizer, make_schedule, training_loss
+
+    xp = fcnn.array_library("gpu")
+    config, data = load(spec)
+    init_rng, rng = np.random.default_rng(config.seed).spawn(2)
+    model = build_model(config.model, len(data.classes), config.impl)
+    params, state, _ = fcnn.init(model, init_rng, tuple(data.x_train.shape[1:]))
+    schedule = make_schedule(config, config.epochs * steps_per_epoch(config, data))
+    opt = make_optimizer(config, schedule)
+    make = fcnn.training.make_captured_step if spec.get("graph") else fcnn.make_step
+    step = make(model, opt, training_loss(config))
+    ts = fcnn.to_device(fcnn.TrainState(params, state, opt.init(params)), xp)
+    x, y, x_test, y_test = fcnn.to_device(
+        (data.x_train, data.y_train, data.x_test, data.y_test), xp
+    )
+    augment = make_augment(config, data.mean, data.std)
+    drop_last = drop_last_batch(len(x), config.batch_size, 1, batch_norm=True)
+    rows: list[dict[str, Any]] = [{"epoch": 0, "seconds": time.perf_counter() - _START}]
+    for epoch in range(1, config.epochs + 1):
+        ts, _ = fcnn.train_epoch(step, ts, x, y, config.batch_size, rng, None, augment, drop_last)
+        _, acc = fcnn.evaluate(model, ts.params, ts.state, x_test, y_test)
         rows.append({"epoch": epoch, "seconds": time.perf_counter() - _START, "test_acc": acc})
     return rows
 
@@ -157,19 +198,20 @@ def run_torch(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
         tuple(data.x_train.shape[1:]),
     )
     fmt = torch.channels_last if spec["format"] == "channels_last" else torch.contiguous_format
-    model = torch_model(torch, params, state).to(memory_format=fmt)
+    device = "cuda" if spec.get("device") == "gpu" else "cpu"
+    model = torch_model(torch, params, state).to(device=device, memory_format=fmt)
     schedule = make_schedule(config, config.epochs * steps_per_epoch(config, data))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     lr_at = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: schedule(t) / config.lr)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    x_test = torch.from_numpy(np.ascontiguousarray(data.x_test))
+    x_test = torch.from_numpy(np.ascontiguousarray(data.x_test)).to(device)
     rows: list[dict[str, Any]] = [{"epoch": 0, "seconds": time.perf_counter() - _START}]
     for epoch in range(1, config.epochs + 1):
         model.train()
         for xb, yb in batches(config, data, rng):
-            x = torch.from_numpy(xb).contiguous(memory_format=fmt)
+            x = torch.from_numpy(xb).to(device).contiguous(memory_format=fmt)
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), torch.from_numpy(yb).long()).backward()
+            loss_fn(model(x), torch.from_numpy(yb).long().to(device)).backward()
             opt.step()
             lr_at.step()
         model.eval()
@@ -177,7 +219,8 @@ def run_torch(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
         with torch.no_grad():
             for i in range(0, len(x_test), 500):  # fcnn.evaluate's batch size
                 logits = model(x_test[i : i + 500].contiguous(memory_format=fmt))
-                correct += int((logits.argmax(1).numpy() == data.y_test[i : i + 500]).sum())
+                guess = logits.argmax(1).cpu().numpy()
+                correct += int((guess == data.y_test[i : i + 500]).sum())
         acc = correct / len(x_test)
         rows.append({"epoch": epoch, "seconds": time.perf_counter() - _START, "test_acc": acc})
     return rows
@@ -187,7 +230,7 @@ def worker(spec: Mapping[str, Any]) -> dict[str, Any]:
     from fcnn.runtime import tune_allocator
 
     tune_allocator()  # as train.py does, for both libraries
-    rows = run_fcnn(spec) if spec["lib"] == "fcnn" else run_torch(spec)
+    rows = run_fcnn(spec) if spec["lib"].startswith("fcnn") else run_torch(spec)
     out: dict[str, Any] = {**spec, "rows": rows, "total_seconds": time.perf_counter() - _START}
     if spec["lib"] == "torch":
         import torch
@@ -219,6 +262,8 @@ def summarize(runs: Sequence[Mapping[str, Any]], target: float, since: str) -> d
             "fcnn": time_to(mine["fcnn", None]["rows"], target, since),
         }
         row["fcnn_acc"] = mine["fcnn", None]["rows"][-1]["test_acc"]
+        if ("fcnn-cpu", None) in mine:  # --device gpu --cpu-too: fcnn on the CPU beside
+            row["fcnn_cpu"] = time_to(mine["fcnn-cpu", None]["rows"], target, since)
         torch_times = {}
         for fmt in FORMATS:
             if ("torch", fmt) in mine:  # accuracy: the run's final epoch
@@ -274,6 +319,10 @@ def table(summary: Mapping[str, Any]) -> str:
     rows.append(["median", _s(med["median_fcnn"]), "", faster, ratio])
     headers = ["seed", "fcnn (final acc)", "PyTorch NCHW", "PyTorch channels-last"]
     headers.append("fcnn / faster PyTorch")
+    if any("fcnn_cpu" in r for r in summary["seeds"]):
+        headers.append("fcnn on the CPU")
+        for row, r in zip(rows, [*summary["seeds"], {}], strict=True):
+            row.append(_s(r["fcnn_cpu"]) if "fcnn_cpu" in r else "")
     return markdown_table(headers, rows, text_columns=1)
 
 
@@ -285,11 +334,13 @@ def plot(runs: Sequence[Mapping[str, Any]], target: float, path: str) -> None:
     fig = figure_class()(figsize=(7, 4.2))
     ax = fig.add_subplot()
     colours = {
+        ("fcnn-cpu", None): "C3",
         ("fcnn", None): "C0",
         ("torch", "contiguous"): "C1",
         ("torch", "channels_last"): "C2",
     }
     names = {
+        ("fcnn-cpu", None): "fcnn on the CPU",
         ("fcnn", None): "fcnn",
         ("torch", "contiguous"): "PyTorch NCHW",
         ("torch", "channels_last"): "PyTorch channels-last",
@@ -326,6 +377,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=TARGET)
     p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     p.add_argument("--no-torch", action="store_true", help="fcnn only")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="fcnn and PyTorch on")
+    p.add_argument("--graph", action="store_true", help="gpu: fcnn's step as a CUDA graph")
+    p.add_argument("--cpu-too", action="store_true", help="gpu: also fcnn on the CPU per seed")
     p.add_argument("--plot", help="PNG of test accuracy against seconds")
     p.add_argument("--json", help="write every run and the summary here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -340,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from _common import import_torch, load_average, run_worker
 
     base = {
+        "device": args.device,
+        "graph": args.graph,
         "dataset": args.dataset,
         "data_dir": args.data_dir,
         "epochs": args.epochs,
@@ -353,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = []
     for i, seed in enumerate(args.seeds):
         specs = [{**base, "lib": "fcnn", "seed": seed}]
+        if args.device == "gpu" and args.cpu_too:
+            specs.append({**base, "device": "cpu", "lib": "fcnn-cpu", "seed": seed})
         if with_torch:
             specs += [{**base, "lib": "torch", "seed": seed, "format": f} for f in args.formats]
         if i % 2:  # alternate which library goes first, so drifting load hits both

@@ -5,6 +5,8 @@ Usage::
     python benchmarks/train_bench.py                     # small + default, batch 64 and 128
     python benchmarks/train_bench.py --quick             # CI: few steps, one round, no epoch
     python benchmarks/train_bench.py --json out.json --rounds 5
+    python benchmarks/train_bench.py --device gpu --profile   # fcnn on CuPy beside PyTorch
+                                                              # on the GPU (gpu_bench.py)
 
 What it does, in order:
 
@@ -461,14 +463,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "alternative is MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824.",
     )
     p.add_argument("--quick", action="store_true", help="CI: 3 steps, 1 warm-up, 1 round")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: the fast model's step with fcnn on CuPy beside PyTorch eager on the same "
+        "GPU and fcnn on the CPU (benchmarks/gpu_bench.py; --models, --rounds do not apply)",
+    )
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    p.add_argument("--batches", nargs="+", type=int, default=list(BATCHES))
+    p.add_argument(
+        "--batches", nargs="+", type=int, default=None, help="default 64 128 (gpu: 128 512 2048)"
+    )
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 30; quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5; quick 1)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if importable")
     p.add_argument("--no-epoch", action="store_true", help="skip the one-epoch run")
     p.add_argument("--json", metavar="PATH", help="write every result and the environment here")
+    p.add_argument("--markdown", metavar="PATH", help="gpu: also write the report here")
+    p.add_argument("--profile", action="store_true", help="gpu: where a step's time goes")
+    p.add_argument("--no-cpu", action="store_true", help="gpu: leave fcnn on the CPU out")
     p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("steps", "rounds"):
@@ -477,13 +491,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"--{name} must be >= 1")
     if args.warmup is not None and args.warmup < 0:
         p.error("--warmup must be >= 0")
-    if any(b < 1 for b in args.batches):
+    if args.batches is not None and any(b < 1 for b in args.batches):
         p.error("--batches must be >= 1")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.device == "gpu" and args.worker is None:
+        import gpu_bench
+
+        return gpu_bench.main(args)
     if args.worker is not None:
         tuning = tune_allocator()
         result = worker(json.loads(args.worker))
@@ -516,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"loss and all gradients agree within {CHECK_RTOL:g} for {', '.join(args.models)}")
 
-    configs = plan(args.models, args.batches, torch is not None)
+    configs = plan(args.models, args.batches or list(BATCHES), torch is not None)
     runs: list[dict[str, Any]] = []
     epoch: dict[str, Any] | None = None
     try:

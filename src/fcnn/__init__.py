@@ -90,6 +90,7 @@ from .losses import (
     softmax_cross_entropy_fwd,
 )
 from .model import backward, forward, init, loss_and_grad, predict, sequential
+from .ops.xp import DeviceUnavailableError, array_library, device_generator, namespace
 from .optim import Optimizer, adam, adamw, apply_updates, clip_by_global_norm, constant, sgd
 from .schedules import cosine_decay, linear_warmup, one_cycle, step_decay
 from .summarize import summary
@@ -98,6 +99,8 @@ from .tree import (
     TreeMismatchError,
     flatten_dict,
     global_norm,
+    to_device,
+    to_host,
     tree_leaves,
     tree_map,
     tree_map_with_path,
@@ -137,6 +140,7 @@ __all__ = [
     "Conv2dCfg",
     "Dense",
     "DenseCache",
+    "DeviceUnavailableError",
     "Dropout",
     "DropoutCache",
     "DropoutCfg",
@@ -158,6 +162,7 @@ __all__ = [
     "adam",
     "adamw",
     "apply_updates",
+    "array_library",
     "avg_pool2d_bwd",
     "avg_pool2d_fwd",
     "backward",
@@ -172,6 +177,7 @@ __all__ = [
     "cosine_decay",
     "dense_bwd",
     "dense_fwd",
+    "device_generator",
     "dropout_bwd",
     "dropout_fwd",
     "evaluate",
@@ -192,6 +198,7 @@ __all__ = [
     "mse",
     "mse_bwd",
     "mse_fwd",
+    "namespace",
     "one_cycle",
     "pair_layer",
     "predict",
@@ -206,6 +213,8 @@ __all__ = [
     "spatial_dropout2d_fwd",
     "step_decay",
     "summary",
+    "to_device",
+    "to_host",
     "train_epoch",
     "tree_leaves",
     "tree_map",

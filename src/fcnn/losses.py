@@ -30,6 +30,7 @@ import numpy as np
 
 from .layers._checks import check_float
 from .layers.base import Array
+from .ops.xp import fused, is_numpy, namespace
 
 __all__ = [
     "Loss",
@@ -77,19 +78,25 @@ def log_softmax(logits: Array) -> Array:
 
     logits: (..., K) float -> (..., K), same dtype.
     """
-    shifted = logits - np.max(logits, axis=-1, keepdims=True)
-    out: Array = shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+    xp = namespace(logits)
+    shifted = logits - xp.max(logits, axis=-1, keepdims=True)
+    out: Array = shifted - xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
     return out
 
 
 def softmax(logits: Array) -> Array:
     """Softmax over the last axis, ``exp(log_softmax(logits))``. logits: (..., K) -> (..., K)."""
-    out: Array = np.exp(log_softmax(logits))
+    out: Array = namespace(logits).exp(log_softmax(logits))
     return out
 
 
 def _check_logits_labels(logits: Any, labels: Any) -> None:
-    """logits (N, K) float with N, K >= 1; labels (N,) integers in [0, K)."""
+    """logits (N, K) float with N, K >= 1; labels (N,) integers in [0, K).
+
+    The range of device labels is not read here: that would wait for the device. A label
+    out of range makes the loss NaN instead (``_nan_if_out_of_range``), which the
+    training loop's non-finite check stops on.
+    """
     check_float(logits, _SCE, "logits")
     if logits.ndim != 2:
         raise ValueError(f"{_SCE}: logits must have rank 2 (N, K), got shape {tuple(logits.shape)}")
@@ -105,6 +112,8 @@ def _check_logits_labels(logits: Any, labels: Any) -> None:
         raise ValueError(f"{_SCE}: labels must have rank 1 (N,), got shape {tuple(labels.shape)}")
     if labels.shape[0] != n:
         raise ValueError(f"{_SCE}: labels has {labels.shape[0]} entries but logits has {n} rows")
+    if not is_numpy(namespace(logits, labels)):
+        return
     if labels.min() >= 0 and labels.max() < k:  # two reductions; the mask only on error
         return
     bad = labels[(labels < 0) | (labels >= k)]  # not empty: a reduction above was out of range
@@ -149,12 +158,34 @@ def softmax_cross_entropy_fwd(
     """
     eps = _check_smoothing(smoothing, _SCE)
     _check_logits_labels(logits, labels)
+    xp = namespace(logits, labels)
     logp = log_softmax(logits)
-    nll = -np.mean(logp[np.arange(logp.shape[0]), labels])
+    picked = logp[xp.arange(logp.shape[0]), labels]
+    if not is_numpy(xp):
+        picked = _nan_if_out_of_range(picked, labels, logp.shape[1])
+    nll = -xp.mean(picked)
     if eps:
-        nll = (1.0 - eps) * nll - eps * np.mean(logp)  # mean over n and k: mean_n of mean_k
-    loss: Array = np.asarray(nll, dtype=logits.dtype)
+        nll = (1.0 - eps) * nll - eps * xp.mean(logp)  # mean over n and k: mean_n of mean_k
+    loss: Array = xp.asarray(nll, dtype=logits.dtype)
     return loss, SoftmaxCrossEntropyCache(logp, labels, eps)
+
+
+@fused
+def _nan_if_out_of_range(xp: Any, picked: Array, labels: Array, k: int) -> Array:
+    """picked (N,) with NaN where a label is outside [0, k) (a device's gather wraps around)."""
+    out: Array = xp.where((labels < 0) | (labels >= k), xp.nan, picked).astype(picked.dtype)
+    return out
+
+
+@fused
+def _sce_grad(
+    xp: Any, logp: Array, labels: Array, classes: Array, eps_k: float, hit: float, scale: float
+) -> Array:
+    """(softmax - q) * scale with q = eps_k + hit * onehot: logp (N, K), labels (N, 1),
+    classes (1, K) -> (N, K)."""
+    onehot = (labels == classes).astype(logp.dtype)
+    out: Array = (xp.exp(logp) - eps_k - onehot * hit) * scale
+    return out
 
 
 def softmax_cross_entropy_bwd(cache: SoftmaxCrossEntropyCache, dloss: Any = 1.0) -> Array:
@@ -166,11 +197,8 @@ def softmax_cross_entropy_bwd(cache: SoftmaxCrossEntropyCache, dloss: Any = 1.0)
     logp, labels, eps = cache
     n, k = logp.shape
     scale = _dloss_value(dloss, _SCE) / n
-    grad: Array = np.exp(logp)  # a fresh array: writing into it touches no input
-    if eps:
-        grad -= eps / k
-    grad[np.arange(n), labels] -= 1.0 - eps
-    grad *= scale
+    classes = namespace(logp, labels).arange(k)[None, :]
+    grad: Array = _sce_grad(logp, labels[:, None], classes, eps / k, 1.0 - eps, scale)
     return grad
 
 
@@ -214,8 +242,9 @@ def mse_fwd(pred: Array, target: Array) -> tuple[Array, MseCache]:
     Raises ``ValueError``/``TypeError`` starting with ``"mse: "``.
     """
     _check_pred_target(pred, target)
+    xp = namespace(pred, target)
     diff = pred - target
-    loss: Array = np.asarray(np.mean(diff * diff), dtype=pred.dtype)
+    loss: Array = xp.asarray(xp.mean(diff * diff), dtype=pred.dtype)
     return loss, MseCache(diff)
 
 

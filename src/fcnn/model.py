@@ -577,7 +577,10 @@ def param_grads(model: Layer, cache: Any, dy: Array) -> Params:
 def predict(
     model: Layer, params: Params, state: State, x: Array, batch_size: int | None = None
 ) -> Array:
-    """Eval-mode outputs for ``x: (N, ...)``, in chunks of ``batch_size`` to bound memory."""
+    """Eval-mode outputs for ``x: (N, ...)``, in chunks of ``batch_size`` to bound memory.
+
+    The outputs are arrays of x's library (on x's device).
+    """
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
     n = x.shape[0]
@@ -586,7 +589,7 @@ def predict(
     ctx = Context(train=False)
     step = n if batch_size is None else batch_size
     outs = [model.apply(params, state, x[i : i + step], ctx)[0] for i in range(0, n, step)]
-    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)
+    return outs[0] if len(outs) == 1 else namespace(*outs).concatenate(outs, axis=0)
 
 
 class LossPair(Protocol):

@@ -17,6 +17,11 @@ step count ``t`` is the number of updates already taken (0 before the first).
 The formulas follow PyTorch (``torch.optim.SGD``, ``Adam``, ``AdamW``), with
 ``lr_t = lr(t)`` when ``lr`` is a schedule. dtypes are preserved: float32
 params and grads give float32 updates and float32 moment buffers.
+
+Every leaf's update is one ``fused`` function of its arrays (one kernel per leaf on a
+GPU, the same NumPy expressions on the host), computed with the leaves' own library.
+The step count and the learning rate stay on the host: the schedule is a Python
+function of the count (a count on a device is read once, then kept on the host).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .ops.xp import fused
 from .tree import global_norm, tree_map, tree_map_with_path, zeros_like
 
 __all__ = [
@@ -58,13 +64,14 @@ class Optimizer(NamedTuple):
     update: Callable[[Tree, OptState, Tree], tuple[Tree, OptState]]
 
 
+@fused
+def _add(xp: Any, p: Any, u: Any) -> Any:
+    return (p + u).astype(p.dtype, copy=False)
+
+
 def apply_updates(params: Tree, updates: Tree) -> Tree:
     """``p + u`` for every leaf, in each param's dtype (a new tree)."""
-
-    def add(p: Any, u: Any) -> Any:
-        return (p + u).astype(p.dtype, copy=False)
-
-    return tree_map(add, params, updates)
+    return tree_map(_add, params, updates)
 
 
 def clip_by_global_norm(grads: Any, max_norm: float) -> tuple[Any, float]:
@@ -81,10 +88,12 @@ def clip_by_global_norm(grads: Any, max_norm: float) -> tuple[Any, float]:
         raise FloatingPointError(f"clip_by_global_norm: the gradient norm is {norm}")
     scale = min(1.0, limit / norm) if norm > 0 else 1.0
 
-    def clip(g: Any) -> Any:
-        return (g * scale).astype(g.dtype, copy=False)
+    return tree_map(lambda g: _scaled(g, scale), grads), norm
 
-    return tree_map(clip, grads), norm
+
+@fused
+def _scaled(xp: Any, g: Any, scale: float) -> Any:
+    return (g * scale).astype(g.dtype, copy=False)
 
 
 def constant(lr: float) -> Schedule:
@@ -135,15 +144,13 @@ def _lr_at(schedule: Schedule, step: int) -> float:
 
 
 def _step_of(state: OptState) -> int:
+    # A count uploaded with the rest of the state is read back once here; the new
+    # count (``_step_array``) is a host array again.
     return int(state["step"])
 
 
 def _step_array(t: int) -> Any:
     return np.asarray(t, dtype=np.int64)
-
-
-def _cast(a: Any, like: Any) -> Any:
-    return a.astype(like.dtype, copy=False)
 
 
 def _with_l2(grads: Tree, params: Tree, weight_decay: float, decay_mask: DecayMask) -> Tree:
@@ -152,9 +159,28 @@ def _with_l2(grads: Tree, params: Tree, weight_decay: float, decay_mask: DecayMa
         return grads
 
     def add(path: str, g: Any, p: Any) -> Any:
-        return g + weight_decay * p if decay_mask(path) else g
+        return _l2(g, p, weight_decay) if decay_mask(path) else g
 
     return tree_map_with_path(add, grads, params)
+
+
+@fused
+def _l2(xp: Any, g: Any, p: Any, weight_decay: float) -> Any:
+    return g + weight_decay * p
+
+
+class _Several:
+    """A leaf holding several results of one leaf's kernel (a tuple would be a tree node)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        self.values = values
+
+
+def _unzip(tree: Tree, n: int) -> list[Tree]:
+    """A tree of ``_Several`` leaves of n values -> n trees of the same structure."""
+    return [tree_map(lambda leaf, i=i: leaf.values[i], tree) for i in range(n)]
 
 
 # --- optimizers --------------------------------------------------------------------------
@@ -197,18 +223,67 @@ def sgd(
         lr_t = _lr_at(schedule, t)
         g = _with_l2(grads, params, weight_decay, decay_mask)
         if momentum == 0.0:
-            updates = tree_map(lambda gi, p: _cast(-lr_t * gi, p), g, params)
+            updates = tree_map(lambda gi, p: _sgd_plain(gi, p, lr_t), g, params)
             return updates, {"step": _step_array(t + 1)}
-        velocity = tree_map(lambda v, gi: _cast(momentum * v + gi, v), state.get("velocity", {}), g)
+        kernel = _sgd_nesterov if nesterov else _sgd_momentum
 
-        def step(gi: Any, v: Any, p: Any) -> Any:
-            d = gi + momentum * v if nesterov else v
-            return _cast(-lr_t * d, p)
+        def leaf(gi: Any, v: Any, p: Any) -> _Several:
+            return _Several(kernel(gi, v, p, momentum, lr_t))
 
-        updates = tree_map(step, g, velocity, params)
+        updates, velocity = _unzip(tree_map(leaf, g, state.get("velocity", {}), params), 2)
         return updates, {"step": _step_array(t + 1), "velocity": velocity}
 
     return Optimizer(init, update)
+
+
+@fused
+def _sgd_plain(xp: Any, g: Any, p: Any, lr: float) -> Any:
+    return (-lr * g).astype(p.dtype, copy=False)
+
+
+@fused
+def _sgd_momentum(xp: Any, g: Any, v: Any, p: Any, momentum: float, lr: float) -> tuple[Any, Any]:
+    """(update, new velocity) of one leaf."""
+    v = (momentum * v + g).astype(v.dtype, copy=False)
+    return (-lr * v).astype(p.dtype, copy=False), v
+
+
+@fused
+def _sgd_nesterov(xp: Any, g: Any, v: Any, p: Any, momentum: float, lr: float) -> tuple[Any, Any]:
+    """(update, new velocity) of one leaf, with Nesterov's look-ahead."""
+    v = (momentum * v + g).astype(v.dtype, copy=False)
+    return (-lr * (g + momentum * v)).astype(p.dtype, copy=False), v
+
+
+def _adam_leaf_kernel(decay: bool) -> Any:
+    """One leaf's Adam step as one fused function; ``decay``: add ``wd * p`` (AdamW)."""
+
+    def adam_leaf(
+        xp: Any,
+        g: Any,
+        m: Any,
+        v: Any,
+        p: Any,
+        b1: float,
+        b2: float,
+        eps: float,
+        c1: float,
+        c2: float,
+        lr: float,
+        wd: float,
+    ) -> tuple[Any, Any, Any]:
+        """(update, new m, new v) of one leaf."""
+        m = (b1 * m + (1.0 - b1) * g).astype(m.dtype, copy=False)
+        v = (b2 * v + (1.0 - b2) * (g * g)).astype(v.dtype, copy=False)
+        d = (m / c1) / (xp.sqrt(v / c2) + eps)
+        if decay:
+            d = d + wd * p
+        return (-lr * d).astype(p.dtype, copy=False), m, v
+
+    return fused(adam_leaf)
+
+
+_ADAM_LEAF = {False: _adam_leaf_kernel(False), True: _adam_leaf_kernel(True)}
 
 
 def _adam_like(
@@ -234,22 +309,17 @@ def _adam_like(
         t = _step_of(state)
         lr_t = _lr_at(schedule, t)
         g = grads if decoupled else _with_l2(grads, params, weight_decay, decay_mask)
-        mu = tree_map(lambda m, gi: _cast(b1 * m + (1.0 - b1) * gi, m), state.get("mu", {}), g)
-        nu = tree_map(
-            lambda v, gi: _cast(b2 * v + (1.0 - b2) * (gi * gi), v), state.get("nu", {}), g
-        )
         # Bias corrections for the (t + 1)-th update, as Python floats.
         c1 = 1.0 - b1 ** (t + 1)
         c2 = 1.0 - b2 ** (t + 1)
         wd = weight_decay if decoupled else 0.0
 
-        def step(path: str, m: Any, v: Any, p: Any) -> Any:
-            d = (m / c1) / (np.sqrt(v / c2) + eps)
-            if wd != 0.0 and decay_mask(path):
-                d = d + wd * p
-            return _cast(-lr_t * d, p)
+        def leaf(path: str, gi: Any, m: Any, v: Any, p: Any) -> _Several:
+            kernel = _ADAM_LEAF[wd != 0.0 and decay_mask(path)]
+            return _Several(kernel(gi, m, v, p, b1, b2, eps, c1, c2, lr_t, wd))
 
-        updates = tree_map_with_path(step, mu, nu, params)
+        per_leaf = tree_map_with_path(leaf, g, state.get("mu", {}), state.get("nu", {}), params)
+        updates, mu, nu = _unzip(per_leaf, 3)
         return updates, {"step": _step_array(t + 1), "mu": mu, "nu": nu}
 
     return Optimizer(init, update)

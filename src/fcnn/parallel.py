@@ -45,6 +45,7 @@ import numpy as np
 from .layers.base import Array, Context, Layer, Params, State
 from .losses import softmax_cross_entropy
 from .model import LossPair, loss_and_grad, predict
+from .ops.xp import is_numpy, namespace, to_device, to_host
 from .optim import Optimizer
 from .training import Step, TrainState, evaluate, make_step, update
 from .tree import flatten_dict, tree_map, tree_map_with_path, unflatten_dict
@@ -131,12 +132,14 @@ def shard(n: int, rank: int, size: int) -> slice:
 
 
 def _pack(tree: Mapping[str, Any]) -> tuple[list[str], Array]:
-    """The leaves of ``tree``, flattened in sorted path order, as one contiguous buffer."""
+    """The leaves of ``tree``, flattened in sorted path order, as one contiguous buffer
+    of the leaves' library (on their device)."""
     flat = flatten_dict(tree)
     paths = sorted(flat)
-    leaves = [np.asarray(flat[p]) for p in paths]
-    dtype = np.result_type(*leaves) if leaves else np.float32
-    buf = np.empty(sum(a.size for a in leaves), dtype=dtype)
+    xp = namespace(*flat.values())
+    leaves = [np.asarray(flat[p]) if is_numpy(xp) else flat[p] for p in paths]
+    dtype = np.result_type(*(a.dtype for a in leaves)) if leaves else np.float32
+    buf = xp.empty(sum(a.size for a in leaves), dtype=dtype)
     offset = 0
     for a in leaves:
         buf[offset : offset + a.size] = a.reshape(-1)
@@ -151,7 +154,7 @@ def _unpack(paths: list[str], buf: Array, like: Mapping[str, Any]) -> dict[str, 
     pieces: dict[str, Any] = {}
     offset = 0
     for p in paths:
-        a = np.asarray(flat[p])
+        a = flat[p]
         pieces[p] = buf[offset : offset + a.size].reshape(a.shape).astype(a.dtype, copy=False)
         offset += a.size
     out: dict[str, Any] = tree_map_with_path(lambda path, _: pieces[path], like)
@@ -161,12 +164,15 @@ def _unpack(paths: list[str], buf: Array, like: Mapping[str, Any]) -> dict[str, 
 def allreduce_sum(tree: Mapping[str, Any], comm: Comm) -> dict[str, Any]:
     """The leafwise sum of ``tree`` over all ranks: one fused ``Allreduce``, a new tree.
 
-    Every rank must pass a tree of the same paths and shapes.
+    Every rank must pass a tree of the same paths and shapes. Leaves on a device are
+    packed there and the buffer goes through the host (one download and one upload), so
+    any MPI works, CUDA-aware or not; the sum comes back on the device.
     """
     paths, buf = _pack(tree)
-    total = np.empty_like(buf)
-    comm.Allreduce(buf, total)  # mpi4py's default op: MPI.SUM
-    return _unpack(paths, total, tree)
+    host = to_host(buf)
+    total = np.empty_like(host)
+    comm.Allreduce(host, total)  # mpi4py's default op: MPI.SUM
+    return _unpack(paths, to_device(total, namespace(buf)), tree)
 
 
 def allreduce_mean(tree: Mapping[str, Any], comm: Comm) -> dict[str, Any]:
@@ -177,21 +183,28 @@ def allreduce_mean(tree: Mapping[str, Any], comm: Comm) -> dict[str, Any]:
 
 
 def broadcast(tree: Mapping[str, Any], comm: Comm, root: int = 0) -> dict[str, Any]:
-    """``root``'s ``tree`` on every rank (one fused ``Bcast``), as a new tree."""
+    """``root``'s ``tree`` on every rank (one fused ``Bcast``), as a new tree (through the
+    host for leaves on a device, as ``allreduce_sum``)."""
     paths, buf = _pack(tree)
-    comm.Bcast(buf, root=root)
-    return _unpack(paths, buf, tree)
+    host = to_host(buf)
+    comm.Bcast(host, root=root)
+    return _unpack(paths, to_device(host, namespace(buf)), tree)
 
 
-def _rank_generator(rng: np.random.Generator | None, rank: int) -> np.random.Generator | None:
+def _rank_generator(rng: Any, rank: int) -> Any:
     """A generator for this rank's layers (dropout), derived from the shared one.
 
     One draw from the shared ``rng`` per step (the same on every rank, so the ranks'
-    shared generators stay equal) seeds a stream of this rank's own.
+    shared generators stay equal) seeds a stream of this rank's own, of the same library
+    as ``rng`` (NumPy's, or a device generator for device arrays).
     """
     if rng is None:
         return None
-    return np.random.default_rng([int(rng.integers(2**63)), rank])
+    seed = np.random.SeedSequence([int(rng.integers(2**63)), rank])
+    if isinstance(rng, np.random.Generator):
+        return np.random.default_rng(seed)
+    library = sys.modules[type(rng).__module__.partition(".")[0]]
+    return library.random.default_rng(seed)
 
 
 def data_parallel_step(
@@ -229,17 +242,18 @@ def data_parallel_step(
         if count:
             value, grads, new_state = grad_fn(ts.params, ts.state, xs, ys, local_ctx)
         flat = flatten_dict(grads)
-        dtype = np.result_type(*flat.values())  # the scalars ride in the gradients' buffer
+        xp = namespace(*flat.values())
+        dtype = np.result_type(*(g.dtype for g in flat.values()))  # the scalars ride along
         weighted = {
-            "grads": {k: np.multiply(g, count, dtype=dtype) for k, g in flat.items()},
-            "loss": np.array([float(value) * count], dtype=dtype),
-            "count": np.array([count], dtype=dtype),
+            "grads": {k: xp.multiply(g, count, dtype=dtype) for k, g in flat.items()},
+            "loss": xp.full((1,), count, dtype=dtype) * value,
+            "count": xp.full((1,), count, dtype=dtype),
         }
         total = allreduce_sum(weighted, comm)
         n = float(total["count"][0])
         lv = float(total["loss"][0]) / n
         mean_grads = unflatten_dict(
-            {k: np.divide(g, n, dtype=g.dtype) for k, g in flatten_dict(total["grads"]).items()}
+            {k: xp.divide(g, n, dtype=g.dtype) for k, g in flatten_dict(total["grads"]).items()}
         )
         return update(opt, ts, lv, mean_grads, new_state)
 
@@ -267,7 +281,8 @@ def evaluate_sharded(
     if len(xs):
         logits = predict(model, params, state, xs, batch_size)
         value, _ = loss.fwd(logits, ys)
-        correct = int(np.sum(np.argmax(logits, axis=1) == ys))
+        xp = namespace(logits, ys)
+        correct = int(xp.sum(xp.argmax(logits, axis=1) == ys))
         sums = np.array([float(value) * len(xs), correct, len(xs)], dtype=np.float64)
     total = allreduce_sum({"sums": sums}, comm)["sums"]
     return float(total[0] / total[2]), float(total[1] / total[2])

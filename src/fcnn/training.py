@@ -3,6 +3,12 @@
 ``make_step`` fuses forward, loss, backward and the optimizer update into one
 pure function; ``train_epoch`` runs it over shuffled mini-batches; ``evaluate``
 measures loss and accuracy in eval mode. Nothing here touches files.
+
+Every function computes with the library of its arrays (docs/gpu.md). On a device
+nothing in a step waits for the device: the step hands back its loss as a 0-d device
+array, and ``train_epoch`` brings the losses to the host every ``check_every`` steps
+and at the end of the epoch, where the non-finite check runs and ``on_batch`` is
+called, in order, with each loss as a float.
 """
 
 from __future__ import annotations
@@ -17,9 +23,23 @@ from .data.batches import iterate_batches
 from .layers.base import Array, Context, Layer, Params, State
 from .losses import softmax_cross_entropy
 from .model import LossPair, loss_and_grad, predict
+from .ops.xp import capture, device_generator, is_numpy, namespace, to_host
 from .optim import Optimizer, apply_updates
+from .tree import tree_leaves, tree_map
 
-__all__ = ["NonFiniteLossError", "TrainState", "evaluate", "make_step", "train_epoch"]
+__all__ = [
+    "CHECK_EVERY",
+    "NonFiniteLossError",
+    "TrainState",
+    "evaluate",
+    "make_captured_step",
+    "make_step",
+    "train_epoch",
+]
+
+CHECK_EVERY = 50
+"""Steps between two looks at the losses on a device (``train_epoch``): each look waits
+for the device once; the host looks after every step."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -34,32 +54,125 @@ class TrainState(NamedTuple):
     opt_state: Any
 
 
-Step = Callable[[TrainState, Array, Array, Context], tuple[TrainState, float]]
+Step = Callable[[TrainState, Array, Array, Context], tuple[TrainState, Any]]
 
 
 def make_step(model: Layer, opt: Optimizer, loss: LossPair = softmax_cross_entropy) -> Step:
     """Return ``step(ts, x, y, ctx) -> (new_ts, loss)``, one optimizer step on a batch.
 
-    Raises ``NonFiniteLossError`` (leaving ``ts`` untouched) when the loss is NaN or inf.
+    NumPy arrays: ``loss`` is a float, and a NaN or infinite loss raises
+    ``NonFiniteLossError`` (leaving ``ts`` untouched). Device arrays: ``loss`` is a 0-d
+    array on the device and nothing waits for it; ``train_epoch`` checks it (or call
+    ``float(loss)`` yourself, which waits for the device).
     """
     grad_fn = loss_and_grad(model, loss)
 
-    def step(ts: TrainState, x: Array, y: Array, ctx: Context) -> tuple[TrainState, float]:
+    def step(ts: TrainState, x: Array, y: Array, ctx: Context) -> tuple[TrainState, Any]:
         value, grads, new_state = grad_fn(ts.params, ts.state, x, y, ctx)
-        return update(opt, ts, float(value), grads, new_state)
+        return update(opt, ts, value, grads, new_state)
 
     return step
 
 
+class _Captured(NamedTuple):
+    """One captured forward-loss-backward: its input buffers, output buffers and launch."""
+
+    inputs: dict[str, Any]  # params, state, x, y: overwritten before each launch
+    grads: Params  # written by each launch
+    value: Array  # the loss, 0-d, written by each launch
+    launch: Callable[[], None]
+
+
+def make_captured_step(
+    model: Layer, opt: Optimizer, loss: LossPair = softmax_cross_entropy
+) -> Step:
+    """``make_step``'s step with its forward, loss and backward recorded once per batch
+    shape as a CUDA graph and replayed (docs/gpu.md): one launch instead of every kernel's.
+
+    For CuPy arrays and models that draw nothing (no dropout); elsewhere the recorded
+    part simply runs. The optimizer runs after each replay as in ``make_step``. The
+    returned state's params and model state are the graph's own input buffers, updated
+    in place by the next call: pass each call the state the previous one returned, and
+    copy what you keep (``fcnn.to_host``). The loss is a new 0-d array, unchecked.
+    """
+    if _draws(model.spec):
+        raise ValueError(
+            "make_captured_step: the model draws random numbers (dropout); a graph "
+            "would replay the same draws; use make_step"
+        )
+    grad_fn = loss_and_grad(model, loss)
+    graphs: dict[tuple[Any, ...], _Captured] = {}
+
+    def step(ts: TrainState, x: Array, y: Array, ctx: Context) -> tuple[TrainState, Any]:
+        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, bool(ctx.train))
+        if key not in graphs:
+            graphs[key] = _capture_grads(grad_fn, ts, x, y, Context(train=ctx.train))
+        c = graphs[key]
+        inputs = c.inputs
+        given = {"params": ts.params, "state": ts.state, "x": x, "y": y}
+        for dst, src in zip(tree_leaves(inputs), tree_leaves(given), strict=True):
+            if dst is not src:  # the previous call's own buffers need no copy
+                dst[...] = src
+        c.launch()
+        updates, opt_state = opt.update(c.grads, ts.opt_state, inputs["params"])
+        for p, u in zip(tree_leaves(inputs["params"]), tree_leaves(updates), strict=True):
+            p += u  # the graph's own buffer, in place (apply_updates, without a copy)
+        return TrainState(inputs["params"], inputs["state"], opt_state), c.value.copy()
+
+    return step
+
+
+def _capture_grads(grad_fn: Any, ts: TrainState, x: Array, y: Array, ctx: Context) -> _Captured:
+    """Buffers like ts's params and state and like x, y; a body computing the loss and the
+    gradients into buffers of their own and the new model state into the state buffer."""
+    copy = lambda a: a.copy()  # noqa: E731
+    inputs = {
+        "params": tree_map(copy, ts.params),
+        "state": tree_map(copy, ts.state),
+        "x": x.copy(),
+        "y": y.copy(),
+    }
+    value, grads, _ = grad_fn(inputs["params"], inputs["state"], inputs["x"], inputs["y"], ctx)
+    out = {"value": value.copy(), "grads": tree_map(copy, grads)}
+
+    def body() -> None:
+        v, g, new_state = grad_fn(inputs["params"], inputs["state"], inputs["x"], inputs["y"], ctx)
+        out["value"][...] = v
+        for dst, src in zip(tree_leaves(out["grads"]), tree_leaves(g), strict=True):
+            dst[...] = src
+        for dst, src in zip(tree_leaves(inputs["state"]), tree_leaves(new_state), strict=True):
+            dst[...] = src  # read above, written last: the next launch's state
+
+    launch = capture(namespace(x), body)
+    return _Captured(inputs, out["grads"], out["value"], launch)
+
+
+def _draws(spec: Any) -> bool:
+    """Whether a model's spec holds a layer that draws random numbers in training."""
+    if isinstance(spec, dict):
+        return spec.get("type") in ("Dropout", "SpatialDropout2d") or any(
+            _draws(v) for v in spec.values()
+        )
+    return isinstance(spec, list) and any(_draws(v) for v in spec)
+
+
+def _non_finite(loss: float) -> NonFiniteLossError:
+    return NonFiniteLossError(f"training loss is {loss}; stopping (try a smaller learning rate)")
+
+
 def update(
-    opt: Optimizer, ts: TrainState, loss: float, grads: Params, new_state: State
-) -> tuple[TrainState, float]:
+    opt: Optimizer, ts: TrainState, loss: Any, grads: Params, new_state: State
+) -> tuple[TrainState, Any]:
     """The end of every step: ``(ts after the optimizer's update, loss)``.
 
-    Raises ``NonFiniteLossError`` (and applies nothing) when ``loss`` is NaN or inf.
+    A loss on the host (a number or a NumPy array) comes back as a float, and a NaN or
+    inf raises ``NonFiniteLossError`` (and applies nothing). A loss on a device comes
+    back as it is, unchecked (see ``make_step``).
     """
-    if not math.isfinite(loss):
-        raise NonFiniteLossError(f"training loss is {loss}; stopping (try a smaller learning rate)")
+    if is_numpy(namespace(loss)):
+        loss = float(loss)
+        if not math.isfinite(loss):
+            raise _non_finite(loss)
     updates, opt_state = opt.update(grads, ts.opt_state, ts.params)
     return TrainState(apply_updates(ts.params, updates), new_state, opt_state), loss
 
@@ -72,28 +185,72 @@ def train_epoch(
     batch_size: int,
     rng: np.random.Generator,
     on_batch: Callable[[int, float], None] | None = None,
-    augment: Callable[[Array, np.random.Generator], Array] | None = None,
+    augment: Callable[[Array, Any], Array] | None = None,
     drop_last: bool = False,
+    *,
+    check_every: int = CHECK_EVERY,
 ) -> tuple[TrainState, float]:
     """One pass over ``(x, y)`` in shuffled batches; returns the new state and the mean loss.
 
-    ``rng`` shuffles, is handed to the layers (dropout) through the context, and
-    to ``augment(x_batch, rng) -> x_batch`` when given: e.g.
+    ``rng`` (the run's host generator) shuffles; it is handed to the layers (dropout)
+    through the context, and to ``augment(x_batch, rng) -> x_batch`` when given (e.g.
     ``fcnn.data.augment.shift_augment(2, mean, std)`` for images normalised with
-    ``(mean, std)``, whose border is the normalised background.
-    ``on_batch(batch_index, loss)`` is called after every step (progress bars).
-    ``drop_last`` skips a final short batch (e.g. one image, which batch norm refuses).
+    ``(mean, std)``, whose border is the normalised background). ``on_batch(batch_index,
+    loss)`` gets every step's loss as a float, in order (progress bars). ``drop_last``
+    skips a final short batch (e.g. one image, which batch norm refuses). A NaN or
+    infinite loss raises ``NonFiniteLossError``.
+
+    On a device (``x`` and ``y`` uploaded once, e.g. with ``fcnn.to_device``), the order is
+    drawn from ``rng`` as on the host and uploaded once; batches are cut, augmented and
+    trained on the device; the layers and ``augment`` draw from a device generator seeded
+    from ``rng`` (``fcnn.device_generator``). The losses reach the host every
+    ``check_every`` steps and at the end: then ``on_batch`` runs for each, and the first
+    non-finite one raises (the updates after it are discarded with the epoch's state).
     """
-    ctx = Context(train=True, rng=rng)
-    total, count = 0.0, 0
-    for i, idx in enumerate(iterate_batches(len(x), batch_size, rng, drop_last)):
-        xb = x[idx] if augment is None else augment(x[idx], rng)
+    xp = namespace(x, y)
+    host = is_numpy(xp)
+    if not host and check_every < 1:
+        raise ValueError(f"train_epoch: check_every must be >= 1, got {check_every}")
+    ctx = Context(train=True, rng=device_generator(xp, rng))
+    losses = _Losses(on_batch, 1 if host else check_every)
+    for idx in iterate_batches(len(x), batch_size, rng, drop_last, xp=xp):
+        xb = x[idx] if augment is None else augment(x[idx], ctx.rng)
         ts, lv = step(ts, xb, y[idx], ctx)
-        total += lv * len(idx)
-        count += len(idx)
-        if on_batch is not None:
-            on_batch(i, lv)
-    return ts, total / max(count, 1)
+        losses.add(lv, len(idx))
+    losses.settle()
+    return ts, losses.total / max(losses.count, 1)
+
+
+class _Losses:
+    """An epoch's losses: kept where they are made until ``every`` of them wait, then read
+    on the host at once (one wait for a device), checked and passed to ``on_batch``."""
+
+    def __init__(self, on_batch: Callable[[int, float], None] | None, every: int) -> None:
+        self.on_batch, self.every = on_batch, every
+        self.pending: list[tuple[Any, int]] = []
+        self.total, self.count, self.done = 0.0, 0, 0
+
+    def add(self, loss: Any, n: int) -> None:
+        self.pending.append((loss, n))
+        if len(self.pending) >= self.every:
+            self.settle()
+
+    def settle(self) -> None:
+        if not self.pending:
+            return
+        values = [lv for lv, _ in self.pending]
+        if not all(isinstance(v, float) for v in values):
+            values = to_host(namespace(*values).stack(values)).tolist()
+        sizes = [n for _, n in self.pending]
+        self.pending = []
+        for value, n in zip(values, sizes, strict=True):
+            if not math.isfinite(value):
+                raise _non_finite(value)
+            self.total += value * n
+            self.count += n
+            if self.on_batch is not None:
+                self.on_batch(self.done, value)
+            self.done += 1
 
 
 def evaluate(
@@ -105,8 +262,12 @@ def evaluate(
     loss: LossPair = softmax_cross_entropy,
     batch_size: int = 500,
 ) -> tuple[float, float]:
-    """Eval-mode ``(mean loss, accuracy)`` of a classifier on ``x: (N, ...)``, ``y: (N,)``."""
+    """Eval-mode ``(mean loss, accuracy)`` of a classifier on ``x: (N, ...)``, ``y: (N,)``.
+
+    Computed where ``x`` and ``y`` are; the two numbers are read on the host at the end.
+    """
     logits = predict(model, params, state, x, batch_size)
     value, _ = loss.fwd(logits, y)
-    accuracy = float(np.mean(np.argmax(logits, axis=1) == y))
+    xp = namespace(logits, y)
+    accuracy = float(xp.mean(xp.argmax(logits, axis=1) == y))
     return float(value), accuracy

@@ -12,10 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from .ops import xp as _xp
+
 __all__ = [
     "TreeMismatchError",
     "flatten_dict",
     "global_norm",
+    "to_device",
+    "to_host",
     "tree_leaves",
     "tree_map",
     "tree_map_with_path",
@@ -169,14 +173,44 @@ def unflatten_dict(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def zeros_like(tree: Tree) -> Tree:
-    """A tree of zero arrays with the shapes and dtypes of ``tree``'s leaves."""
-    return tree_map(np.zeros_like, tree)
+    """A tree of zero arrays with the shapes and dtypes of ``tree``'s leaves, each made
+    by its leaf's array library (on its leaf's device)."""
+    return tree_map(lambda a: _xp.namespace(a).zeros_like(a), tree)
 
 
 def global_norm(tree: Tree) -> float:
-    """sqrt(sum of squares of every leaf), accumulated in float64."""
-    total = 0.0
-    for leaf in tree_leaves(tree):
-        a = np.asarray(leaf, dtype=np.float64)
-        total += float(np.vdot(a, a))
-    return float(np.sqrt(total))
+    """sqrt(sum of squares of every leaf), accumulated in float64.
+
+    Leaves on a device are summed there; reading the result waits for the device once.
+    """
+    leaves = tree_leaves(tree)
+    xp = _xp.namespace(*leaves)
+    total: Any = 0.0
+    for leaf in leaves:
+        a = np.asarray(leaf, dtype=np.float64) if _xp.is_numpy(xp) else leaf.astype(np.float64)
+        total = total + xp.vdot(a, a)
+    return float(xp.sqrt(total))
+
+
+def to_host(tree: Tree) -> Tree:
+    """The tree with every array leaf a NumPy array (copied from its device where it is on
+    one; NumPy leaves are kept, not copied). Checkpoints are written from this."""
+    return tree_map(_xp.to_host, tree)
+
+
+def to_device(tree: Tree, xp: Any) -> Tree:
+    """The tree with every array leaf an array of the library ``xp`` (``numpy``:
+    ``to_host``; ``cupy``: one upload per NumPy leaf). ``xp`` comes from
+    ``fcnn.array_library("gpu")`` or ``fcnn.namespace(x)``.
+
+    0-d integer leaves stay on the host: they are counts the host reads every step (an
+    optimizer's step count drives its learning-rate schedule), and reading one from a
+    device would wait for it.
+    """
+
+    def move(a: Any) -> Any:
+        if isinstance(a, np.ndarray) and a.ndim == 0 and a.dtype.kind in "iu":
+            return a
+        return _xp.to_device(a, xp)
+
+    return tree_map(move, tree)

@@ -20,12 +20,14 @@ Every error is a ``ValueError``/``TypeError`` that starts with the op's name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..ops.xp import namespace
 
 __all__ = [
     "RNG",
@@ -40,14 +42,30 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Extra:
-    """A keyword argument beyond ``(params, x, cfg)``: the types it may have, and their words."""
+    """A keyword argument beyond ``(params, x, cfg)``: the types it may have, and their words.
+
+    ``also``: a test for values of other types that are welcome too.
+    """
 
     types: tuple[type, ...]
     what: str
+    also: Callable[[Any], bool] | None = None
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, self.types) or (self.also is not None and self.also(value))
+
+
+def _device_generator(value: Any) -> bool:
+    """A device library's generator (``cupy.random.Generator``): draws with ``random``."""
+    return callable(getattr(value, "random", None)) and callable(getattr(value, "integers", None))
 
 
 TRAIN = Extra((bool, np.bool_), "a bool")
-RNG = Extra((np.random.Generator, type(None)), "a numpy.random.Generator")
+RNG = Extra(
+    (np.random.Generator, type(None)),
+    "a numpy.random.Generator",
+    _device_generator,
+)
 
 
 def _parse(layout: str) -> tuple[tuple[str, ...], bool]:
@@ -99,7 +117,7 @@ class Signature:
         if self.cfg is not None and not isinstance(cfg, self.cfg):
             raise TypeError(f"{op}: cfg must be a {self.cfg.__name__}, got {type(cfg).__name__}")
         for key, extra in self.extras.items():
-            if not isinstance(extras[key], extra.types):
+            if not extra.accepts(extras[key]):
                 raise TypeError(
                     f"{op}: {key} must be {extra.what}, got {type(extras[key]).__name__}"
                 )
@@ -112,6 +130,7 @@ class Signature:
             arrays += [(f"state {k}", state[k]) for k in self.state]
         for name, a in arrays:
             check_float(a, op, name)
+        _check_one_library(arrays, op)
         if any(a.dtype != x.dtype for _, a in arrays):
             got = [f"{k.replace(' ', '_')} is {a.dtype}" for k, a in arrays if k != "x"]
             raise TypeError(f"{op}: dtypes must match, but {', '.join([f'x is {x.dtype}', *got])}")
@@ -208,6 +227,20 @@ def check_float(x: Any, op: str, name: str = "x") -> None:
         raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
     if not np.issubdtype(dtype, np.floating):
         raise TypeError(f"{op}: {name} must have a floating dtype, got {dtype}")
+
+
+def _check_one_library(arrays: list[tuple[str, Any]], op: str) -> None:
+    """``TypeError`` unless every array is of one library (NumPy, CuPy, ...)."""
+    if all(type(a) is np.ndarray for _, a in arrays):
+        return  # the common case on the host, without a namespace look-up
+    try:
+        namespace(*(a for _, a in arrays))
+    except TypeError:
+        libs = [f"{k.replace(' ', '_')} is {namespace(a).__name__}" for k, a in arrays]
+        raise TypeError(
+            f"{op}: arrays must be of one library, but {', '.join(libs)}; move them to one "
+            "device first (fcnn.to_device / fcnn.to_host)"
+        ) from None
 
 
 def _check_keys(d: Any, keys: Iterable[str], op: str, what: str) -> None:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 from ..ops.layout import memory_flat
 from ..ops.special import normal_cdf, normal_pdf
-from ..ops.xp import namespace
+from ..ops.xp import fused, is_numpy, namespace
 from ._checks import Signature
 from .base import Array, InitFn, Layer, Params, Shape, State, pair_layer, to_spec
 
@@ -89,11 +89,12 @@ def _positive_part(x: Array) -> Array:
     elements, with one small zeros block, which the fast array-array loop takes; and
     no zeros array as large as x to fill and read.
     """
-    y: Array = np.empty_like(x)
-    src, dst = memory_flat(x), memory_flat(y)
+    xp = namespace(x)
+    y: Array = xp.empty_like(x)
+    src, dst = (memory_flat(x), memory_flat(y)) if is_numpy(xp) else (None, None)
     # empty_like keeps a dense x's layout, so src and dst list the same elements in turn.
     if src is None or dst is None:
-        np.maximum(x, 0, out=y)  # a strided x: the plain way
+        xp.maximum(x, 0, out=y)  # a strided x, or a device (one kernel): the plain way
         return y
     zeros = np.zeros(min(src.size, _BLOCK), dtype=x.dtype)
     rows = src.size // _BLOCK
@@ -107,8 +108,14 @@ def _positive_part(x: Array) -> Array:
 def relu_bwd(cache: ReluCache, dy: Array) -> tuple[Array, Params]:
     """ReLU backward. dy: (N, ...) like y -> dx: (N, ...) = dy * (y > 0), grads ``{}``."""
     _SIG.check_dy(dy, y=cache.y)
-    dx: Array = dy * (cache.y > 0)
-    return dx, {}
+    return _relu_grad(dy, cache.y), {}
+
+
+@fused
+def _relu_grad(xp: Any, dy: Array, y: Array) -> Array:
+    """dy * (y > 0) elementwise (one kernel on a device)."""
+    dx: Array = dy * (y > 0)
+    return dx
 
 
 def Relu(*, name: str | None = None) -> Layer:

@@ -80,11 +80,13 @@ class Context:
 
     ``train`` switches batch norm and dropout to their training behaviour;
     ``rng`` is the only source of randomness a layer may use (never NumPy's
-    global state). Layers that need ``rng`` in training raise if it is ``None``.
+    global state): a ``numpy.random.Generator`` for NumPy arrays, a generator of the
+    arrays' own library on a device (``fcnn.device_generator``). Layers that need
+    ``rng`` in training raise if it is ``None``.
     """
 
     train: bool = False
-    rng: np.random.Generator | None = None
+    rng: np.random.Generator | Any | None = None
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,11 @@ survivors are scaled by ``1 / (1 - rate)``, so eval mode is the identity::
 The mask (already scaled, in x's dtype) is drawn from the explicit generator
 ``rng`` — the draw advances that generator, as every draw does; NumPy's global
 random state is never used — and kept in the cache, so the backward is
-deterministic. In eval mode, or with ``rate == 0``, nothing is drawn, ``rng`` may
-be ``None`` and ``y`` is ``x`` itself.
+deterministic. The generator belongs to x's library: a ``numpy.random.Generator`` for
+NumPy arrays, ``cupy.random.Generator`` for CuPy arrays (``fcnn.device_generator``
+derives one from the run's generator), so the mask is drawn where x lives. In eval
+mode, or with ``rate == 0``, nothing is drawn, ``rng`` may be ``None`` and ``y`` is
+``x`` itself.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
+from ..ops.xp import is_numpy, namespace
 from ._checks import RNG, TRAIN, Signature
 from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
@@ -85,6 +89,13 @@ def _dropout(
         raise ValueError(
             f"{sig.op}: train mode needs a numpy.random.Generator to draw the mask "
             "(Context(train=True, rng=np.random.default_rng(seed))), got rng=None"
+        )
+    xp = namespace(x)
+    if is_numpy(xp) != isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"{sig.op}: x is a {xp.__name__} array but rng is a {type(rng).__module__} "
+            "generator; draw the mask with a generator of x's library "
+            "(fcnn.device_generator(xp, rng))"
         )
     mask_shape = (x.shape[0], x.shape[1], 1, 1) if spatial else x.shape
     # float32 uniforms are plenty to decide keep/drop and half the cost of float64.

@@ -43,6 +43,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
+from ..ops.shims import channel_dot, channel_sum
+from ..ops.xp import fused
 from ._checks import TRAIN, Signature
 from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
 
@@ -123,16 +125,71 @@ def _per_channel(v: Array, ndim: int) -> Array:
     return v.reshape((1, v.shape[0]) + (1,) * (ndim - 2))
 
 
-def _chan_sum(a: Array) -> Array:
-    """Per-channel sum of a: (N, C, ...) -> (C,), in a's dtype (einsum: one pass, no temporary)."""
-    out: Array = np.einsum("nci->c", a.reshape(a.shape[0], a.shape[1], -1))
+# The per-channel arithmetic on (C,) vectors and the per-element passes are each one
+# ``fused`` function: one kernel apiece on a GPU, where each small operation would cost a
+# launch; the same NumPy expressions on the host.
+
+
+@fused
+def _centered(xp: Any, x: Array, total: Array, m: int) -> Array:
+    """``x - total / m``: x (N, C, ...) minus its per-channel mean (total broadcasts)."""
+    out: Array = x - total / m
     return out
 
 
-def _chan_dot(a: Array, b: Array) -> Array:
-    """Per-channel ``sum(a * b)`` of two (N, C, ...) arrays -> (C,), without the product array."""
-    n, c = a.shape[0], a.shape[1]
-    out: Array = np.einsum("nci,nci->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
+@fused
+def _train_stats(
+    xp: Any,
+    total: Array,
+    squares: Array,
+    run_mean: Array,
+    run_var: Array,
+    gamma: Array,
+    m: int,
+    mom: float,
+    unbias: float,
+    eps: float,
+) -> tuple[Array, Array, Array, Array]:
+    """(C,) vectors, from the sums of x and of (x - mean)**2 over the M values per channel
+    -> (new running mean, new running var, inv_std, gamma * inv_std)."""
+    mean = total / m
+    var = squares / m
+    new_mean = ((1.0 - mom) * run_mean + mom * mean).astype(mean.dtype, copy=False)
+    new_var = ((1.0 - mom) * run_var + mom * (var * unbias)).astype(mean.dtype, copy=False)
+    inv_std = (1.0 / xp.sqrt(var + eps)).astype(mean.dtype, copy=False)
+    return new_mean, new_var, inv_std, gamma * inv_std
+
+
+@fused
+def _eval_scale(xp: Any, var: Array, gamma: Array, eps: float) -> tuple[Array, Array]:
+    """(C,) vectors -> (inv_std, gamma * inv_std) from the running variance."""
+    inv_std = (1.0 / xp.sqrt(var + eps)).astype(var.dtype, copy=False)
+    return inv_std, gamma * inv_std
+
+
+@fused
+def _affine(xp: Any, a: Array, scale: Array, shift: Array) -> Array:
+    """``a * scale + shift`` elementwise (scale and shift broadcast per channel)."""
+    out: Array = a * scale + shift
+    return out
+
+
+@fused
+def _grad_coefficients(
+    xp: Any, dbeta: Array, dy_xc: Array, inv_std: Array, gamma: Array, m: float
+) -> tuple[Array, Array, Array, Array]:
+    """(C,) vectors -> (dgamma, scale, k_xc, k_0) of the train-mode gradient
+    ``dx = dy * scale + xc * k_xc + k_0``."""
+    scale = gamma * inv_std
+    k_xc = -scale * inv_std * inv_std * (dy_xc / m)
+    k_0 = -scale * (dbeta / m)
+    return dy_xc * inv_std, scale, k_xc, k_0
+
+
+@fused
+def _input_grad(xp: Any, dy: Array, scale: Array, xc: Array, k_xc: Array, k_0: Array) -> Array:
+    """``dy * scale + xc * k_xc + k_0`` elementwise (the vectors broadcast per channel)."""
+    out: Array = dy * scale + xc * k_xc + k_0
     return out
 
 
@@ -148,24 +205,27 @@ def _bn_fwd(
                 f"variance, got x of shape {tuple(x.shape)}"
             )
         # Two passes (mean, then mean of squared deviations): stable, and in x's dtype.
-        mean = _chan_sum(x) / m
-        xc = x - _per_channel(mean, x.ndim)
-        var = _chan_dot(xc, xc) / m
-        mom = cfg.momentum
-        new_state: State = {
-            "mean": ((1.0 - mom) * state["mean"] + mom * mean).astype(x.dtype, copy=False),
-            "var": ((1.0 - mom) * state["var"] + mom * (var * (m / (m - 1)))).astype(
-                x.dtype, copy=False
-            ),
-        }
+        total = channel_sum(x)
+        xc = _centered(x, _per_channel(total, x.ndim), m)
+        squares = channel_dot(xc, xc)
+        run_mean, run_var, inv_std, scale = _train_stats(
+            total,
+            squares,
+            state["mean"],
+            state["var"],
+            gamma,
+            m,
+            cfg.momentum,
+            m / (m - 1),
+            cfg.eps,
+        )
+        new_state: State = {"mean": run_mean, "var": run_var}
     else:
         xc = x - _per_channel(state["mean"], x.ndim)
-        var = state["var"]
+        inv_std, scale = _eval_scale(state["var"], gamma, cfg.eps)
         new_state = state
-    inv_std = (1.0 / np.sqrt(var + cfg.eps)).astype(x.dtype, copy=False)
-    # y = xc * (gamma * inv_std) + beta; the += writes into y, our own new array.
-    y: Array = xc * _per_channel(gamma * inv_std, x.ndim)
-    y += _per_channel(beta, x.ndim)
+    # y = xc * (gamma * inv_std) + beta
+    y = _affine(xc, _per_channel(scale, x.ndim), _per_channel(beta, x.ndim))
     return y, BatchNormCache(bool(train), xc, inv_std, gamma, new_state)
 
 
@@ -173,17 +233,17 @@ def _bn_bwd(sig: Signature, cache: BatchNormCache, dy: Array) -> tuple[Array, Pa
     train, xc, inv_std, gamma, _ = cache
     sig.check_dy(dy, x=xc)
     m = xc.size // xc.shape[1]
-    dbeta = _chan_sum(dy)
-    dy_xc = _chan_dot(dy, xc)  # sum(dy * (x - mean)) per channel
-    dgamma: Array = dy_xc * inv_std
-    scale = gamma * inv_std
-    dx: Array = dy * _per_channel(scale, dy.ndim)
-    if train:
-        # dx = scale * (dy - mean(dy) - xc * inv_std**2 * mean(dy * xc)), folded per
-        # channel into dy * scale + xc * k_xc + k_0; the += write into dx, our own array.
-        k_xc = -scale * inv_std * inv_std * (dy_xc / m)
-        dx += xc * _per_channel(k_xc, dy.ndim)
-        dx += _per_channel(-scale * (dbeta / m), dy.ndim)
+    dbeta = channel_sum(dy)
+    dy_xc = channel_dot(dy, xc)  # sum(dy * (x - mean)) per channel
+    nd = dy.ndim
+    if not train:
+        dgamma = dy_xc * inv_std
+        dx: Array = dy * _per_channel(gamma * inv_std, nd)
+        return dx, {"gamma": dgamma, "beta": dbeta}
+    # dx = scale * (dy - mean(dy) - xc * inv_std**2 * mean(dy * xc)), folded per
+    # channel into dy * scale + xc * k_xc + k_0.
+    dgamma, scale, k_xc, k_0 = _grad_coefficients(dbeta, dy_xc, inv_std, gamma, m)
+    dx = _input_grad(dy, _per_channel(scale, nd), xc, _per_channel(k_xc, nd), _per_channel(k_0, nd))
     return dx, {"gamma": dgamma, "beta": dbeta}
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from .im2col import col2im, dy_matrix, im2col
@@ -84,6 +83,7 @@ def conv2d_im2col_fwd(
 
     x: (N, C, H, W), w: (F, C/groups, KH, KW), b: (F,). ``y``'s memory is batch-last.
     """
+    xp = namespace(x, w, b)
     n, _, h, width = x.shape
     f, _, kh, kw = w.shape
     oh, ow = out_hw(h, width, kh, kw, stride, padding, dilation)
@@ -93,8 +93,8 @@ def conv2d_im2col_fwd(
         out_g = _grouped(_blocks(w.reshape(f, -1), groups), _blocks(cols[:-1], groups), groups)
         out_g += b[:, None]  # our own product: adding in place saves a copy
         return nchw_view(out_g.reshape(f, oh, ow, n)), cols
-    wb = np.concatenate([w.reshape(f, -1), b[:, None]], axis=1)  # (F, C*KH*KW + 1)
-    out = np.matmul(wb, cols)  # (F, OH*OW*N): one GEMM, bias included
+    wb = xp.concatenate([w.reshape(f, -1), b[:, None]], axis=1)  # (F, C*KH*KW + 1)
+    out = xp.matmul(wb, cols)  # (F, OH*OW*N): one GEMM, bias included
     return nchw_view(out.reshape(f, oh, ow, n)), cols
 
 
@@ -153,6 +153,7 @@ def conv2d_im2col_param_grads(
     -> dw: w's shape, db: (F,). Skipping ``dx`` saves a GEMM and a col2im.
     db is the column of the ones row.
     """
+    xp = namespace(dy, cols, w)
     dy2 = dy_matrix(dy)  # (F, OH*OW*N)
     if groups > 1:
         cols_t = _blocks(cols[:-1], groups).transpose(0, 2, 1)  # (G, OH*OW*N, C/G*KH*KW)
@@ -161,7 +162,7 @@ def conv2d_im2col_param_grads(
     # A long, thin product (K = OH*OW*N): OpenBLAS runs it faster with the larger
     # of the two result dimensions as rows.
     wide = cols.shape[0] > dy2.shape[0]
-    dwb = np.matmul(cols, dy2.T).T if wide else np.matmul(dy2, cols.T)  # (F, C*KH*KW + 1)
-    dw = np.ascontiguousarray(dwb[:, :-1]).reshape(w.shape)
-    db = np.ascontiguousarray(dwb[:, -1])
+    dwb = xp.matmul(cols, dy2.T).T if wide else xp.matmul(dy2, cols.T)  # (F, C*KH*KW + 1)
+    dw = xp.ascontiguousarray(dwb[:, :-1]).reshape(w.shape)
+    db = xp.ascontiguousarray(dwb[:, -1])
     return dw, db

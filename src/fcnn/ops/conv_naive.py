@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from .shapes import Pad2d, dilated_span, out_hw
@@ -34,7 +33,7 @@ Array = NDArray[Any]
 def _pad(x: Array, padding: Pad2d) -> Array:
     """x: (N, C, H, W) -> (N, C, H + top + bottom, W + left + right), zeros around (a copy)."""
     (top, bottom), (left, right) = padding
-    xpad: Array = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    xpad: Array = namespace(x).pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     return xpad
 
 
@@ -56,6 +55,7 @@ def conv2d_naive_fwd(
     groups: int = 1,
 ) -> Array:
     """y: (N, F, OH, OW) from x: (N, C, H, W), w: (F, C/groups, KH, KW), b: (F,)."""
+    xp = namespace(x, w, b)
     if groups > 1:
         parts = [
             conv2d_naive_fwd(
@@ -68,7 +68,7 @@ def conv2d_naive_fwd(
             )
             for g in range(groups)
         ]
-        stacked: Array = namespace(x, w, b).concatenate(parts, axis=1)
+        stacked: Array = xp.concatenate(parts, axis=1)
         return stacked
     n, _, h, width = x.shape
     f, _, kh, kw = w.shape
@@ -77,12 +77,12 @@ def conv2d_naive_fwd(
     span_h, span_w = dilated_span(kh, dh), dilated_span(kw, dw)
     oh, ow = out_hw(h, width, kh, kw, stride, padding, dilation)
     xpad = _pad(x, padding)
-    y: Array = np.empty((n, f, oh, ow), dtype=x.dtype)
+    y: Array = xp.empty((n, f, oh, ow), dtype=x.dtype)
     for r in range(oh):
         for s in range(ow):
             rows, cols = slice(r * sh, r * sh + span_h, dh), slice(s * sw, s * sw + span_w, dw)
             window = xpad[:, :, rows, cols]  # (N, C, KH, KW): every dh-th row from r*sh
-            y[:, :, r, s] = np.tensordot(window, w, axes=([1, 2, 3], [1, 2, 3])) + b
+            y[:, :, r, s] = xp.tensordot(window, w, axes=([1, 2, 3], [1, 2, 3])) + b
     return y
 
 
@@ -100,8 +100,8 @@ def conv2d_naive_bwd(
     dy: (N, F, OH, OW), x: (N, C, H, W), w: (F, C/groups, KH, KW)
     -> dx: (N, C, H, W), dw: w's shape, db: (F,).
     """
+    xp = namespace(dy, x, w)
     if groups > 1:
-        xp = namespace(dy, x, w)
         parts = [
             conv2d_naive_bwd(
                 _group(dy, 1, g, groups),
@@ -123,14 +123,15 @@ def conv2d_naive_bwd(
     (top, _), (left, _) = padding
     oh, ow = dy.shape[2], dy.shape[3]
     xpad = _pad(x, padding)
-    dxpad = np.zeros(xpad.shape, dtype=dy.dtype)
-    dw = np.zeros(w.shape, dtype=dy.dtype)
+    dxpad = xp.zeros(xpad.shape, dtype=dy.dtype)
+    dw = xp.zeros(w.shape, dtype=dy.dtype)
     for r in range(oh):
         for s in range(ow):
             g = dy[:, :, r, s]  # (N, F)
             rows, cols = slice(r * sh, r * sh + span_h, dh), slice(s * sw, s * sw + span_w, dw_)
-            dw += np.tensordot(g, xpad[:, :, rows, cols], axes=([0], [0]))
-            dxpad[:, :, rows, cols] += np.tensordot(g, w, axes=([1], [0]))
+            dw += xp.tensordot(g, xpad[:, :, rows, cols], axes=([0], [0]))
+            window = dxpad[:, :, rows, cols]  # added to in place, through the view
+            window += xp.tensordot(g, w, axes=([1], [0]))
     dx = dxpad[:, :, top : top + h, left : left + width]
     db = dy.sum(axis=(0, 2, 3))
-    return np.ascontiguousarray(dx), dw, db
+    return xp.ascontiguousarray(dx), dw, db

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from .layout import batch_last, nchw_view, padded_batch_last
 from .shapes import Pad2d, inside_input, out_hw
+from .shims import copy_windows
+from .xp import namespace
 
 __all__ = ["col2im", "dy_matrix", "im2col"]
 
@@ -54,17 +55,11 @@ def im2col(
     a weight matrix with the bias as its last column adds the bias in the product.
     """
     n, c, h, w = x.shape
-    sh, sw = stride
-    dh, dw = dilation
     oh, ow = out_hw(h, w, kh, kw, stride, padding, dilation)
     xpad = padded_batch_last(x, padding)  # (C, Hp, Wp, N)
     k = c * kh * kw
-    flat: Array = np.empty((k + int(ones_row), oh * ow * n), dtype=x.dtype)
-    cols = flat[:k].reshape(c, kh, kw, oh, ow, n)
-    for i in range(kh):
-        for j in range(kw):
-            r, s = i * dh, j * dw  # where offset (i, j)'s windows start
-            cols[:, i, j] = xpad[:, r : r + sh * oh : sh, s : s + sw * ow : sw, :]
+    flat: Array = namespace(x).empty((k + int(ones_row), oh * ow * n), dtype=x.dtype)
+    copy_windows(flat[:k].reshape(c, kh, kw, oh, ow, n), xpad, stride, dilation)
     if ones_row:
         flat[k] = 1
     return flat
@@ -85,6 +80,7 @@ def col2im(
     as ``cols``, memory batch-last. Entries that fall on padding are dropped; pixels
     no window touches are zero.
     """
+    xp = namespace(cols)
     n, c, h, w = (int(d) for d in x_shape)
     (top, _), (left, _) = padding
     sh, sw = stride
@@ -106,14 +102,16 @@ def col2im(
     )
     if first is not None:
         (wr, _), (wc, _) = rows[first[0]], cols_at[first[1]]
-        acc = np.array(c6[:, first[0], first[1], wr, wc], copy=True, order="C")  # (C, H, W, N)
+        acc = xp.array(c6[:, first[0], first[1], wr, wc], copy=True, order="C")  # (C, H, W, N)
         offsets.remove(first)
     else:
-        acc = np.zeros((c, h, w, n), dtype=cols.dtype)
+        acc = xp.zeros((c, h, w, n), dtype=cols.dtype)
     for i, j in offsets:
         (wr, xr), (wc, xc) = rows[i], cols_at[j]
-        # Overlapping windows hit the same pixel from different offsets: accumulate.
-        acc[:, xr, xc, :] += c6[:, i, j, wr, wc]
+        # Overlapping windows hit the same pixel from different offsets: accumulate, in
+        # place through the view (``acc[...] += v`` would also copy the view back).
+        pixels = acc[:, xr, xc, :]
+        pixels += c6[:, i, j, wr, wc]
     return nchw_view(acc)
 
 

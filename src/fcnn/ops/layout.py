@@ -16,18 +16,19 @@ origins, a pooling offset) has contiguous inner runs of ``OW * N`` or ``N``
 elements instead of ``OW`` or a stride of 2, and the convolution's matrix product
 comes out ``(F, OH, OW, N)``, already in that layout, so no transpose is ever
 copied. Elementwise NumPy ops (ReLU, ``dy * mask``) keep their input's memory
-order, so they stay batch-last too. ``np.ascontiguousarray(y)`` gives C-ordered
-NCHW memory when something needs it.
+order, so they stay batch-last too. ``xp.ascontiguousarray(y)`` gives C-ordered
+NCHW memory when something needs it. Every function here works on the arrays of any
+library (``ops.xp``): CuPy has the same strides and views.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from .shapes import Pad2d
+from .xp import namespace
 
 __all__ = ["batch_last", "memory_flat", "nchw_view", "padded_batch_last"]
 
@@ -39,7 +40,7 @@ def batch_last(x: Array) -> Array:
 
     Otherwise a copy (one transpose); ``x`` is never written.
     """
-    a: Array = np.ascontiguousarray(x.transpose(1, 2, 3, 0))
+    a: Array = namespace(x).ascontiguousarray(x.transpose(1, 2, 3, 0))
     return a
 
 
@@ -58,7 +59,8 @@ def padded_batch_last(x: Array, padding: Pad2d, fill: float = 0.0) -> Array:
     if not (top or bottom or left or right):
         return batch_last(x)
     n, c, h, w = x.shape
-    xpad: Array = np.full((c, h + top + bottom, w + left + right, n), fill, dtype=x.dtype)
+    xp = namespace(x)
+    xpad: Array = xp.full((c, h + top + bottom, w + left + right, n), fill, dtype=x.dtype)
     xpad[:, top : top + h, left : left + w, :] = x.transpose(1, 2, 3, 0)
     return xpad
 

@@ -39,12 +39,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from .layout import batch_last, nchw_view, padded_batch_last
 from .shapes import Pad2d, out_hw
-from .xp import namespace
+from .shims import may_hold_nan
+from .xp import fused, is_numpy, namespace
 
 __all__ = [
     "avg_pool2d_bwd",
@@ -64,7 +64,7 @@ def _cropped(buf: Array, x_shape: tuple[int, ...], padding: Pad2d) -> Array:
     if not (top or bottom or left or right):
         return nchw_view(buf)
     h, w = int(x_shape[2]), int(x_shape[3])
-    out: Array = np.ascontiguousarray(buf[:, top : top + h, left : left + w, :])
+    out: Array = namespace(buf).ascontiguousarray(buf[:, top : top + h, left : left + w, :])
     return nchw_view(out)
 
 
@@ -87,14 +87,8 @@ def _is_max(cells: Array, yt: Array, nan_windows: bool) -> Array:
     """
     hit: Array = cells == yt
     if nan_windows:
-        hit |= np.isnan(cells)
+        hit |= namespace(cells).isnan(cells)
     return hit
-
-
-def _has_nan(yt: Array) -> bool:
-    """Whether any window's maximum is NaN: ``max`` propagates NaN, in one pass and
-    without a boolean temporary."""
-    return bool(yt.size) and bool(np.isnan(yt.max()))
 
 
 def _reduce_windows(
@@ -105,7 +99,7 @@ def _reduce_windows(
     stride: tuple[int, int],
     combine: Callable[..., Any],
 ) -> Array:
-    """``combine`` (``maximum`` or ``add``) over every window of xpad: (C, Hp, Wp, N).
+    """``combine`` (``xp.maximum`` or ``xp.add``) over every window of xpad: (C, Hp, Wp, N).
 
     Returns (C, OH, OW, N). Separably: first over the KH row offsets on (C, OH, Wp, N)
     slices, then over the KW column offsets: KH + KW passes instead of KH * KW, and
@@ -126,7 +120,7 @@ def _reduce_windows(
         return rows[:, :, j : j + sw * ow : sw]  # (C, OH, OW, N)
 
     if kw == 1:
-        y: Array = np.array(col_offset(0), copy=True)  # our own array, never a view of x
+        y: Array = namespace(xpad).array(col_offset(0), copy=True)  # never a view of x
     else:
         y = combine(col_offset(0), col_offset(1))
     for j in range(2, kw):
@@ -140,7 +134,7 @@ def max_pool2d_fwd(
     """Max over each window. x: (N, C, H, W) -> y: (N, C, OH, OW), same dtype as ``x``."""
     oh, ow = out_hw(x.shape[2], x.shape[3], *window, stride, padding)
     xpad = padded_batch_last(x, padding, -float("inf"))
-    return nchw_view(_reduce_windows(xpad, oh, ow, window, stride, np.maximum))
+    return nchw_view(_reduce_windows(xpad, oh, ow, window, stride, namespace(x).maximum))
 
 
 def max_pool2d_bwd(
@@ -172,19 +166,21 @@ def _max_pool2d_bwd_general(
     padding: Pad2d,
 ) -> Array:
     """``max_pool2d_bwd`` for any window, stride and padding (overlapping windows add up)."""
+    xp = namespace(dy, x, y)
     oh, ow = int(y.shape[2]), int(y.shape[3])
     xpad = padded_batch_last(x, padding, -float("inf"))  # (C, Hp, Wp, N)
     yt, dyt = batch_last(y), batch_last(dy)
-    buf = np.zeros(xpad.shape, dtype=dy.dtype)
+    buf = xp.zeros(xpad.shape, dtype=dy.dtype)
     # ``free`` marks windows whose maximum has not been claimed yet; a later equal
     # maximum in the same window must not get the gradient a second time.
-    free = np.ones(yt.shape, dtype=bool)
-    nan_windows = _has_nan(yt)
+    free = xp.ones(yt.shape, dtype=bool)
+    nan_windows = may_hold_nan(yt)
     offsets = _window_slices(oh, ow, window, stride)
     for k, (rows, cols) in enumerate(offsets):
         hit = _is_max(xpad[:, rows, cols], yt, nan_windows)
         hit &= free
-        buf[:, rows, cols] += dyt * hit
+        cells = buf[:, rows, cols]  # added to in place, through the view
+        cells += dyt * hit
         if k + 1 < len(offsets):
             free ^= hit  # hit is a subset of free: this clears the claimed windows
     return _cropped(buf, tuple(x.shape), padding)
@@ -204,16 +200,24 @@ def _max_pool2d_bwd_disjoint(
     comparing (without padding, each window's maximum is one of its cells, so a
     window no earlier cell claimed has it in the last one): one comparison fewer.
     """
+    xp = namespace(dy, x, y)
     n, c, h, w = (int(d) for d in x.shape)
     oh, ow = int(y.shape[2]), int(y.shape[3])
     xt, yt, dyt = batch_last(x), batch_last(y), batch_last(dy)
     tiled = tuple(stride) == tuple(window) and (oh * window[0], ow * window[1]) == (h, w)
     if tiled:
-        dxt: Array = np.empty((c, h, w, n), dtype=dy.dtype)  # every cell is written below
+        dxt: Array = xp.empty((c, h, w, n), dtype=dy.dtype)  # every cell is written below
     else:
-        dxt = np.zeros((c, h, w, n), dtype=dy.dtype)
-    nan_windows = _has_nan(yt)
+        dxt = xp.zeros((c, h, w, n), dtype=dy.dtype)
     offsets = _window_slices(oh, ow, window, stride)
+    if not is_numpy(xp):
+        # A device pays per kernel: every offset's share in one fused kernel, then one
+        # copy per offset into its slice of dx.
+        shares = _first_max_shares(yt, dyt, *(xt[:, rows, cols] for rows, cols in offsets))
+        for (rows, cols), share in zip(offsets, shares, strict=True):
+            dxt[:, rows, cols] = share
+        return nchw_view(dxt)
+    nan_windows = may_hold_nan(yt)
     free: Array | None = None  # windows whose maximum is still unclaimed
     last = len(offsets) - 1
     for k, (rows, cols) in enumerate(offsets):
@@ -223,10 +227,33 @@ def _max_pool2d_bwd_disjoint(
             hit = _is_max(xt[:, rows, cols], yt, nan_windows)
             if free is not None:
                 hit &= free
-        np.multiply(dyt, hit, out=dxt[:, rows, cols])
+        xp.multiply(dyt, hit, out=dxt[:, rows, cols])
         if k < last:
-            free = ~hit if free is None else np.logical_xor(free, hit, out=free)
+            free = ~hit if free is None else xp.logical_xor(free, hit, out=free)
     return nchw_view(dxt)
+
+
+@fused
+def _first_max_shares(xp: Any, yt: Array, dyt: Array, *cells: Array) -> tuple[Array, ...]:
+    """Each window's gradient at each of its cells: yt, dyt and every cell (C, OH, OW, N),
+    one cell per window offset in row-major order -> one (C, OH, OW, N) share per offset.
+
+    The rule of ``_max_pool2d_bwd_disjoint``, elementwise: ``dyt`` goes to the first cell
+    equal to the window's maximum (the first NaN cell of a window whose maximum is NaN);
+    the last offset takes every window no earlier cell claimed.
+    """
+    shares = []
+    free: Any = None
+    for k, cells_k in enumerate(cells):
+        if k == len(cells) - 1 and free is not None:
+            hit = free
+        else:
+            hit = (cells_k == yt) | xp.isnan(cells_k)
+            if free is not None:
+                hit = hit & free
+        shares.append(dyt * hit)
+        free = ~hit if free is None else free & ~hit
+    return tuple(shares)
 
 
 def avg_pool2d_fwd(
@@ -238,7 +265,7 @@ def avg_pool2d_fwd(
     """
     oh, ow = out_hw(x.shape[2], x.shape[3], *window, stride, padding)
     xpad = padded_batch_last(x, padding, 0.0)
-    y = _reduce_windows(xpad, oh, ow, window, stride, np.add)
+    y = _reduce_windows(xpad, oh, ow, window, stride, namespace(x).add)
     y /= window[0] * window[1]
     return nchw_view(y)
 
@@ -258,9 +285,10 @@ def avg_pool2d_bwd(
     (top, bottom), (left, right) = padding
     oh, ow = int(dy.shape[2]), int(dy.shape[3])
     share = batch_last(dy) / (window[0] * window[1])
-    buf = np.zeros((c, h + top + bottom, w + left + right, n), dtype=dy.dtype)
+    buf = namespace(dy).zeros((c, h + top + bottom, w + left + right, n), dtype=dy.dtype)
     for rows, cols in _window_slices(oh, ow, window, stride):
-        buf[:, rows, cols] += share
+        cells = buf[:, rows, cols]  # added to in place, through the view
+        cells += share
     return _cropped(buf, (n, c, h, w), padding)
 
 
