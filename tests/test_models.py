@@ -270,14 +270,14 @@ def test_load_trained_names_a_stored_spec_it_cannot_rebuild(tmp_path: Path) -> N
     from fcnn.io import CheckpointError
 
     desc = json.loads(json.dumps(describe_model("small", 10)))
-    desc["spec"]["layers"][4]["type"] = "LeakyRelu"  # same params, a layer this fcnn lacks
+    desc["spec"]["layers"][4]["type"] = "Swish"  # same params, a layer this fcnn lacks
     path = tmp_path / "bad.npz"
     _small_checkpoint(path, desc)
     with pytest.raises(CheckpointError) as info:
         load_trained(path)
     message = str(info.value)
     assert message.startswith(
-        f"{path}: its model cannot be rebuilt: from_spec: relu2: unknown layer type 'LeakyRelu'"
+        f"{path}: its model cannot be rebuilt: from_spec: relu2: unknown layer type 'Swish'"
     )
     assert "\n" not in message
 
