@@ -365,7 +365,7 @@ def _with_unknown_layer(path: Path) -> None:
     say): its spec cannot be rebuilt."""
     ckpt = load_checkpoint(path)
     meta = json.loads(json.dumps(ckpt.meta))
-    meta["model"]["spec"]["layers"][1]["type"] = "LeakyRelu"
+    meta["model"]["spec"]["layers"][1]["type"] = "Swish"
     save_checkpoint(path, params=ckpt.params, state=ckpt.state, opt_state=ckpt.opt_state, meta=meta)
 
 
@@ -384,7 +384,7 @@ def test_regression_resume_checked_the_stored_spec_after_loading_the_data(
     assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {ckpt}: cannot resume: its model cannot be rebuilt: ")
-    assert "relu1: unknown layer type 'LeakyRelu'" in err and err.count("\n") == 1
+    assert "relu1: unknown layer type 'Swish'" in err and err.count("\n") == 1
     assert load_checkpoint(ckpt).meta["epoch"] == 1  # untouched
 
 
