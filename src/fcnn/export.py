@@ -472,6 +472,72 @@ def _normalization_nodes(
     return nodes, inits, "normalization"
 
 
+def _check_arguments(model: Any, input_shape: Sequence[int], opset: Any) -> tuple[int, ...]:
+    """``build_onnx``'s model and opset checked; the per-sample input shape as ints."""
+    if not isinstance(model, Layer):
+        raise ExportError(f"model must be a fcnn Layer, got {type(model).__name__}")
+    shape = _check_input_shape(input_shape)
+    newest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ExportError(f"opset must be an int in [{MIN_OPSET}, {newest}], got {opset!r}")
+    return shape
+
+
+def _output_shape(
+    model: Layer, params: Params, state: State, shape: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The per-sample output shape, from fcnn run once on zeros ``(1, *shape)``; an
+    ``ExportError`` when the params or state do not fit the model."""
+    try:
+        probe = np.zeros((1, *shape), dtype=np.float32)
+        return tuple(int(d) for d in predict(model, params, state, probe).shape[1:])
+    except (ValueError, TypeError) as err:
+        raise ExportError(f"the params and state do not fit the model: {err}") from err
+
+
+def _name_output(nodes: Nodes, out: str, softmax: bool) -> tuple[Nodes, str]:
+    """``nodes`` (new list) whose result is named ``"logits"``, or ``"probabilities"``
+    after an appended ``Softmax``; ``out`` names the network's result tensor."""
+    out_name = "probabilities" if softmax else "logits"
+    if softmax:
+        tail = helper.make_node("Softmax", [out], [out_name], name="softmax", axis=-1)
+        return [*nodes, tail], out_name
+    if out == INPUT_NAME:
+        return [*nodes, helper.make_node("Identity", [out], [out_name], name="output")], out_name
+    # Rename the last node's output rather than adding an Identity (on a copy of it).
+    last = onnx.NodeProto()
+    last.CopyFrom(nodes[-1])
+    last.output[list(last.output).index(out)] = out_name
+    return [*nodes[:-1], last], out_name
+
+
+def _checked_model(
+    graph: onnx.GraphProto, opset: int, normalized: bool, metadata: Mapping[str, str] | None
+) -> onnx.ModelProto:
+    """``graph`` as a model of ``opset`` with fcnn's producer, doc string and ``metadata``,
+    passed through ``onnx.checker`` (an ``ExportError`` when it fails)."""
+    opset_imports = [helper.make_opsetid("", opset)]
+    onnx_model = helper.make_model(
+        graph,
+        opset_imports=opset_imports,
+        ir_version=helper.find_min_ir_version_for(opset_imports),
+        producer_name="fcnn",
+        producer_version=fcnn_version(),
+        doc_string=(
+            "input: raw [0, 1] images, normalised inside the graph"
+            if normalized
+            else "input: images normalised with the training statistics, (x - mean) / std"
+        ),
+    )
+    if metadata:
+        helper.set_model_props(onnx_model, {str(k): str(v) for k, v in metadata.items()})
+    try:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise ExportError(f"the exported graph does not pass the ONNX checker: {err}") from err
+    return onnx_model
+
+
 # --- public ------------------------------------------------------------------------------
 
 
@@ -497,12 +563,7 @@ def build_onnx(
     that cannot be exported, params that do not fit the model (checked by running
     fcnn once on zeros) or an opset outside ``[MIN_OPSET, onnx's newest]``.
     """
-    if not isinstance(model, Layer):
-        raise ExportError(f"model must be a fcnn Layer, got {type(model).__name__}")
-    shape = _check_input_shape(input_shape)
-    newest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
-        raise ExportError(f"opset must be an int in [{MIN_OPSET}, {newest}], got {opset!r}")
+    shape = _check_arguments(model, input_shape, opset)
     # Refuse unexportable layers before running anything, then let fcnn itself check
     # that params and state fit the model (its errors name the layer) and give the
     # output shape.
@@ -512,49 +573,16 @@ def build_onnx(
         else _normalization_nodes(normalization, shape)
     )
     layer_nodes, layer_inits, out = _convert(model.spec, params, state, x, "")
-    try:
-        probe = np.zeros((1, *shape), dtype=np.float32)
-        out_shape = tuple(int(d) for d in predict(model, params, state, probe).shape[1:])
-    except (ValueError, TypeError) as err:
-        raise ExportError(f"the params and state do not fit the model: {err}") from err
-    nodes += layer_nodes
-    inits += layer_inits
-    out_name = "probabilities" if softmax else "logits"
-    if softmax:
-        nodes.append(helper.make_node("Softmax", [out], [out_name], name="softmax", axis=-1))
-    elif out == INPUT_NAME:
-        nodes.append(helper.make_node("Identity", [out], [out_name], name="output"))
-    else:
-        # Rename the last node's output rather than adding an Identity.
-        last = nodes[-1]
-        last.output[list(last.output).index(out)] = out_name
+    out_shape = _output_shape(model, params, state, shape)
+    nodes, out_name = _name_output([*nodes, *layer_nodes], out, softmax)
     graph = helper.make_graph(
         nodes,
         graph_name,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, *shape])],
         [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [BATCH_DIM, *out_shape])],
-        inits,
+        [*inits, *layer_inits],
     )
-    opset_imports = [helper.make_opsetid("", opset)]
-    onnx_model = helper.make_model(
-        graph,
-        opset_imports=opset_imports,
-        ir_version=helper.find_min_ir_version_for(opset_imports),
-        producer_name="fcnn",
-        producer_version=fcnn_version(),
-        doc_string=(
-            "input: raw [0, 1] images, normalised inside the graph"
-            if normalization is not None
-            else "input: images normalised with the training statistics, (x - mean) / std"
-        ),
-    )
-    if metadata:
-        helper.set_model_props(onnx_model, {str(k): str(v) for k, v in metadata.items()})
-    try:
-        onnx.checker.check_model(onnx_model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-        raise ExportError(f"the exported graph does not pass the ONNX checker: {err}") from err
-    return onnx_model
+    return _checked_model(graph, opset, normalization is not None, metadata)
 
 
 def to_onnx(

@@ -68,9 +68,16 @@ def relative_error(analytic: Any, numeric: Any) -> float:
     n = np.asarray(numeric, dtype=np.float64)
     if a.shape != n.shape:
         raise ValueError(f"relative_error: shapes differ, {a.shape} vs {n.shape}")
-    scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(n), initial=0.0)))
+    scale = _scale(a, n)
     diff = float(np.max(np.abs(a - n), initial=0.0))
     return 0.0 if scale == 0.0 else diff / scale
+
+
+def _scale(analytic: Any, numeric: Any) -> float:
+    """A gradient's scale: ``max(max|analytic|, max|numeric|)`` (0 for empty arrays)."""
+    return max(
+        float(np.max(np.abs(analytic), initial=0.0)), float(np.max(np.abs(numeric), initial=0.0))
+    )
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,15 @@ def _check_inputs(
 
     With ``kinks``, entries at a kink are left out and counted (module docstring).
     """
+    _check_gradients(inputs, analytic)
+    base = loss(inputs)
+    if directional:
+        return _check_direction(loss, inputs, analytic, eps, rng, kinks, base)
+    return _check_entries(loss, inputs, analytic, eps, kinks, base)
+
+
+def _check_gradients(inputs: dict[str, Array], analytic: dict[str, Array]) -> None:
+    """``ValueError`` unless ``analytic`` has one gradient of each input's shape."""
     if set(analytic) != set(inputs):
         raise ValueError(
             f"gradcheck: backward returned gradients for {sorted(analytic)}, "
@@ -200,19 +216,41 @@ def _check_inputs(
             raise ValueError(
                 f"gradcheck: gradient {k!r} has shape {np.shape(g)}, expected {inputs[k].shape}"
             )
-    base = loss(inputs)
-    if directional:
-        v = {k: rng.standard_normal(a.shape) for k, a in inputs.items()}
 
-        def along(t: Array) -> float:
-            return loss({k: a + float(t[0]) * v[k] for k, a in inputs.items()})
 
-        exact = sum(float(np.vdot(np.asarray(analytic[k], np.float64), v[k])) for k in inputs)
-        numeric, gap = _differences(along, np.zeros(1), eps, base)
-        scale = max(abs(exact), abs(float(numeric[0])))
-        if kinks and _at_kinks(along, np.zeros(1), eps, base, gap, scale)[0]:
-            return GradcheckReport({}, {"direction": 1}, {"direction": 1})
-        return GradcheckReport({"direction": relative_error(exact, numeric[0])})
+def _check_direction(
+    loss: Callable[[dict[str, Array]], float],
+    inputs: dict[str, Array],
+    analytic: dict[str, Array],
+    eps: float,
+    rng: np.random.Generator,
+    kinks: bool,
+    base: float,
+) -> GradcheckReport:
+    """``analytic`` against the finite difference along one random direction ``v`` through
+    all inputs at once; ``base = loss(inputs)``."""
+    v = {k: rng.standard_normal(a.shape) for k, a in inputs.items()}
+
+    def along(t: Array) -> float:
+        return loss({k: a + float(t[0]) * v[k] for k, a in inputs.items()})
+
+    exact = sum(float(np.vdot(np.asarray(analytic[k], np.float64), v[k])) for k in inputs)
+    numeric, gap = _differences(along, np.zeros(1), eps, base)
+    if kinks and _at_kinks(along, np.zeros(1), eps, base, gap, _scale(exact, numeric[0]))[0]:
+        return GradcheckReport({}, {"direction": 1}, {"direction": 1})
+    return GradcheckReport({"direction": relative_error(exact, numeric[0])})
+
+
+def _check_entries(
+    loss: Callable[[dict[str, Array]], float],
+    inputs: dict[str, Array],
+    analytic: dict[str, Array],
+    eps: float,
+    kinks: bool,
+    base: float,
+) -> GradcheckReport:
+    """``analytic`` against central differences at every entry of every input;
+    ``base = loss(inputs)``."""
     errors: dict[str, float] = {}
     excluded: dict[str, int] = {}
     for key in inputs:
@@ -224,10 +262,7 @@ def _check_inputs(
         numeric, gap = _differences(loss_of_leaf, inputs[key], eps, base)
         keep = np.ones(a.shape, dtype=bool)
         if kinks:
-            scale = max(
-                float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(numeric), initial=0.0))
-            )
-            keep = ~_at_kinks(loss_of_leaf, inputs[key], eps, base, gap, scale)
+            keep = ~_at_kinks(loss_of_leaf, inputs[key], eps, base, gap, _scale(a, numeric))
         if not keep.all():
             excluded[key] = int(keep.size - np.count_nonzero(keep))
         if keep.any() or keep.size == 0:

@@ -191,6 +191,49 @@ def _locate(root: Path) -> tuple[str, Path] | None:
     return None
 
 
+def _fetch_archive(
+    root: Path,
+    checksum: Checksum,
+    urls: Sequence[str],
+    download: bool,
+    timeout: float,
+    progress: Progress | None,
+) -> Path:
+    """The archive downloaded into ``root/cifar10`` (``fetch_all``'s error when it cannot be)."""
+    remote = RemoteFile(
+        filename=CIFAR10_ARCHIVE,
+        urls=tuple(urls),
+        verify=checksum,
+        expected=str(checksum),
+        max_bytes=_MAX_ARCHIVE_BYTES,
+    )
+    searched = list(dict.fromkeys([root / "cifar10", root]))
+    note = f"An extracted {CIFAR10_FOLDER}/ folder in one of these folders is also accepted."
+    (path,) = fetch_all(
+        [remote],
+        root / "cifar10",
+        dataset="CIFAR-10",
+        searched=searched,
+        note=note,
+        download=download,
+        timeout=timeout,
+        progress=progress,
+    )
+    return path
+
+
+def _read(found: tuple[str, Path], checksum: Checksum, records_per_batch: int) -> CifarArrays:
+    """The arrays of ``_locate``'s copy; an archive is verified against ``checksum`` first."""
+    kind, path = found
+    if kind == "archive":
+        try:  # a corrupt or altered archive is never read
+            checksum(path)
+        except ValueError as e:
+            raise ValueError(f"{e}; delete the file to download it again") from e
+        return read_cifar10_archive(path, records_per_batch=records_per_batch)
+    return read_cifar10_folder(path, records_per_batch=records_per_batch)
+
+
 def load_cifar10(
     data_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
@@ -214,36 +257,8 @@ def load_cifar10(
     checksum = Checksum("md5", _md5)
     found = _locate(root)
     if found is None:
-        remote = RemoteFile(
-            filename=CIFAR10_ARCHIVE,
-            urls=tuple(urls),
-            verify=checksum,
-            expected=str(checksum),
-            max_bytes=_MAX_ARCHIVE_BYTES,
-        )
-        searched = list(dict.fromkeys([root / "cifar10", root]))
-        note = f"An extracted {CIFAR10_FOLDER}/ folder in one of these folders is also accepted."
-        (path,) = fetch_all(
-            [remote],
-            root / "cifar10",
-            dataset="CIFAR-10",
-            searched=searched,
-            note=note,
-            download=download,
-            timeout=timeout,
-            progress=progress,
-        )
-        found = ("archive", path)
-    kind, path = found
-    if kind == "archive":
-        try:  # a corrupt or altered archive is never read
-            checksum(path)
-        except ValueError as e:
-            raise ValueError(f"{e}; delete the file to download it again") from e
-        arrays = read_cifar10_archive(path, records_per_batch=_records_per_batch)
-    else:
-        arrays = read_cifar10_folder(path, records_per_batch=_records_per_batch)
-    x_train, y_train, x_test, y_test = arrays
+        found = ("archive", _fetch_archive(root, checksum, urls, download, timeout, progress))
+    x_train, y_train, x_test, y_test = _read(found, checksum, _records_per_batch)
     return Dataset(
         x_train=uint8_to_unit(x_train),
         y_train=y_train.astype(np.int64),

@@ -40,6 +40,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -300,34 +301,7 @@ def _download(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
-            length_header = resp.headers.get("Content-Length")
-            total = int(length_header) if length_header and length_header.isdigit() else None
-            if total is not None and total > remote.max_bytes:
-                raise _RefusedError(
-                    f"refused: Content-Length {total} exceeds the cap of {remote.max_bytes} bytes"
-                )
-            done = 0
-            last_report = 0.0
-            while True:
-                try:
-                    chunk = resp.read(_CHUNK)
-                except (OSError, http.client.HTTPException) as e:
-                    detail = f"{type(e).__name__}: {e}"
-                    raise _RefusedError(f"connection lost after {done} bytes ({detail})") from e
-                if not chunk:
-                    break
-                done += len(chunk)
-                if done > remote.max_bytes:
-                    raise _RefusedError(f"refused: body over the cap of {remote.max_bytes} bytes")
-                out.write(chunk)
-                now = time.monotonic()
-                if progress is not None and now - last_report >= 0.1:
-                    progress(done, total)
-                    last_report = now
-            if total is not None and done != total:
-                raise _RefusedError(f"incomplete: got {done} of {total} bytes")
-            if progress is not None:
-                progress(done, total)
+            _stream(resp, out, remote.max_bytes, progress)
             out.flush()
             os.fsync(out.fileno())
         try:
@@ -341,3 +315,36 @@ def _download(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _stream(
+    resp: http.client.HTTPResponse, out: BinaryIO, max_bytes: int, progress: Progress | None
+) -> None:
+    """Copy ``resp``'s body to ``out``; ``_RefusedError`` for a body over ``max_bytes``
+    (announced or not), one shorter than its ``Content-Length``, or a lost connection."""
+    length_header = resp.headers.get("Content-Length")
+    total = int(length_header) if length_header and length_header.isdigit() else None
+    if total is not None and total > max_bytes:
+        raise _RefusedError(f"refused: Content-Length {total} exceeds the cap of {max_bytes} bytes")
+    done = 0
+    last_report = 0.0
+    while True:
+        try:
+            chunk = resp.read(_CHUNK)
+        except (OSError, http.client.HTTPException) as e:
+            detail = f"{type(e).__name__}: {e}"
+            raise _RefusedError(f"connection lost after {done} bytes ({detail})") from e
+        if not chunk:
+            break
+        done += len(chunk)
+        if done > max_bytes:
+            raise _RefusedError(f"refused: body over the cap of {max_bytes} bytes")
+        out.write(chunk)
+        now = time.monotonic()
+        if progress is not None and now - last_report >= 0.1:
+            progress(done, total)
+            last_report = now
+    if total is not None and done != total:
+        raise _RefusedError(f"incomplete: got {done} of {total} bytes")
+    if progress is not None:
+        progress(done, total)
