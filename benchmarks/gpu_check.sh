@@ -116,8 +116,8 @@ EOF
 } >"$OUT/environment.txt" 2>&1
 summarize
 
-HAVE_MNIST=0
-[ -f "$DATA/mnist/train-images-idx3-ubyte.gz" ] && HAVE_MNIST=1
+HAVE_MNIST=0 # train.py looks in DIR/mnist, then in DIR
+for d in "$DATA/mnist" "$DATA"; do [ -f "$d/train-images-idx3-ubyte.gz" ] && HAVE_MNIST=1; done
 NO_MNIST="skipped: no MNIST in $DATA/mnist (set FCNN_DATA_DIR to the folder holding mnist/)"
 
 # 2. train.py from process start to exit, cold
