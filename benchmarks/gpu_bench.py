@@ -17,7 +17,9 @@ own initial weights by ``time_to_accuracy.torch_model``), with Adam and label sm
 A step's time is the wall time of ``steps`` steps between two device synchronisations,
 divided by ``steps`` (the throughput a training loop gets), after ``warmup`` steps; the
 best of ``repeats`` such runs. PyTorch runs the same way, in NCHW and channels-last.
-Every library runs in a fresh process per batch size. Ratios are fcnn's step time over
+Every library runs in a fresh process per batch size, in the order of ``--batches``; fcnn
+on the CPU runs at the first batch size only, after the GPU's. The report is written after
+every worker, so a run cut short keeps what it measured. Ratios are fcnn's step time over
 PyTorch's (the issue's targets: at most 2 at batch 128, 1.5 at batch 2048).
 """
 
@@ -239,15 +241,16 @@ WORKERS = {
 def plan(
     batches: Sequence[int], torch: bool, cpu: bool, steps: int, warmup: int
 ) -> list[dict[str, Any]]:
-    """The worker specs of one run: per batch size fcnn on the GPU, PyTorch, fcnn on the CPU."""
+    """The worker specs of one run, in the order given: per batch size fcnn on the GPU and
+    PyTorch; then fcnn on the CPU at the first batch size only (its slowest part)."""
     specs = []
     for b in batches:
         common = {"batch": b, "steps": steps, "warmup": warmup}
         specs.append({"kind": "fcnn-gpu", "variants": list(VARIANTS), **common})
         if torch:
             specs.append({"kind": "torch", **common})
-        if cpu:
-            specs.append({"kind": "fcnn-cpu", **common})
+    if cpu and batches:
+        specs.append({"kind": "fcnn-cpu", "batch": batches[0], "steps": steps, "warmup": warmup})
     return specs
 
 
@@ -268,7 +271,7 @@ def table(results: Sequence[dict[str, Any]], batches: Sequence[int]) -> str:
     from _common import markdown_table
 
     rows = []
-    for b in batches:
+    for b in sorted(batches):
         t = {fmt: _ms(results, "torch", b, fmt) for fmt in TORCH_FORMATS}
         best = min((v for v in t.values() if v is not None), default=None)
         mine = {v: _ms(results, "fcnn-gpu", b, v) for v in VARIANTS}
@@ -349,10 +352,11 @@ def main(args: Any) -> int:
     with_torch = torch is not None and bool(torch.cuda.is_available())
     steps, warmup = args.steps or (10 if args.quick else 50), args.warmup or 10
     results: list[dict[str, Any]] = []
+    report = _report(results, batches, with_torch)
     specs = plan(batches, with_torch, not args.no_cpu, steps, warmup)
     if args.profile:
         specs.append({"kind": "profile", "batch": batches[0], "steps": 30})
-    for spec in specs:
+    for i, spec in enumerate(specs):
         print(f"{spec['kind']} batch {spec['batch']} ...", file=sys.stderr, flush=True)
         try:
             results.append(run_worker(SCRIPT, spec, timeout=600))
@@ -361,12 +365,13 @@ def main(args: Any) -> int:
             results.append(
                 {"lib": spec["kind"], "batch": spec["batch"], "error": str(err), "variants": {}}
             )
-    report = _report(results, batches, with_torch)
+        report = _report(results, batches, with_torch)
+        done = f"{i + 1} of {len(specs)} workers"  # written after each: a cut run keeps its part
+        if args.json:
+            write_json_atomic(args.json, {"results": results, "report": report, "done": done})
+        if args.markdown:
+            Path(args.markdown).write_text(report)
     print(report)
-    if args.json:
-        write_json_atomic(args.json, {"results": results, "report": report})
-    if args.markdown:
-        Path(args.markdown).write_text(report)
     return 0 if all("error" not in r for r in results) else 1
 
 

@@ -393,6 +393,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from _common import import_torch, load_average, run_worker
 
+    if args.device == "gpu":
+        import fcnn
+
+        try:
+            fcnn.array_library("gpu")
+        except fcnn.DeviceUnavailableError as err:
+            print(f"time_to_accuracy: {err}", file=sys.stderr)
+            return 1
     base = {
         "device": args.device,
         "graph": args.graph,
@@ -416,7 +424,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if i % 2:  # alternate which library goes first, so drifting load hits both
             specs.reverse()
         for spec in specs:
-            result = run_worker(Path(__file__), spec, timeout=1800)
+            try:
+                result = run_worker(Path(__file__), spec, timeout=1800)
+            except RuntimeError as err:  # what ran before is printed above
+                print(f"time_to_accuracy: {err}", file=sys.stderr)
+                return 1
             runs.append(result)
             name = result["lib"] + (f" {result['format']}" if result.get("format") else "")
             rows = result["rows"]

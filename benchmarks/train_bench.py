@@ -482,7 +482,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write every result and the environment here")
     p.add_argument("--markdown", metavar="PATH", help="gpu: also write the report here")
     p.add_argument("--profile", action="store_true", help="gpu: where a step's time goes")
-    p.add_argument("--no-cpu", action="store_true", help="gpu: leave fcnn on the CPU out")
+    p.add_argument("--no-cpu", action="store_true", help="gpu: no fcnn on the CPU (first batch)")
     p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("steps", "rounds"):

@@ -13,8 +13,9 @@ give ``ForeignArray`` outputs equal to NumPy's. The double is stricter than CuPy
   ``np.zeros`` left in a kernel makes the kernel fail, whichever way it is combined.
 - Implicit conversions to NumPy raise (as in CuPy); ``asnumpy``/``get`` are explicit.
 - Inside ``strict()``, every host round trip raises ``HostSyncError``: a value read on
-  the host (``bool``, ``float``, ``int``, ``item``, formatting, ``asnumpy``) and an array
-  made from host data (``asarray`` of a NumPy array, a list or a number). A training
+  the host (``bool``, ``float``, ``int``, ``item``, formatting, ``asnumpy``, a boolean
+  mask as an index, whose count CuPy reads on the host) and an array made from host data
+  (``asarray`` of a NumPy array, a list or a number). A training
   step runs under ``strict()`` in the tests: it neither waits on the device nor uploads.
 
 ``calls`` counts the operations that would each launch at least one kernel on a GPU
@@ -128,6 +129,14 @@ def _forward(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     return call
 
 
+def _check_mask(key: Any) -> None:
+    """A boolean array as an index selects a number of elements only the device knows: CuPy
+    reads that count on the host (a wait), so the double counts it as a round trip."""
+    for k in key if isinstance(key, tuple) else (key,):
+        if isinstance(k, ForeignArray) and k.dtype == np.bool_:
+            _host("a boolean mask as an index (its count is read on the host)")
+
+
 class ForeignArray:
     """A NumPy array in disguise; see the module docstring for what it refuses."""
 
@@ -216,9 +225,11 @@ class ForeignArray:
 
     # --- indexing
     def __getitem__(self, key: Any) -> ForeignArray:
+        _check_mask(key)
         return _wrap(self._a[_unwrap(key, "an index")])
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        _check_mask(key)
         calls[0] += 1
         self._a[_unwrap(key, "an index")] = _unwrap(value, "a value set into a foreign array")
 

@@ -263,6 +263,31 @@ def test_a_step_captured_as_a_cuda_graph_trains_as_make_step(cp: Any, dtype: Any
     assert_same(fcnn.to_host(want.state), fcnn.to_host(got.state), rtol=tol, atol=tol)
 
 
+def test_train_py_on_the_gpu_saves_numpy_arrays_that_resume_on_either_device(
+    cp: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python train.py --device gpu`` (the fast recipe: batch norm, shifts, and flips) on
+    1,024 digits; its checkpoint resumes on the CPU, and that one on the GPU again."""
+    import fcnn.run
+    import fcnn.train
+
+    if STAND_IN:
+        monkeypatch.setattr(fcnn.run, "array_library", lambda d: cp if d == "gpu" else np)
+    monkeypatch.setattr(fcnn.train, "tune_allocator", lambda: None)  # not in pytest's process
+    ckpt = str(tmp_path / "gpu.npz")
+    run = ["--recipe", "fast", "--limit-train", "1024", "--flip", "0.5", "--quiet"]
+    assert fcnn.train.main([*run, "--epochs", "1", "--device", "gpu", "--save", ckpt]) == 0
+    first = load_checkpoint(ckpt)
+    assert all(type(v) is np.ndarray for v in fcnn.tree_leaves([first.params, first.opt_state]))
+    assert math.isfinite(first.meta["history"][0]["train_loss"])
+    assert fcnn.train.main(["--resume", ckpt, "--epochs", "2", "--quiet"]) == 0  # the CPU
+    again = ["--resume", ckpt, "--epochs", "3", "--device", "gpu", "--quiet"]
+    assert fcnn.train.main(again) == 0
+    history = load_checkpoint(ckpt).meta["history"]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert all(math.isfinite(row["test_loss"]) for row in history)
+
+
 def test_zz_every_fused_function_was_fused(cp: Any) -> None:
     """Runs last: no function fell back to unfused CuPy operations in the tests above."""
     assert FUSE_FALLBACKS == []

@@ -18,6 +18,7 @@ import pytest
 from helpers import same_tree
 
 import fcnn
+import fcnn.run
 from fcnn import train
 from fcnn.io import load_checkpoint
 from fcnn.models import build_model
@@ -242,6 +243,7 @@ def test_a_non_finite_loss_stops_every_rank_and_keeps_the_checkpoint(tmp_path: P
 RANK_1_FAILS = """
 import sys
 import fcnn
+import fcnn.run
 from fcnn import train
 from fcnn.parallel import world
 if world().Get_rank() == 1:
@@ -350,3 +352,84 @@ def test_the_header_says_how_many_ranks_and_blas_threads(tmp_path: Path) -> None
     assert "data-parallel on 2 MPI ranks" in done.stdout
     assert re.search(r"\d+ BLAS threads? per rank \(cores / ranks", done.stdout), done.stdout
     assert done.stdout.count("done: test accuracy") == 1
+
+
+# --- --device gpu under MPI (issue 22): device gradients go through host buffers ------------
+
+WITHOUT_CUPY = """
+import sys
+sys.modules["cupy"] = None  # as on a machine without CuPy, whatever this one has
+from fcnn import train
+sys.exit(train.main({argv!r}))
+"""
+
+ON_THE_DOUBLE = """
+import sys
+sys.path.insert(0, {tests!r})
+import foreign
+import fcnn.run
+from fcnn import train
+from fcnn.parallel import world
+if world().Get_rank() in {ranks!r}:  # --device gpu gives the test double (tests/foreign.py)
+    fcnn.run.array_library = lambda device: foreign if device == "gpu" else np_library(device)
+np_library = fcnn.ops.xp.array_library
+sys.modules["cupy"] = None
+sys.exit(train.main({argv!r}))
+"""
+
+
+@needs_mpi
+def test_two_ranks_without_cupy_refuse_device_gpu_together_in_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "nocupy.py"
+    script.write_text(WITHOUT_CUPY.format(argv=[*QUICK, "--no-save", "--device", "gpu"]))
+    start = time.monotonic()
+    done = mpirun(str(script))
+    assert time.monotonic() - start < 60  # promptly: no rank waits for another
+    assert done.returncode == 1
+    assert done.stderr.count("error:") == 1, done.stderr  # said once, by rank 0
+    assert "--device gpu: the GPU needs CuPy" in done.stderr
+    assert "fcnn[gpu-cuda12]" in done.stderr and "fcnn[gpu-cuda13]" in done.stderr
+    assert "Traceback" not in done.stderr and "epoch" not in done.stdout
+
+
+@needs_mpi
+def test_a_rank_that_cannot_use_the_gpu_ends_every_rank_in_one_line(tmp_path: Path) -> None:
+    """Rank 0 has a device (the double), rank 1 has none: refused before any data is read."""
+    script = tmp_path / "half.py"
+    argv = [*QUICK, "--no-save", "--device", "gpu"]
+    script.write_text(ON_THE_DOUBLE.format(tests=str(ROOT / "tests"), ranks=[0], argv=argv))
+    done = mpirun(str(script))
+    assert done.returncode == 1
+    assert done.stderr.count("error:") == 1, done.stderr
+    assert "rank 1 cannot use --device gpu as rank 0 does" in done.stderr
+    assert "Traceback" not in done.stderr and "epoch" not in done.stdout
+
+
+@needs_mpi
+def test_two_ranks_train_on_device_arrays_as_one_process_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--device gpu on the double: gradients, the weights and the optimizer state (its step
+    count on the host) travel through host buffers (MPI is never handed a device array),
+    every rank shifts the images alike (one device generator), and the result is the
+    one-process device run's, to float32 rounding."""
+    import foreign
+
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    args = [*QUICK, "--epochs", "2", "--device", "gpu"]  # digits: shifts of up to 2 pixels
+    script = tmp_path / "double.py"
+    argv = [*args, "--save", str(two)]
+    script.write_text(ON_THE_DOUBLE.format(tests=str(ROOT / "tests"), ranks=[0, 1], argv=argv))
+    done = mpirun(str(script))
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setattr(fcnn.run, "array_library", lambda device: foreign)
+    assert train.main([*args, "--save", str(one)]) == 0
+    a, b = load_checkpoint(one), load_checkpoint(two)
+    for path, leaf in flatten_dict(a.params).items():
+        err = np.abs(leaf - flatten_dict(b.params)[path]).max() / np.abs(leaf).max()
+        assert err < 1e-5, (path, err)
+    assert a.opt_state is not None and b.opt_state is not None
+    assert int(a.opt_state["step"]) == int(b.opt_state["step"]) == 2 * 10  # 600 = 9 * 64 + 24
+    assert b.meta["history"][-1]["test_acc"] == pytest.approx(
+        a.meta["history"][-1]["test_acc"], abs=2e-3
+    )

@@ -60,6 +60,7 @@ __all__ = [
     "abort",
     "abort_on_failure",
     "agree",
+    "agree_on",
     "allreduce_mean",
     "allreduce_sum",
     "broadcast",
@@ -131,31 +132,49 @@ def shard(n: int, rank: int, size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
+def _on_host(a: Any) -> bool:
+    return is_numpy(namespace(a))
+
+
 def _pack(tree: Mapping[str, Any]) -> tuple[list[str], Array]:
-    """The leaves of ``tree``, flattened in sorted path order, as one contiguous buffer
-    of the leaves' library (on their device)."""
+    """The leaves of ``tree`` as one contiguous host buffer, in ``paths`` order: the leaves
+    on a device first (packed there, then one download), then those on the host (an
+    optimizer's step count stays there), each part in sorted path order."""
     flat = flatten_dict(tree)
-    paths = sorted(flat)
-    xp = namespace(*flat.values())
-    leaves = [np.asarray(flat[p]) if is_numpy(xp) else flat[p] for p in paths]
-    dtype = np.result_type(*(a.dtype for a in leaves)) if leaves else np.float32
-    buf = xp.empty(sum(a.size for a in leaves), dtype=dtype)
+    device = sorted(p for p in flat if not _on_host(flat[p]))
+    host = sorted(p for p in flat if _on_host(flat[p]))
+    dtype = np.result_type(*(flat[p].dtype for p in flat)) if flat else np.float32
+    parts = [to_host(_concat([flat[p] for p in device], dtype))] if device else []
+    parts += [_concat([np.asarray(flat[p]) for p in host], dtype)] if host else []
+    buf = parts[0] if len(parts) == 1 else np.concatenate([np.empty(0, dtype), *parts])
+    return device + host, buf
+
+
+def _concat(leaves: list[Any], dtype: Any) -> Array:
+    """The leaves, flattened, one after another in a new buffer of their library."""
+    xp = namespace(*leaves)
+    buf: Array = xp.empty(sum(a.size for a in leaves), dtype=dtype)
     offset = 0
     for a in leaves:
         buf[offset : offset + a.size] = a.reshape(-1)
         offset += a.size
-    return paths, buf
+    return buf
 
 
 def _unpack(paths: list[str], buf: Array, like: Mapping[str, Any]) -> dict[str, Any]:
-    """A new tree of ``like``'s structure (empty dicts kept) whose leaves are read from
-    ``buf`` in ``paths`` order, each with its ``like`` leaf's shape and dtype."""
+    """A new tree of ``like``'s structure (empty dicts kept) whose leaves are read from the
+    host buffer ``buf`` in ``paths`` order, each with its ``like`` leaf's shape, dtype and
+    place: the leaves on a device come from one upload of their part of ``buf``."""
     flat = flatten_dict(like)
+    device = [flat[p] for p in paths if not _on_host(flat[p])]
+    n = sum(a.size for a in device)
+    source = {False: to_device(buf[:n], namespace(*device)) if device else buf, True: buf}
     pieces: dict[str, Any] = {}
     offset = 0
     for p in paths:
         a = flat[p]
-        pieces[p] = buf[offset : offset + a.size].reshape(a.shape).astype(a.dtype, copy=False)
+        part = source[_on_host(a)][offset : offset + a.size]
+        pieces[p] = part.reshape(a.shape).astype(a.dtype, copy=False)
         offset += a.size
     out: dict[str, Any] = tree_map_with_path(lambda path, _: pieces[path], like)
     return out
@@ -498,6 +517,26 @@ def agree(ranks: Ranks, digest: str, ts: TrainState) -> TrainState:
             "settings, data or checkpoint than rank 0; start every rank with the same command"
         )
     return sync_train_state(ts, ranks.comm)
+
+
+def agree_on(ranks: Ranks, setting: str, problem: str | None) -> None:
+    """Under MPI, before any other collective: ``EveryRankError`` on every rank unless every
+    rank was given the same ``setting`` (a flag and its value, ``"--device gpu"``) and none
+    has a ``problem`` with it (one line, ``None`` for none); rank 0 says which. So a setting
+    one rank cannot use ends every rank at once, with one line. Nothing in one process."""
+    if ranks.comm is None:
+        return
+    differ = check_same_everywhere(f"{setting}\n{problem or ''}", ranks.comm)
+    others = f"rank{'s' * (len(differ) > 1)} {', '.join(map(str, differ))}"
+    if problem is not None and not differ:  # the same on every rank
+        raise EveryRankError(problem)
+    if problem is not None:
+        raise EveryRankError(f"rank 0: {problem} (not so on {others})")
+    if differ:
+        raise RanksDisagreeError(
+            f"{others} cannot use {setting} as rank 0 does, or started with another; start "
+            "every rank with the same command, on machines alike"
+        )
 
 
 # How long a rank that ends on Ctrl-C waits before ending the job: rank 0, interrupted

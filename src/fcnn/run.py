@@ -53,17 +53,27 @@ from .layers.conv import _IMPLS as IMPLS
 from .losses import Loss, label_smoothing, softmax_cross_entropy
 from .model import init
 from .models import MODELS, UntrustedCodeError, build_and_describe, model_from_description
+from .ops.xp import DeviceUnavailableError, array_library, is_numpy
 from .optim import Optimizer, Schedule, adam, adamw, constant, sgd
-from .parallel import Ranks, agree, drop_last_batch, fingerprint, training_step, wait_for_root
+from .parallel import (
+    Ranks,
+    agree,
+    agree_on,
+    drop_last_batch,
+    fingerprint,
+    training_step,
+    wait_for_root,
+)
 from .paths import PathError, check_writable_file
 from .plots import figure_class, image_format, plot_history
 from .schedules import cosine_decay, one_cycle
 from .specs import SpecError, check_rebuildable, dump_spec, import_function, where_raised
 from .training import Step, TrainState
-from .tree import tree_leaves
+from .tree import to_device, to_host, tree_leaves
 
 __all__ = [
     "DEFAULT_LR",
+    "DEVICES",
     "IMPLS",
     "OPTIMIZERS",
     "PRESETS",
@@ -91,6 +101,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+DEVICES = ("cpu", "gpu")  # fcnn.array_library's names
 SCHEDULES = ("constant", "cosine", "onecycle")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3}
 
@@ -673,7 +684,8 @@ def _flag(help: str, **more: Any) -> Any:
 
 @dataclass(frozen=True)
 class Options:
-    """train.py's flags that are not the run's settings: where it reads and writes."""
+    """train.py's flags that are not the run's settings: where it reads, writes and runs
+    (``device``: a checkpoint resumes on either, so it is no setting of the run)."""
 
     data_dir: str | None = _flag(
         "mnist (cifar10) files are looked for in DIR/mnist (DIR/cifar10), then in DIR, and "
@@ -703,11 +715,22 @@ class Options:
     )
     plot: str | None = _flag("PNG of loss and accuracy curves (needs matplotlib)", metavar="PATH")
     quiet: bool = field(default=False, metadata={"help": "no progress bar, no per-epoch lines"})
+    device: str = field(
+        default="cpu",
+        metadata={
+            "help": "where to train and evaluate: gpu needs CuPy and a CUDA GPU (pip install "
+            "'fcnn[gpu-cuda12]' or 'fcnn[gpu-cuda13]'); the data and the model are uploaded "
+            "once, checkpoints hold NumPy arrays, so a run resumes on either device",
+            "choices": list(DEVICES),
+        },
+    )
     trust_code: bool = field(default=False, metadata={"help": TRUST_CODE_HELP})
 
     def __post_init__(self) -> None:
         if self.no_save and self.save:
             raise ValueError("give --save PATH or --no-save, not both")
+        if self.device not in DEVICES:
+            raise ValueError(f"--device must be one of {list(DEVICES)}, got {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -933,6 +956,7 @@ class Run:
     record: RunRecord  # what every checkpoint says, besides its epoch, rng and history
     quiet: bool
     ranks: Ranks
+    device: str = ""  # where it trains, in words; "" on the CPU
 
 
 def save(run: Run, progress: Progress) -> Progress:
@@ -943,7 +967,7 @@ def save(run: Run, progress: Progress) -> Progress:
         record = dataclasses.replace(
             run.record, epoch=progress.epoch, rng=generator_state(progress.rng), history=history
         )
-        ts = progress.ts
+        ts = to_host(progress.ts)  # NumPy arrays, whichever device trained
         save_checkpoint(
             path, params=ts.params, state=ts.state, opt_state=ts.opt_state, meta=record.to_meta()
         )
@@ -960,11 +984,13 @@ def save(run: Run, progress: Progress) -> Progress:
 
 
 def set_up(given: Mapping[str, Any], options: Options, ranks: Ranks) -> tuple[Run, Progress]:
-    """Everything before the first epoch, failing early: read the checkpoint to resume and
-    check its model, check the outputs, load the data, build and initialise the model (or
-    take the checkpoint's weights), the optimizer and the step; under MPI, check that every
-    rank was started alike and give them all rank 0's state. ``given``: the settings the
+    """Everything before the first epoch, failing early: find the device, read the
+    checkpoint to resume and check its model, check the outputs, load the data, build and
+    initialise the model (or take the checkpoint's weights), the optimizer and the step;
+    under MPI, check that every rank was started alike and give them all rank 0's state;
+    last, upload the data and the state to the device, once. ``given``: the settings the
     flags gave (name -> value)."""
+    xp = _array_library(options.device, ranks)
     record = read_resume(options.resume)[1] if options.resume else None
     config = resolve_config(given, None if record is None else record.config)
     resume, trust = options.resume or "", options.trust_code
@@ -982,6 +1008,7 @@ def set_up(given: Mapping[str, Any], options: Options, ranks: Ranks) -> tuple[Ru
     opt = make_optimizer(config, schedule)
     progress = _first_progress(config, data, model, opt, options.resume, record)
     progress = _agree(ranks, config, data, progress)
+    data, progress = _upload(xp, data, progress)
     dropout = has_layer(model.spec, "Dropout")
     run = Run(
         config=config,
@@ -996,8 +1023,48 @@ def set_up(given: Mapping[str, Any], options: Options, ranks: Ranks) -> tuple[Ru
         record=_record(config, data, desc),
         quiet=options.quiet or not ranks.root,
         ranks=ranks,
+        device=_device_words(xp),
     )
     return run, progress
+
+
+def _array_library(device: str, ranks: Ranks) -> Any:
+    """The array library of ``--device`` (``fcnn.array_library``: numpy or cupy), asked
+    before anything else; ``CliError`` with one line naming the extra to install when it
+    is not here. Under MPI every rank refuses together, with one line
+    (``fcnn.parallel.agree_on``)."""
+    try:
+        xp, problem = array_library(device), None
+    except DeviceUnavailableError as err:
+        xp, problem = None, f"--device {device}: {err}"
+    agree_on(ranks, f"--device {device}", problem)
+    if problem is not None:
+        raise CliError(problem)
+    return xp
+
+
+def _upload(xp: Any, data: Data, progress: Progress) -> tuple[Data, Progress]:
+    """The training and test sets and the train state as arrays of ``xp``: one upload each,
+    nothing for NumPy. The normalisation stays on the host (the augmentation's fill)."""
+    if is_numpy(xp):
+        return data, progress
+    x_train, y_train, x_test, y_test = to_device(
+        (data.x_train, data.y_train, data.x_test, data.y_test), xp
+    )
+    data = dataclasses.replace(data, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    return data, dataclasses.replace(progress, ts=to_device(progress.ts, xp))
+
+
+def _device_words(xp: Any) -> str:
+    """Where a run trains, for its header: ``""`` on the CPU, else the device's name."""
+    if is_numpy(xp):
+        return ""
+    cuda = getattr(xp, "cuda", None)
+    if cuda is None:  # not CuPy (a test double)
+        return f"on {xp.__name__} arrays"
+    name = cuda.runtime.getDeviceProperties(cuda.Device().id)["name"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return f"on the GPU: {name} (CuPy {xp.__version__}, device {cuda.Device().id})"
 
 
 def _model(

@@ -9,6 +9,7 @@
     python train.py --resume runs/model.npz --epochs 20   # extend to 20 (lr schedule recomputed)
     python train.py --dataset cifar10 --model resnet      # crops (--augment 4), flips (--flip 0.5)
     python train.py --model mynets:resnet_small --model-arg width=32     # your own, in mynets.py
+    python train.py --dataset mnist --recipe fast --device gpu   # on a GPU (docs/gpu.md)
 
 --model MODULE:FUNCTION imports MODULE from the current folder (or the Python path) and
 trains FUNCTION(num_classes, **model args), which returns a fcnn Layer, like a registry
@@ -228,7 +229,7 @@ def plural(n: int, noun: str) -> str:
 
 def describe(run: Run, progress: Progress) -> str:
     """The run's header: what it resumes, model, data, optimizer, batch, epochs, where it
-    saves, the ranks."""
+    saves, the device, the ranks."""
     c, d, r = run.config, run.data, run.ranks
     n = len(d.x_train)
     batch = str(c.batch_size)
@@ -249,6 +250,8 @@ def describe(run: Run, progress: Progress) -> str:
         lines.insert(0, f"resuming {progress.saved}: {plural(left, 'epoch')} to go")
     if run.outputs.save:
         lines.append(f"saving {run.outputs.save} after every epoch")
+    if run.device:
+        lines.append(run.device)
     if r.summary:
         lines.append(r.summary)
     return "\n".join(lines)

@@ -171,7 +171,11 @@ def random_flip(x: NDArray[Any], rng: np.random.Generator, p: float = 0.5) -> ND
         raise ValueError(f"random_flip: x must be (N, C, H, W), got shape {x.shape}")
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
         raise ValueError(f"random_flip: p must be a probability in [0, 1], got {p!r}")
-    flip = rng.random(x.shape[0]) < p
+    flip: Any = rng.random(x.shape[0]) < p
+    xp = namespace(x)
+    if not is_numpy(xp):  # a mask's count would be read on the host: select instead
+        out: NDArray[Any] = xp.where(flip[:, None, None, None], x[:, :, :, ::-1], x)
+        return out
     out = x.copy()
     out[flip] = x[flip, :, :, ::-1]
     return out

@@ -16,7 +16,8 @@ the tail with a small relative error, where ``1/2 - ...`` would cancel. With
 side of the switch: compared with ``math.erfc`` (tests/test_activations.py), the absolute
 error of ``Phi`` is below 1e-15 everywhere and the relative error of the lower tail below
 1e-12 (what rounding ``t^2`` costs ``exp``). Every step is an elementwise array operation
-in the input's library and dtype.
+in the input's library and dtype; on a device both expansions run on every element and
+the right one is selected (indexing with a mask would wait for the device to count it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-from .xp import namespace
+from .xp import is_numpy, namespace
 
 __all__ = ["normal_cdf", "normal_pdf"]
 
@@ -72,6 +73,12 @@ def normal_cdf(x: Array) -> Array:
     xp = namespace(x)
     t = xp.abs(x)
     near = t < _SWITCH  # False for NaN: NaN goes through the fraction and stays NaN
+    if not is_numpy(xp):  # a mask's count would be read on the host: both sides everywhere
+        pdf = normal_pdf(t)
+        series = 0.5 - pdf * _series(xp.minimum(t, _SWITCH))
+        tail = pdf / _fraction(xp.maximum(t, _SWITCH))  # maximum keeps NaN
+        upper = xp.where(near, series, tail)
+        return xp.where(x < 0, upper, 1 - upper)  # type: ignore[no-any-return]
     far = ~near
     upper = xp.empty_like(t)  # Q(t)
     tn, tf = t[near], t[far]

@@ -25,6 +25,8 @@ array API standard's namespaces (``array_api_compat``) differ from it (no ``out=
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -155,16 +157,24 @@ def array_library(device: str) -> ModuleType:
 
 
 def device_generator(xp: Any, rng: np.random.Generator) -> Any:
-    """A generator of ``xp``'s arrays drawn from the run's host generator ``rng``.
+    """A generator of ``xp``'s arrays determined by the run's host generator ``rng``.
 
     NumPy: ``rng`` itself. Any other library: ``xp.random.default_rng(seed)`` with the seed
-    drawn from a child of ``rng`` (``rng.spawn``), so ``rng``'s own stream, and with it the
-    order of the batches, is what it would be on the host.
+    a digest of ``rng``'s position (``rng.bit_generator.state``), so nothing is drawn from
+    ``rng``: its stream, and with it the order of the batches, is what it would be on the
+    host; and a generator restored from a checkpoint (``fcnn.io.restore_generator``), or
+    the shared generator of every MPI rank, gives the same device draws as the original.
     """
     if is_numpy(xp):
         return rng
-    (child,) = rng.spawn(1)
-    return xp.random.default_rng(int(child.integers(2**63)))
+    return xp.random.default_rng(_position_seed(rng))
+
+
+def _position_seed(rng: np.random.Generator) -> int:
+    """A 63-bit seed that depends on ``rng``'s position alone (it draws nothing)."""
+    state = json.dumps(rng.bit_generator.state, sort_keys=True, default=lambda a: a.tolist())
+    digest = hashlib.blake2b(state.encode(), digest_size=8, person=b"fcnn-device").digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 FUSE_FALLBACKS: list[str] = []
