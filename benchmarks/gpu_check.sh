@@ -16,7 +16,7 @@
 #   3. pytest-gpu.txt    pytest -m gpu: the training tests, then every pair (cap 120 s)
 #   4. train-warm.txt    the same train.py run again, kernels cached (cap 90 s)
 #   5. gpu-bench.txt/.json  train_bench.py --device gpu --profile: the fast step at batch
-#                        128, 2048, 512 (fcnn port/unfused/fused/graph, PyTorch NCHW and
+#                        128, 2048, 512 (fcnn port/unfused/fused, PyTorch NCHW and
 #                        channels-last), fcnn on the CPU at 128 (cap 120 s)
 #   6. tta-gpu.txt       time_to_accuracy.py --device gpu, seed 0, PyTorch beside (the rest)
 #   summary.md           the key numbers of all of them, rewritten after every part

@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_accuracy.py --data-dir ../shared/data            # seeds 0 1 2
     python benchmarks/time_to_accuracy.py --data-dir ../shared/data --plot docs/time_to_accuracy.png
-    python benchmarks/time_to_accuracy.py --data-dir ../shared/data --device gpu --graph --cpu-too
+    python benchmarks/time_to_accuracy.py --data-dir ../shared/data --device gpu --cpu-too
 
 Both libraries train the same model (``fcnn.models.fast_cnn``; PyTorch starts from
 fcnn's initial weights), with the same recipe (``fcnn.run.RECIPES["fast"]``: Adam, the
@@ -23,8 +23,8 @@ is printed before and after: other work on the machine slows both.
 ``--device gpu``: fcnn runs on CuPy (docs/gpu.md): the data uploaded once, the batches
 shuffled from the same generator and cut, shifted and trained on the GPU by
 ``fcnn.train_epoch`` (its shifts drawn from a device generator, so they differ from the
-host's), evaluated there; ``--graph`` uses ``make_captured_step``. PyTorch runs on the same
-GPU (CUDA), fed the host's batches as above; ``--cpu-too`` adds fcnn on the CPU per seed.
+host's), evaluated there. PyTorch runs on the same GPU (CUDA), fed the host's batches as
+above; ``--cpu-too`` adds fcnn on the CPU per seed.
 """
 
 from __future__ import annotations
@@ -136,8 +136,7 @@ def run_fcnn_gpu(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     params, state, _ = fcnn.init(model, init_rng, tuple(data.x_train.shape[1:]))
     schedule = make_schedule(config, config.epochs * steps_per_epoch(config, data))
     opt = make_optimizer(config, schedule)
-    make = fcnn.training.make_captured_step if spec.get("graph") else fcnn.make_step
-    step = make(model, opt, training_loss(config))
+    step = fcnn.make_step(model, opt, training_loss(config))
     ts = fcnn.to_device(fcnn.TrainState(params, state, opt.init(params)), xp)
     x, y, x_test, y_test = fcnn.to_device(
         (data.x_train, data.y_train, data.x_test, data.y_test), xp
@@ -378,7 +377,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     p.add_argument("--no-torch", action="store_true", help="fcnn only")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="fcnn and PyTorch on")
-    p.add_argument("--graph", action="store_true", help="gpu: fcnn's step as a CUDA graph")
     p.add_argument("--cpu-too", action="store_true", help="gpu: also fcnn on the CPU per seed")
     p.add_argument("--plot", help="PNG of test accuracy against seconds")
     p.add_argument("--json", help="write every run and the summary here")
@@ -403,7 +401,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     base = {
         "device": args.device,
-        "graph": args.graph,
         "dataset": args.dataset,
         "data_dir": args.data_dir,
         "epochs": args.epochs,

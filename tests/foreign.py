@@ -84,6 +84,8 @@ def _unwrap(v: Any, where: str) -> Any:
         return type(v)(_unwrap(e, where) for e in v)
     if isinstance(v, dict):
         return {k: _unwrap(e, where) for k, e in v.items()}
+    if isinstance(v, WeakScalar):
+        return v.value
     return v
 
 
@@ -324,18 +326,68 @@ def asnumpy(a: Any) -> Arr:
     return out
 
 
+class WeakScalar:
+    """A Python number passed to a fused function, typed as CuPy 14.2's ``fuse`` types it.
+
+    With an array it is the number itself, as NumPy takes it. Between two numbers
+    (``1.0 - b1``, ``-lr``) CuPy computes in float16: both are "weak" operands, and the
+    smallest float routine wins (seen on an H200, 2026-12-04: Adam's updates and batch
+    norm's running statistics off by 2e-4 in float64). So does this double, so that such
+    arithmetic inside a fused function fails the CPU tests: compute it before the call.
+    """
+
+    __slots__ = ("value",)
+    __array_ufunc__ = None  # NumPy hands ``array op WeakScalar`` back to the array's side
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __float__(self) -> float:
+        raise TypeError("foreign.fuse: a scalar argument cannot become a Python number")
+
+
+def _weak_op(name: str, reflected: bool = False) -> Callable[..., Any]:
+    op = getattr(operator, name)
+
+    def method(self: WeakScalar, other: Any) -> Any:
+        if isinstance(other, WeakScalar):
+            other = other.value
+        if not isinstance(other, int | float):
+            return NotImplemented  # an array: its own operator takes the number
+        a, b = (other, self.value) if reflected else (self.value, other)
+        return WeakScalar(float(np.float16(op(a, b))))
+
+    return method
+
+
+for _name in ("add", "sub", "mul", "truediv", "pow"):
+    setattr(WeakScalar, f"__{_name}__", _weak_op(_name))
+    setattr(WeakScalar, f"__r{_name}__", _weak_op(_name, reflected=True))
+WeakScalar.__neg__ = lambda self: WeakScalar(float(np.float16(-self.value)))  # type: ignore[attr-defined]
+
+
 def fuse(fn: Any = None, *, kernel_name: str | None = None) -> Any:
     """``cupy.fuse``'s signature: the function runs on foreign arrays and counts as one
-    operation in ``calls``, as its fused kernel would be one launch."""
+    operation in ``calls``, as its fused kernel would be one launch. Python numbers among
+    the arguments arrive as ``WeakScalar``s, typed as CuPy's fuse types them."""
     if fn is None:
         return lambda f: fuse(f, kernel_name=kernel_name)
 
     def kernel(*args: Any) -> Any:
         before = calls[0]
+        weak = (
+            WeakScalar(a) if isinstance(a, int | float) and not isinstance(a, bool) else a
+            for a in args
+        )
         try:
-            return fn(*args)
+            out = fn(*weak)
         finally:
             calls[0] = before + 1
+        if isinstance(out, WeakScalar) or (
+            isinstance(out, tuple) and any(isinstance(o, WeakScalar) for o in out)
+        ):
+            raise TypeError("foreign.fuse: a fused function returned a scalar, not an array")
+        return out
 
     return kernel
 

@@ -243,26 +243,6 @@ def test_a_gpu_checkpoint_resumes_on_the_cpu_and_back_exactly(cp: Any, tmp_path:
     assert_same(cpu.params, fcnn.to_host(gpu.params), rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_a_step_captured_as_a_cuda_graph_trains_as_make_step(cp: Any, dtype: Any) -> None:
-    """SGD, not Adam: a convolution's bias before batch norm gets rounding noise only, which
-    Adam would scale up to whole steps if the graph's kernels rounded differently."""
-    _step, ts, model, x, y = _fast(dtype)
-    opt = fcnn.sgd(fcnn.one_cycle(0.05, 20), momentum=0.9)
-    plain, captured = fcnn.make_step(model, opt), fcnn.training.make_captured_step(model, opt)
-    want, got = fcnn.to_device(ts, cp), fcnn.to_device(ts, cp)
-    ctx = fcnn.Context(train=True)
-    tol = 1e-9 if dtype == np.float64 else 1e-4
-    for i in range(4):
-        xb, yb = fcnn.to_device((x[16 * i : 16 * i + 16], y[16 * i : 16 * i + 16]), cp)
-        want, want_loss = plain(want, xb, yb, ctx)
-        got, loss = captured(got, xb, yb, ctx)
-        assert isinstance(loss, cp.ndarray) and loss.shape == ()
-        assert float(loss) == pytest.approx(float(want_loss), rel=tol)
-    assert_same(fcnn.to_host(want.params), fcnn.to_host(got.params), rtol=tol, atol=tol)
-    assert_same(fcnn.to_host(want.state), fcnn.to_host(got.state), rtol=tol, atol=tol)
-
-
 def test_train_py_on_the_gpu_saves_numpy_arrays_that_resume_on_either_device(
     cp: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

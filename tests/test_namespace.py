@@ -390,36 +390,6 @@ def test_a_checkpoint_round_trip_through_the_device_path_is_exact(tmp_path: Path
     assert_same(want.params, fcnn.to_host(got.params), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("library", ["numpy", "foreign"])
-def test_a_captured_step_gives_make_steps_results(library: str) -> None:
-    """Without CUDA graphs the recorded body just runs: the bookkeeping around it (buffers
-    filled from the state given, the optimizer after each launch, the state handed back)
-    must give exactly make_step's training."""
-    xp = np if library == "numpy" else foreign
-    _step, ts, model, x, y = _fast_setup(np.float64)
-    opt = fcnn.sgd(fcnn.one_cycle(0.05, 20), momentum=0.9)
-    plain, captured = fcnn.make_step(model, opt), fcnn.training.make_captured_step(model, opt)
-    want, got = ts, fcnn.to_device(ts, xp)
-    ctx = fcnn.Context(train=True)
-    seen = []
-    for i in range(3):
-        xb, yb = x[8 * i : 8 * i + 8], y[8 * i : 8 * i + 8]
-        want, want_loss = plain(want, xb, yb, ctx)
-        got, loss = captured(got, *fcnn.to_device((xb, yb), xp), ctx)
-        assert float(loss) == pytest.approx(want_loss, rel=1e-12)
-        seen.append(got)
-    assert seen[0].params["conv1"]["w"] is seen[2].params["conv1"]["w"]  # its own buffers
-    assert_same(want.params, fcnn.to_host(got.params), rtol=1e-12, atol=1e-14)
-    assert_same(want.state, fcnn.to_host(got.state), rtol=1e-12, atol=1e-14)
-    assert got.opt_state["step"] == 3
-
-
-def test_a_captured_step_refuses_a_model_that_draws() -> None:
-    model = build_model("bn", 10)
-    with pytest.raises(ValueError, match="draws random numbers"):
-        fcnn.training.make_captured_step(model, fcnn.sgd(0.1))
-
-
 class _OneRank:
     """An MPI communicator of one rank (mpi4py's buffer methods on NumPy buffers)."""
 

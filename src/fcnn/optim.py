@@ -223,12 +223,12 @@ def sgd(
         lr_t = _lr_at(schedule, t)
         g = _with_l2(grads, params, weight_decay, decay_mask)
         if momentum == 0.0:
-            updates = tree_map(lambda gi, p: _sgd_plain(gi, p, lr_t), g, params)
+            updates = tree_map(lambda gi, p: _sgd_plain(gi, p, -lr_t), g, params)
             return updates, {"step": _step_array(t + 1)}
         kernel = _sgd_nesterov if nesterov else _sgd_momentum
 
         def leaf(gi: Any, v: Any, p: Any) -> _Several:
-            return _Several(kernel(gi, v, p, momentum, lr_t))
+            return _Several(kernel(gi, v, p, momentum, -lr_t))
 
         updates, velocity = _unzip(tree_map(leaf, g, state.get("velocity", {}), params), 2)
         return updates, {"step": _step_array(t + 1), "velocity": velocity}
@@ -236,23 +236,31 @@ def sgd(
     return Optimizer(init, update)
 
 
-@fused
-def _sgd_plain(xp: Any, g: Any, p: Any, lr: float) -> Any:
-    return (-lr * g).astype(p.dtype, copy=False)
+# Each number a fused function uses comes in computed (``-lr``, ``1 - b1``): CuPy's fuse
+# would compute arithmetic between two numbers in float16 (tests/foreign.py, WeakScalar).
 
 
 @fused
-def _sgd_momentum(xp: Any, g: Any, v: Any, p: Any, momentum: float, lr: float) -> tuple[Any, Any]:
+def _sgd_plain(xp: Any, g: Any, p: Any, neg_lr: float) -> Any:
+    return (neg_lr * g).astype(p.dtype, copy=False)
+
+
+@fused
+def _sgd_momentum(
+    xp: Any, g: Any, v: Any, p: Any, momentum: float, neg_lr: float
+) -> tuple[Any, Any]:
     """(update, new velocity) of one leaf."""
     v = (momentum * v + g).astype(v.dtype, copy=False)
-    return (-lr * v).astype(p.dtype, copy=False), v
+    return (neg_lr * v).astype(p.dtype, copy=False), v
 
 
 @fused
-def _sgd_nesterov(xp: Any, g: Any, v: Any, p: Any, momentum: float, lr: float) -> tuple[Any, Any]:
+def _sgd_nesterov(
+    xp: Any, g: Any, v: Any, p: Any, momentum: float, neg_lr: float
+) -> tuple[Any, Any]:
     """(update, new velocity) of one leaf, with Nesterov's look-ahead."""
     v = (momentum * v + g).astype(v.dtype, copy=False)
-    return (-lr * (g + momentum * v)).astype(p.dtype, copy=False), v
+    return (neg_lr * (g + momentum * v)).astype(p.dtype, copy=False), v
 
 
 def _adam_leaf_kernel(decay: bool) -> Any:
@@ -265,20 +273,22 @@ def _adam_leaf_kernel(decay: bool) -> Any:
         v: Any,
         p: Any,
         b1: float,
+        one_b1: float,
         b2: float,
+        one_b2: float,
         eps: float,
         c1: float,
         c2: float,
-        lr: float,
+        neg_lr: float,
         wd: float,
     ) -> tuple[Any, Any, Any]:
-        """(update, new m, new v) of one leaf."""
-        m = (b1 * m + (1.0 - b1) * g).astype(m.dtype, copy=False)
-        v = (b2 * v + (1.0 - b2) * (g * g)).astype(v.dtype, copy=False)
+        """(update, new m, new v) of one leaf; ``one_b1 = 1 - b1``, ``neg_lr = -lr``."""
+        m = (b1 * m + one_b1 * g).astype(m.dtype, copy=False)
+        v = (b2 * v + one_b2 * (g * g)).astype(v.dtype, copy=False)
         d = (m / c1) / (xp.sqrt(v / c2) + eps)
         if decay:
             d = d + wd * p
-        return (-lr * d).astype(p.dtype, copy=False), m, v
+        return (neg_lr * d).astype(p.dtype, copy=False), m, v
 
     return fused(adam_leaf)
 
@@ -316,7 +326,8 @@ def _adam_like(
 
         def leaf(path: str, gi: Any, m: Any, v: Any, p: Any) -> _Several:
             kernel = _ADAM_LEAF[wd != 0.0 and decay_mask(path)]
-            return _Several(kernel(gi, m, v, p, b1, b2, eps, c1, c2, lr_t, wd))
+            numbers = (b1, 1.0 - b1, b2, 1.0 - b2, eps, c1, c2, -lr_t, wd)
+            return _Several(kernel(gi, m, v, p, *numbers))
 
         per_leaf = tree_map_with_path(leaf, g, state.get("mu", {}), state.get("nu", {}), params)
         updates, mu, nu = _unzip(per_leaf, 3)

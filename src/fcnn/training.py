@@ -23,16 +23,14 @@ from .data.batches import iterate_batches
 from .layers.base import Array, Context, Layer, Params, State
 from .losses import softmax_cross_entropy
 from .model import LossPair, loss_and_grad, predict
-from .ops.xp import capture, device_generator, is_numpy, namespace, to_host
+from .ops.xp import device_generator, is_numpy, namespace, to_host
 from .optim import Optimizer, apply_updates
-from .tree import tree_leaves, tree_map
 
 __all__ = [
     "CHECK_EVERY",
     "NonFiniteLossError",
     "TrainState",
     "evaluate",
-    "make_captured_step",
     "make_step",
     "train_epoch",
 ]
@@ -72,88 +70,6 @@ def make_step(model: Layer, opt: Optimizer, loss: LossPair = softmax_cross_entro
         return update(opt, ts, value, grads, new_state)
 
     return step
-
-
-class _Captured(NamedTuple):
-    """One captured forward-loss-backward: its input buffers, output buffers and launch."""
-
-    inputs: dict[str, Any]  # params, state, x, y: overwritten before each launch
-    grads: Params  # written by each launch
-    value: Array  # the loss, 0-d, written by each launch
-    launch: Callable[[], None]
-
-
-def make_captured_step(
-    model: Layer, opt: Optimizer, loss: LossPair = softmax_cross_entropy
-) -> Step:
-    """``make_step``'s step with its forward, loss and backward recorded once per batch
-    shape as a CUDA graph and replayed (docs/gpu.md): one launch instead of every kernel's.
-
-    For CuPy arrays and models that draw nothing (no dropout); elsewhere the recorded
-    part simply runs. The optimizer runs after each replay as in ``make_step``. The
-    returned state's params and model state are the graph's own input buffers, updated
-    in place by the next call: pass each call the state the previous one returned, and
-    copy what you keep (``fcnn.to_host``). The loss is a new 0-d array, unchecked.
-    """
-    if _draws(model.spec):
-        raise ValueError(
-            "make_captured_step: the model draws random numbers (dropout); a graph "
-            "would replay the same draws; use make_step"
-        )
-    grad_fn = loss_and_grad(model, loss)
-    graphs: dict[tuple[Any, ...], _Captured] = {}
-
-    def step(ts: TrainState, x: Array, y: Array, ctx: Context) -> tuple[TrainState, Any]:
-        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, bool(ctx.train))
-        if key not in graphs:
-            graphs[key] = _capture_grads(grad_fn, ts, x, y, Context(train=ctx.train))
-        c = graphs[key]
-        inputs = c.inputs
-        given = {"params": ts.params, "state": ts.state, "x": x, "y": y}
-        for dst, src in zip(tree_leaves(inputs), tree_leaves(given), strict=True):
-            if dst is not src:  # the previous call's own buffers need no copy
-                dst[...] = src
-        c.launch()
-        updates, opt_state = opt.update(c.grads, ts.opt_state, inputs["params"])
-        for p, u in zip(tree_leaves(inputs["params"]), tree_leaves(updates), strict=True):
-            p += u  # the graph's own buffer, in place (apply_updates, without a copy)
-        return TrainState(inputs["params"], inputs["state"], opt_state), c.value.copy()
-
-    return step
-
-
-def _capture_grads(grad_fn: Any, ts: TrainState, x: Array, y: Array, ctx: Context) -> _Captured:
-    """Buffers like ts's params and state and like x, y; a body computing the loss and the
-    gradients into buffers of their own and the new model state into the state buffer."""
-    copy = lambda a: a.copy()  # noqa: E731
-    inputs = {
-        "params": tree_map(copy, ts.params),
-        "state": tree_map(copy, ts.state),
-        "x": x.copy(),
-        "y": y.copy(),
-    }
-    value, grads, _ = grad_fn(inputs["params"], inputs["state"], inputs["x"], inputs["y"], ctx)
-    out = {"value": value.copy(), "grads": tree_map(copy, grads)}
-
-    def body() -> None:
-        v, g, new_state = grad_fn(inputs["params"], inputs["state"], inputs["x"], inputs["y"], ctx)
-        out["value"][...] = v
-        for dst, src in zip(tree_leaves(out["grads"]), tree_leaves(g), strict=True):
-            dst[...] = src
-        for dst, src in zip(tree_leaves(inputs["state"]), tree_leaves(new_state), strict=True):
-            dst[...] = src  # read above, written last: the next launch's state
-
-    launch = capture(namespace(x), body)
-    return _Captured(inputs, out["grads"], out["value"], launch)
-
-
-def _draws(spec: Any) -> bool:
-    """Whether a model's spec holds a layer that draws random numbers in training."""
-    if isinstance(spec, dict):
-        return spec.get("type") in ("Dropout", "SpatialDropout2d") or any(
-            _draws(v) for v in spec.values()
-        )
-    return isinstance(spec, list) and any(_draws(v) for v in spec)
 
 
 def _non_finite(loss: float) -> NonFiniteLossError:

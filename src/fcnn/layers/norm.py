@@ -147,15 +147,17 @@ def _train_stats(
     gamma: Array,
     m: int,
     mom: float,
+    keep: float,
     unbias: float,
     eps: float,
 ) -> tuple[Array, Array, Array, Array]:
     """(C,) vectors, from the sums of x and of (x - mean)**2 over the M values per channel
-    -> (new running mean, new running var, inv_std, gamma * inv_std)."""
+    -> (new running mean, new running var, inv_std, gamma * inv_std). ``keep = 1 - mom``,
+    computed by the caller (CuPy's fuse would compute it in float16: tests/foreign.py)."""
     mean = total / m
     var = squares / m
-    new_mean = ((1.0 - mom) * run_mean + mom * mean).astype(mean.dtype, copy=False)
-    new_var = ((1.0 - mom) * run_var + mom * (var * unbias)).astype(mean.dtype, copy=False)
+    new_mean = (keep * run_mean + mom * mean).astype(mean.dtype, copy=False)
+    new_var = (keep * run_var + mom * (var * unbias)).astype(mean.dtype, copy=False)
     inv_std = (1.0 / xp.sqrt(var + eps)).astype(mean.dtype, copy=False)
     return new_mean, new_var, inv_std, gamma * inv_std
 
@@ -216,6 +218,7 @@ def _bn_fwd(
             gamma,
             m,
             cfg.momentum,
+            1.0 - cfg.momentum,
             m / (m - 1),
             cfg.eps,
         )

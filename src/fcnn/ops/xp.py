@@ -38,7 +38,6 @@ __all__ = [
     "FUSE_FALLBACKS",
     "DeviceUnavailableError",
     "array_library",
-    "capture",
     "device_generator",
     "fused",
     "is_numpy",
@@ -215,39 +214,3 @@ def fused(fn: Callable[..., Any]) -> Callable[..., Any]:
     call.__name__ = fn.__name__
     call.__doc__ = fn.__doc__
     return call
-
-
-def capture(xp: Any, body: Callable[[], None]) -> Callable[[], None]:
-    """``launch()``, which does what ``body()`` does: on CuPy by replaying ``body``'s kernels,
-    recorded once as a CUDA graph; elsewhere (NumPy, the test double) by calling ``body``.
-
-    ``body`` must read and write only arrays that exist before this call (its inputs and
-    output buffers) and must not wait for the device. It runs twice first to compile its
-    kernels (so it writes its outputs three times). Its temporaries come from a memory
-    pool of the graph's own and its kernels run on a stream of their own, so nothing
-    else reuses the memory the replays write; events order each replay after the
-    caller's earlier work and before its later work, as for any kernel.
-    """
-    cuda = getattr(xp, "cuda", None)
-    if cuda is None or not hasattr(cuda, "Graph"):
-        return body
-    stream = cuda.Stream(non_blocking=True)  # ordered with the caller's stream by events
-    pool = cuda.MemoryPool()
-    stream.wait_event(cuda.get_current_stream().record())  # body's inputs are ready
-    with cuda.using_allocator(pool.malloc), stream:
-        body()
-        body()
-        stream.synchronize()
-        stream.begin_capture()
-        try:
-            body()
-        finally:
-            graph = stream.end_capture()
-
-    def launch() -> None:
-        here = cuda.get_current_stream()
-        stream.wait_event(here.record())  # after the caller's earlier work
-        graph.launch(stream=stream)  # the closure keeps the pool and the stream alive
-        here.wait_event(stream.record())  # and before the caller's later work
-
-    return launch
