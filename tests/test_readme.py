@@ -71,7 +71,7 @@ def test_ci_runs_the_readme_test_and_docs_commands_verbatim() -> None:
     """.ci/run runs them as written, in its own shell (so .venv stays active for ruff, mypy
     and Sphinx), with ``|| exit $?`` since ``set -e`` ignores a failure inside an && list."""
     commands = shell_commands(README.read_text())
-    docs_command = next(c for c in commands if c.startswith("pip install -e \".[docs]\""))
+    docs_command = next(c for c in commands if c.startswith('pip install -e ".[docs]"'))
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     for command in (commands[1], docs_command):
         assert f"{command} || exit $?" in ci, f".ci/run does not run `{command}` verbatim"
@@ -94,9 +94,23 @@ def test_readme_links_the_tutorial_own_model_and_derivations_from_the_top() -> N
         assert f"]({page})" in top, page
 
 
-def test_every_file_the_readme_links_exists() -> None:
-    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README.read_text())
-    local = [link for link in links if "://" not in link]
+def slug(heading: str) -> str:
+    """A heading's anchor as GitHub (and MyST's heading anchors) write it."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_file_and_section_the_readme_links_exists() -> None:
+    links = re.findall(r"\]\(([^)#\s]+)(?:#([^)]*))?\)", README.read_text())
+    local = [(path, anchor) for path, anchor in links if "://" not in path]
     assert len(local) >= 20
-    missing = [link for link in local if not (ROOT / link).exists()]
+    missing = [path for path, _ in local if not (ROOT / path).exists()]
     assert not missing, f"README.md links to missing files: {missing}"
+    for path, anchor in local:
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(), flags=re.MULTILINE)
+            assert anchor in {slug(h) for h in headings}, f"{path} has no section #{anchor}"
+
+
+def test_slug_is_githubs() -> None:
+    assert slug("Time to 99% on MNIST") == "time-to-99-on-mnist"
+    assert slug("Code runs only with --trust-code") == "code-runs-only-with---trust-code"
