@@ -21,7 +21,10 @@ import sys
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+import fcnn
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -48,11 +51,13 @@ DERIVATIONS = (
     "residual",
     "optimizers",
 )
-EXECUTED = (*DERIVATIONS, "tutorial", "own_model")
+EXECUTED = (*DERIVATIONS, "tutorial", "tour", "own_model", "inference")
 
 # Pages that run beside a file of the repository (copied into an empty folder, which becomes
-# the current one) and the extras they need.
+# the current one), pages that run in an empty folder (they write runs/), and the extras
+# they need.
 BESIDE = {"own_model": ROOT / "examples" / "mynets.py"}
+IN_EMPTY_FOLDER = {"inference"}
 NEEDS = {"own_model": ("onnx",)}
 SHOWN_FILE = re.compile(
     r"^```\{code-block\} python\n:caption: (\S+)\n\n(.*?)^```", flags=re.DOTALL | re.MULTILINE
@@ -116,6 +121,7 @@ def test_page_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.Monkey
         pytest.importorskip(extra)
     if name in BESIDE:  # the page's own folder: its file, its runs/
         shutil.copy(BESIDE[name], tmp_path)
+    if name in BESIDE or name in IN_EMPTY_FOLDER:
         monkeypatch.chdir(tmp_path)
         monkeypatch.setattr(sys, "path", list(sys.path))  # the page may add a folder
     path = DOCS / f"{name}.md"
@@ -126,6 +132,34 @@ def test_page_examples_run(name: str, tmp_path: Path, monkeypatch: pytest.Monkey
     finally:
         if name in BESIDE:  # forget the page's module: another test may write its own
             sys.modules.pop(BESIDE[name].stem, None)
+
+
+def page_namespace(name: str) -> dict[str, object]:
+    """What a page's ```python blocks leave behind, run in order in one namespace."""
+    path = DOCS / f"{name}.md"
+    namespace: dict[str, object] = {"__name__": f"docs_{name}"}
+    for i, block in enumerate(python_blocks(path.read_text())):
+        exec(compile(block, f"{path}:block{i + 1}", "exec"), namespace)
+    return namespace
+
+
+def test_tour_does_what_its_comments_say() -> None:
+    """The tour (once the README's, issue 21) holds to its claims about shapes."""
+    namespace = page_namespace("tour")
+    y = namespace["y"]
+    assert isinstance(y, np.ndarray) and y.shape == (5, 10)
+    params = namespace["params"]
+    assert isinstance(params, dict) and params["dense1"]["w"].shape == (784, 10)
+
+
+def test_tour_shows_own_layer_in_a_model() -> None:
+    """Issue 13: the tour wraps a user's pair with fcnn.layer, composes, trains and checks it."""
+    text = (DOCS / "tour.md").read_text()
+    block = next(b for b in python_blocks(text) if "fcnn.layer(" in b)
+    assert "sequential(" in block and "loss_and_grad" in block and "check_layer" in block
+    mine = page_namespace("tour")["mine"]
+    assert isinstance(mine, fcnn.Layer)
+    assert [c.kind for c in mine.children] == ["conv", "swish", "maxpool", "flatten", "dense"]
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.stem)

@@ -6,7 +6,7 @@ the network (the page and ``/docs`` reference no outside script or style).
 The browser tests skip, saying why, without Playwright for Python (``pip install -e
 ".[dev]"``) or a Chromium (``apt-get install -y chromium``; ``.ci/run`` installs it).
 Playwright's own browser download is never used: ``FCNN_CHROMIUM`` or ``chromium`` on
-the PATH. Set ``FCNN_PAGE_SCREENSHOT=docs/draw_page.png`` to save the README's picture
+the PATH. Set ``FCNN_PAGE_SCREENSHOT=docs/draw_page.png`` to save docs/inference.md's picture
 of the page after a digit is drawn.
 """
 
