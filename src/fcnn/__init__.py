@@ -125,7 +125,7 @@ from .models import load_trained, save_trained  # a model built in Python, for e
 # isort: on
 
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AvgPool2d",

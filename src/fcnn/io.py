@@ -10,7 +10,7 @@ only cost time) with these members::
                          "opt_state/velocity/conv1/w" (absent when no optimizer state was saved)
     __meta__             uint8 (B,): UTF-8 JSON, never a pickled object:
                          {"format": "fcnn-checkpoint", "format_version": 1,
-                          "fcnn_version": "0.2.0",
+                          "fcnn_version": "0.3.0",
                           "trees": {"params": S, "state": S, "opt_state": S or null},
                           "meta": {... the caller's dict ...}}
 
