@@ -798,7 +798,7 @@ def set_up(given: Mapping[str, Any], options: Options, ranks: Ranks) -> tuple[Ru
     schedule = make_schedule(config, config.epochs * steps_per_epoch)
     opt = make_optimizer(config, schedule)
     progress = _first_progress(config, data, model, opt, options.resume, record)
-    progress = _agree(ranks, config, data, progress)
+    progress = _agree(ranks, config, data, options, progress)
     dropout = has_layer(model.spec, "Dropout")
     run = Run(
         config=config,
@@ -868,13 +868,29 @@ def _first_progress(
     return fresh if resume is None or record is None else _resume_progress(resume, record, fresh)
 
 
-def _agree(ranks: Ranks, config: RunConfig, data: Data, progress: Progress) -> Progress:
-    """Under MPI: refuse ranks started with other settings, data or checkpoint than rank 0,
-    then start every rank from rank 0's state (``fcnn.parallel.agree``)."""
-    settings = {"config": config.as_dict(), "epoch": progress.epoch}
+def _agree(
+    ranks: Ranks, config: RunConfig, data: Data, options: Options, progress: Progress
+) -> Progress:
+    """Under MPI: refuse ranks started with other settings, data, files or checkpoint than
+    rank 0 (the files decide which collectives a rank takes part in: ``--no-save`` skips
+    the barrier after each save), then start every rank from rank 0's state
+    (``fcnn.parallel.agree``)."""
+    files = {name: getattr(options, name) for name in _AGREED_OPTIONS}
     arrays = [data.x_train, data.y_train, data.x_test, data.y_test, data.mean, data.std]
-    ts = agree(ranks, fingerprint(settings, arrays), progress.ts)
+    digests = {
+        "settings": fingerprint({"config": config.as_dict()}, []),
+        "data": fingerprint({}, arrays),
+        f"files ({', '.join(flag_name(n) for n in _AGREED_OPTIONS)})": fingerprint(files, []),
+    }
+    if options.resume:  # where the run stands (else the seed, a setting, says it)
+        resumed = (progress.epoch, generator_state(progress.rng), list(progress.history))
+        digests["checkpoint"] = fingerprint({"resumed": resumed}, [])
+    ts = agree(ranks, digests, progress.ts)
     return dataclasses.replace(progress, ts=ts)
+
+
+# The flags every rank must be given alike: where the run writes, and what it resumes.
+_AGREED_OPTIONS = ("save", "no_save", "metrics", "plot", "overwrite", "resume")
 
 
 def _record(config: RunConfig, data: Data, desc: Mapping[str, Any]) -> RunRecord:
