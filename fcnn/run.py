@@ -57,11 +57,13 @@ from .paths import PathError, check_writable_file
 from .plots import figure_class, image_format, plot_history
 from .schedules import cosine_decay, one_cycle
 from .training import Step, TrainState
-from .tree import tree_leaves
+from .tree import flatten_dict, tree_leaves
 
 __all__ = [
     "DEFAULT_LR",
+    "IMAGE_SHAPES",
     "IMPLS",
+    "METRICS",
     "OPTIMIZERS",
     "PRESETS",
     "RECIPES",
@@ -73,6 +75,7 @@ __all__ = [
     "Run",
     "RunConfig",
     "RunRecord",
+    "check_finite",
     "check_setting",
     "claim_run_folder",
     "load_data",
@@ -97,6 +100,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mnist": {"epochs": 12, "augment": 2},
     "lines": {"model": "small", "optimizer": "sgd", "epochs": 3},
     "cifar10": {"epochs": 20},
+}
+
+# Each dataset's image shape (C, H, W), known before its data is loaded or downloaded.
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits-sample": (1, 28, 28),
+    "mnist": (1, 28, 28),
+    "lines": (1, 28, 28),
+    "cifar10": (3, 32, 32),
 }
 
 # Recipes: a whole run's settings tuned together, over the dataset's presets (flags win).
@@ -244,6 +255,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             f.metadata["check"](f.name, getattr(self, f.name))
+        _, h, w = IMAGE_SHAPES[self.dataset]
+        if self.augment >= min(h, w):  # a shift as wide as the image leaves nothing of it
+            raise ValueError(
+                f"--augment must be < {min(h, w)} for {self.dataset} ({h}x{w} images), "
+                f"got {self.augment}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -340,20 +357,52 @@ def _shape3(value: Any) -> tuple[int, int, int]:
 
 
 def _statistics(norm: Any, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``normalization``'s ``(mean, std)``: ``channels`` finite numbers each, stds > 0."""
+    """``normalization``'s ``(mean, std)``: ``channels`` numbers each, finite in float32 (the
+    dtype images are normalised in), stds > 0, and pixels in [0, 1] normalised to finite
+    values; ``ValueError`` naming the array and the entry."""
     if not isinstance(norm, Mapping) or not {"mean", "std"} <= set(norm):
         raise ValueError(f"normalization must be an object with mean and std, got {norm!r}")
-    try:
-        mean, std = (np.asarray(norm[k], dtype=np.float64) for k in ("mean", "std"))
-    except (TypeError, ValueError):
-        raise ValueError(f"normalization must hold numbers, got {norm!r}") from None
-    ok = mean.shape == std.shape == (channels,) and np.all(np.isfinite(mean))
-    if not (ok and np.all(np.isfinite(std)) and np.all(std > 0)):
-        raise ValueError(
-            f"normalization must have {channels} means and positive stds, got mean "
-            f"{mean.shape}, std {std.shape}"
-        )
-    return tuple(mean.tolist()), tuple(std.tolist())
+    stats = {}
+    for key in ("mean", "std"):
+        value = norm[key]
+        numbers = isinstance(value, list) and all(_is_number(v) for v in value)
+        if not numbers or len(value) != channels:
+            raise ValueError(
+                f"normalization {key} must be a list of {_count(channels, 'number')} (one per "
+                f"channel of input_shape), got {value!r}"
+            )
+        with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused
+            stats[key] = np.asarray(value, dtype=np.float64).astype(np.float32)
+    mean, std = stats["mean"], stats["std"]
+    with np.errstate(all="ignore"):
+        low, high = (0 - mean) / std, (1 - mean) / std  # where pixels 0 and 1 go
+    for c in range(channels):
+        if not np.isfinite(mean[c]):
+            raise ValueError(
+                f"normalization mean[{c}] must be a finite number (in float32), got "
+                f"{norm['mean'][c]!r}"
+            )
+        if not (np.isfinite(std[c]) and std[c] > 0):
+            raise ValueError(
+                f"normalization std[{c}] must be a finite number > 0 (in float32), got "
+                f"{norm['std'][c]!r}"
+            )
+        if not (np.isfinite(low[c]) and np.isfinite(high[c])):
+            raise ValueError(
+                f"normalization std[{c}] {norm['std'][c]!r} is too small for mean[{c}] "
+                f"{norm['mean'][c]!r}: normalised pixels overflow float32"
+            )
+    return tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 number``, ``3 numbers``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number: an int or a float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # What each JSON type is called in messages.
@@ -417,9 +466,11 @@ class RunRecord:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], *, resume: bool = False) -> RunRecord:
-        """The record a checkpoint's ``meta`` holds; ``ValueError`` naming what is missing or
-        malformed. ``resume``: also require what resuming needs (config, epoch, rng), and a
-        config this version can read (otherwise such a config is left out)."""
+        """The record a checkpoint's ``meta`` holds; ``ValueError`` naming the field that is
+        missing or malformed, each checked as its flag would be. ``resume``: also require
+        what resuming needs (config, epoch, rng, a history of one row per epoch) and a
+        config and generator state this version can read (otherwise, for inference, which
+        needs neither, they are left out). The fields must fit together (``_check_fits``)."""
         required = _TRAINED_KEYS + (_RESUME_KEYS if resume else ())
         missing = [key for key in required if meta.get(key) is None]
         if missing:
@@ -428,27 +479,28 @@ class RunRecord:
             raise ValueError(f"model must be an object, got {meta['model']!r}")
         shape = _shape3(meta["input_shape"])
         classes = meta["classes"]
-        if not isinstance(classes, list) or not classes:
-            raise ValueError(f"classes must be a non-empty list, got {classes!r}")
+        if not (isinstance(classes, list) and classes and all(type(c) is str for c in classes)):
+            raise ValueError(f"classes must be a non-empty list of strings, got {classes!r}")
         mean, std = _statistics(meta["normalization"], shape[0])
         config = _optional_of(meta, "config", Mapping)
         epoch = _optional_of(meta, "epoch", int)
-        history = _optional_of(meta, "history", list) or []
-        if (epoch is not None and epoch < 0) or not all(isinstance(r, Mapping) for r in history):
-            raise ValueError(f"malformed epoch {epoch!r} or history rows")
-        return cls(
+        if epoch is not None and epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {epoch}")
+        record = cls(
             model=dict(meta["model"]),
             input_shape=shape,
-            classes=tuple(str(c) for c in classes),
+            classes=tuple(classes),
             mean=mean,
             std=std,
             dataset=_optional_of(meta, "dataset", str),
             data_dir=_optional_of(meta, "data_dir", str),
             config=None if config is None else _stored_config(config, resume),
             epoch=epoch,
-            rng=_optional_of(meta, "rng", Mapping),
-            history=tuple(dict(row) for row in history),
+            rng=_stored_rng(_optional_of(meta, "rng", Mapping), resume),
+            history=_history(_optional_of(meta, "history", list) or []),
         )
+        _check_fits(record, resume)
+        return record
 
     def normalization(self) -> tuple[Array, Array]:
         """``(mean, std)`` as float32 arrays ``(C,)``."""
@@ -461,6 +513,71 @@ class RunRecord:
         if isinstance(acc, int | float) and not isinstance(acc, bool) and 0.0 <= acc <= 1.0:
             return float(acc)
         return None
+
+
+# The metrics train.py writes for every epoch: a history row, a line of the metrics file.
+METRICS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "train_seconds",
+    "samples_per_second",
+)
+
+
+def _history(rows: list[Any]) -> tuple[dict[str, Any], ...]:
+    """The history's rows: objects of finite numbers (one per epoch, for a resumable run:
+    ``_check_fits``)."""
+    for i, row in enumerate(rows, 1):
+        finite = isinstance(row, Mapping) and all(
+            _is_number(v) and math.isfinite(v) for v in row.values()
+        )
+        if not finite:
+            raise ValueError(f"history row {i} must be an object of finite numbers, got {row!r}")
+    return tuple(dict(row) for row in rows)
+
+
+def _stored_rng(state: Mapping[str, Any] | None, resume: bool) -> dict[str, Any] | None:
+    """The training generator's stored state, if ``restore_generator`` can restore it; one
+    it cannot refuses a resume but is left out for inference, which needs none of it."""
+    if state is None:
+        return None
+    try:
+        restore_generator(state)
+    except ValueError as err:  # CheckpointError included
+        if not resume:
+            return None
+        raise ValueError(f"rng is not a generator state: {err}") from None
+    return dict(state)
+
+
+def _check_fits(record: RunRecord, resume: bool) -> None:
+    """``ValueError`` unless the record's fields fit together: its dataset is its config's
+    and (one this version knows) has images of its ``input_shape``; and for a resumable
+    record, its epoch is within the run's epochs and its history has one row of
+    ``METRICS`` per epoch done, in order."""
+    config, epoch, shape = record.config, record.epoch, record.input_shape
+    if config is not None and record.dataset != config.dataset:
+        raise ValueError(f"dataset {record.dataset!r} is not its config's {config.dataset!r}")
+    if record.dataset in IMAGE_SHAPES and shape != IMAGE_SHAPES[record.dataset]:
+        raise ValueError(
+            f"input_shape {list(shape)} is not the shape of {record.dataset} images, "
+            f"{list(IMAGE_SHAPES[record.dataset])}"
+        )
+    if not resume:
+        return
+    if config is None or epoch is None:  # from_meta refuses such a record first
+        raise ValueError("missing config or epoch")
+    if epoch > config.epochs:
+        raise ValueError(f"epoch {epoch} is past the run's {_count(config.epochs, 'epoch')}")
+    if len(record.history) != epoch:
+        rows = _count(len(record.history), "row")
+        raise ValueError(f"history has {rows} for {_count(epoch, 'epoch')} done")
+    for i, row in enumerate(record.history, 1):
+        if sorted(row) != sorted(METRICS) or row["epoch"] != i or type(row["epoch"]) is not int:
+            raise ValueError(f"history row {i} must hold {list(METRICS)} for epoch {i}, got {row}")
 
 
 def _stored_config(saved: Mapping[str, Any], resume: bool) -> RunConfig | None:
@@ -708,6 +825,10 @@ def _resume_progress(path: str, record: RunRecord, fresh: Progress) -> Progress:
     ts = fresh.ts
     expected = {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state}
     ckpt = load_checkpoint(path, expected=expected)
+    check_finite(
+        {"params": ckpt.params, "state": ckpt.state, "opt_state": ckpt.opt_state},
+        f"{path}: cannot resume",
+    )
     if record.rng is None or record.epoch is None:  # read_resume refuses such a record
         raise CheckpointError(f"{path}: cannot resume: no epoch or generator state")
     return Progress(
@@ -717,6 +838,22 @@ def _resume_progress(path: str, record: RunRecord, fresh: Progress) -> Progress:
         history=tuple(dict(row) for row in record.history),
         saved=f"{path} (epoch {record.epoch})",
     )
+
+
+def check_finite(trees: Mapping[str, Any], where: str) -> None:
+    """``CheckpointError`` (``where: ...``) naming the first floating array of ``trees``
+    (``{"params": ..., "state": ...}``, nested dicts of arrays; ``None`` skipped) that holds
+    NaN or an infinity: a model with one predicts NaN, and training from it goes nowhere."""
+    for prefix, tree in trees.items():
+        for key, leaf in sorted(flatten_dict(tree or {}).items()):
+            a = np.asarray(leaf)
+            if a.dtype.kind not in "fc" or np.isfinite(a).all():
+                continue
+            bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+            raise CheckpointError(
+                f"{where}: {prefix}/{key} holds {bad} NaN or infinite value"
+                f"{'s' * (bad > 1)} (of {a.size}); the checkpoint cannot be used"
+            )
 
 
 def write_metrics(path: str, history: Sequence[Mapping[str, Any]]) -> None:
@@ -785,6 +922,11 @@ def set_up(given: Mapping[str, Any], options: Options, ranks: Ranks) -> tuple[Ru
     flags gave (name -> value)."""
     record = read_resume(options.resume)[1] if options.resume else None
     config = resolve_config(given, None if record is None else record.config)
+    if record is not None and record.epoch is not None and config.epochs < record.epoch:
+        raise CliError(
+            f"--epochs {config.epochs} is fewer than the {record.epoch} epochs {options.resume} "
+            f"has done; give --epochs {record.epoch} or more"
+        )
     built = None if record is None else _resumed_model(options.resume or "", record, config)
     if ranks.root:  # the only rank that writes
         check_outputs(Outputs(options.save, options.metrics, options.plot), options)

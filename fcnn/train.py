@@ -39,6 +39,7 @@ from fcnn.run import (
     RunConfig,
     check_setting,
     parameter_count,
+    resolve_config,
     save,
     set_up,
 )
@@ -57,11 +58,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_flags(p.add_argument_group("the run's settings"), RunConfig, defaults={"lr": None})
     add_flags(p.add_argument_group("files"), Options)
     args = p.parse_args(argv)
-    for name, value in settings_given(args).items():
-        try:
+    given = settings_given(args)
+    try:
+        for name, value in given.items():
             check_setting(name, value)
-        except ValueError as err:
-            p.error(str(err))
+        if args.resume is None:  # settings that do not fit together (--augment past the image)
+            resolve_config(given, None)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
