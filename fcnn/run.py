@@ -19,14 +19,16 @@ this module holds a ``Ranks`` record, never a communicator.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
 import os
+import socket
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +61,13 @@ from .schedules import cosine_decay, one_cycle
 from .training import Step, TrainState
 from .tree import flatten_dict, tree_leaves
 
+try:
+    import fcntl  # the claim on a checkpoint path (claim_path)
+
+    _HAVE_FLOCK = True
+except ImportError:  # Windows: the claim is then the marker's exclusive creation
+    _HAVE_FLOCK = False
+
 __all__ = [
     "DEFAULT_LR",
     "IMAGE_SHAPES",
@@ -68,6 +77,7 @@ __all__ = [
     "PRESETS",
     "RECIPES",
     "SCHEDULES",
+    "Claim",
     "Data",
     "Options",
     "Outputs",
@@ -77,12 +87,15 @@ __all__ = [
     "RunRecord",
     "check_finite",
     "check_setting",
+    "claim_path",
     "claim_run_folder",
+    "claimed",
     "load_data",
     "load_test_set",
     "make_optimizer",
     "make_schedule",
     "read_resume",
+    "release",
     "resolve_config",
     "save",
     "set_up",
@@ -729,6 +742,91 @@ def claim_run_folder(dataset: str, root: str = RUNS_FOLDER) -> str:
                 n += 1
     except OSError as err:
         raise CliError(f"cannot make a run folder in {root}: {err.strerror or err}") from None
+
+
+# --- one run at a time writes a checkpoint --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run's hold on the checkpoint it writes (``claim_path``): ``marker`` is the file
+    ``.NAME.lock`` beside it, and ``fd`` the open file that holds the lock on it."""
+
+    path: str
+    marker: str
+    fd: int
+
+
+def claim_path(path: str, flag: str = "--save") -> Claim:
+    """Make sure no other run writes ``path`` while this one does: create (or reuse) the
+    marker ``.NAME.lock`` beside it and lock it exclusively (``flock``) until ``release``.
+    The operating system drops the lock when a process ends, however it ends, so a marker
+    that a killed run left blocks nothing. Taken before any work; ``CliError`` naming the
+    run that holds it (``flag``: the option that named ``path``, for the message).
+    Without ``fcntl`` (Windows) the claim is the marker's exclusive creation, and a killed
+    run's marker must be removed by hand: the message says so."""
+    try:
+        check_writable_file(path, make_folder=True)
+    except PathError as err:
+        raise CliError(str(err)) from None
+    marker = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+    fd, holder = _lock_marker(marker)
+    if fd is None:
+        stale = "" if _HAVE_FLOCK else f"; if no run is writing it, remove {marker}"
+        raise CliError(
+            f"{flag} {path} is being written by another run ({holder or 'pid unknown'}); wait "
+            f"for it to finish, or choose another path{stale}"
+        )
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    return Claim(path, marker, fd)
+
+
+def _lock_marker(marker: str) -> tuple[int | None, str]:
+    """``(fd, "")``: the marker file, open and locked by this process; or ``(None, who)``:
+    another run holds it, and what its marker says about that run."""
+    while True:
+        try:
+            flags = os.O_RDWR | os.O_CREAT | (0 if _HAVE_FLOCK else os.O_EXCL)
+            fd = os.open(marker, flags, 0o644)
+        except FileExistsError:  # no flock: the marker itself is the claim
+            with open(marker, "rb") as f:
+                return None, f.read(200).decode(errors="replace").strip()
+        if not _HAVE_FLOCK:
+            return fd, ""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: another open file holds the lock
+            holder = os.read(fd, 200).decode(errors="replace").strip()
+            os.close(fd)
+            return None, holder
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(marker)):
+                return fd, ""
+        os.close(fd)  # a run that finished removed this marker since we opened it: again
+
+
+def release(claim: Claim | None) -> None:
+    """Let ``claim`` go: remove its marker, then unlock (closing the file)."""
+    if claim is None:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(claim.marker)
+    os.close(claim.fd)
+
+
+@contextlib.contextmanager
+def claimed(options: Options, ranks: Ranks) -> Iterator[Claim | None]:
+    """Hold the checkpoint this run writes (``--save``, or the one it resumes) for the
+    run's life: rank 0 claims it (``claim_path``) before any work and lets it go however
+    the run ends. A new run folder needs no claim: it is this run's alone
+    (``claim_run_folder``)."""
+    path = None if options.no_save or not ranks.root else options.save or options.resume
+    claim = None if path is None else claim_path(path, "--save" if options.save else "--resume")
+    try:
+        yield claim
+    finally:
+        release(claim)
 
 
 def check_outputs(outputs: Outputs, options: Options) -> None:

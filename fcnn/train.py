@@ -38,6 +38,7 @@ from fcnn.run import (
     Run,
     RunConfig,
     check_setting,
+    claimed,
     parameter_count,
     resolve_config,
     save,
@@ -87,8 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace, ranks: Ranks) -> int:
-    """Set up, then every epoch: train, evaluate, log, save."""
-    run, progress = set_up(settings_given(args), from_flags(Options, args), ranks)
+    """Claim the checkpoint, set up, then every epoch: train, evaluate, log, save."""
+    options = from_flags(Options, args)
+    with claimed(options, ranks):  # no other run writes this checkpoint until this one ends
+        run, progress = set_up(settings_given(args), options, ranks)
+        return train_epochs(run, progress)
+
+
+def train_epochs(run: Run, progress: Progress) -> int:
+    """Every epoch: train, evaluate, log, save; the exit status."""
     say(run, describe(run, progress))
     d, c = run.data, run.config
     try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,11 @@ from fcnn.run import (
     RunRecord,
     check_finite,
     check_outputs,
+    claim_path,
     claim_run_folder,
     load_test_set,
     read_resume,
+    release,
     write_metrics,
 )
 
@@ -337,3 +341,68 @@ def test_check_finite_names_the_first_array_with_nan_or_inf() -> None:
     bad = {"conv1": {"w": np.array([[1.0, np.nan], [np.inf, 1.0]], np.float32)}}
     with pytest.raises(CheckpointError, match=r"^m.npz: state/conv1/w holds 2 NaN or infinite"):
         check_finite({"params": good, "state": bad}, "m.npz")
+
+
+# --- issue 24: one run at a time writes a checkpoint -----------------------------------------
+
+
+def test_a_claimed_checkpoint_path_is_refused_to_a_second_run_until_released(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "sub" / "m.npz")
+    first = claim_path(path)  # the folder is made, as --save makes it
+    marker = tmp_path / "sub" / ".m.npz.lock"
+    assert marker.read_text().startswith(f"pid {os.getpid()} on ")
+    with pytest.raises(
+        CliError,
+        match=rf"--save {re.escape(path)} is being written by another run \(pid {os.getpid()} on ",
+    ):
+        claim_path(path)  # another open file, as another process would have
+    release(first)
+    assert not marker.exists()
+    release(claim_path(path, "--resume"))
+
+
+def test_a_marker_left_by_a_killed_run_blocks_nothing(tmp_path: Path) -> None:
+    """kill -9 leaves the marker, but the lock ends with the process that held it."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.npz"
+    hold = (
+        "import sys, time\nfrom fcnn.run import claim_path\n"
+        f"claim_path({str(path)!r})\nprint('held', flush=True)\ntime.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        with pytest.raises(CliError, match=f"pid {proc.pid} on"):
+            claim_path(str(path))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (tmp_path / ".m.npz.lock").exists()  # left behind by the killed run ...
+    release(claim_path(str(path)))  # ... and taken over at once
+
+
+def test_without_flock_the_claim_is_the_markers_exclusive_creation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where fcntl is missing (Windows), a killed run's marker has to be removed by hand:
+    the message says which file."""
+    monkeypatch.setattr("fcnn.run._HAVE_FLOCK", False)
+    path = str(tmp_path / "m.npz")
+    claim = claim_path(path)
+    with pytest.raises(CliError, match=r"if no run is writing it, remove .*\.m\.npz\.lock$"):
+        claim_path(path)
+    release(claim)
+    release(claim_path(path))
+
+
+def test_run_folders_claimed_at_the_same_time_are_all_different(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = str(tmp_path / "runs")
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(lambda _: claim_run_folder("lines", root), range(16)))
+    assert sorted(Path(f).name for f in folders) == sorted(f"lines-{n}" for n in range(1, 17))

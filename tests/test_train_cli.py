@@ -743,6 +743,68 @@ def test_regression_nan_parameters_were_served_and_resumed(
     assert capsys.readouterr().err == f"error: {ckpt}: {what}\n" * 2
 
 
+def test_regression_two_runs_with_the_same_new_save_path_both_exited_0(tmp_path: Path) -> None:
+    """Issue 24: started together, both trained and both exited 0, and the file held one
+    run. Now the second to claim the path is refused at start (exit 1, in seconds) and the
+    file holds the run that finished."""
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+
+    def start(seed: int) -> subprocess.Popen[str]:
+        argv = ["--dataset", "lines", "--epochs", "3", "--quiet", "--seed", str(seed)]
+        return subprocess.Popen(
+            [sys.executable, str(root / "train.py"), *argv, "--save", "s.npz"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    t0 = time.monotonic()
+    procs = [start(1), start(2)]
+    ended = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        ended.append((proc.returncode, time.monotonic() - t0, err))
+    codes = sorted(code for code, _, _ in ended)
+    assert codes == [0, 1], ended
+    winner = [code for code, _, _ in ended].index(0) + 1
+    loser = ended[2 - winner]
+    assert "error: --save s.npz is being written by another run (pid " in loser[2] or (
+        "already exists" in loser[2]  # the winner had finished before the loser started
+    ), loser
+    assert load_checkpoint(tmp_path / "s.npz").meta["config"]["seed"] == winner
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]  # no marker left
+
+
+def test_the_claim_refuses_a_second_run_before_any_work_and_ends_with_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Held while a run trains (here: a claim taken as another run would hold it), let go
+    however the run ends: done, Ctrl-C, an error."""
+    from fcnn.run import claim_path, release
+
+    ckpt, marker = tmp_path / "m.npz", tmp_path / ".m.npz.lock"
+    other = claim_path(str(ckpt))
+    with monkeypatch.context() as m:
+        m.setattr(fcnn.run, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
+        assert run("--dataset", "lines", *FAST, "--save", str(ckpt)) == 1
+        assert "is being written by another run" in capsys.readouterr().err
+        assert run("--resume", str(ckpt)) == 1  # resuming it too: it writes the same file
+        assert "error: --resume " in capsys.readouterr().err
+    release(other)
+    with monkeypatch.context() as m:
+        interrupt_at_epoch(m, 2)
+        assert run("--dataset", "lines", *FAST, "--epochs", "3", "--save", str(ckpt)) == 130
+    assert not marker.exists()
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 1  # exists
+    assert not marker.exists()
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 0
+    assert not marker.exists() and load_checkpoint(ckpt).meta["epoch"] == 2
+
+
 def test_resume_refuses_fewer_epochs_than_the_checkpoint_has_done(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
