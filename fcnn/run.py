@@ -567,22 +567,23 @@ def _stored_rng(state: Mapping[str, Any] | None, resume: bool) -> dict[str, Any]
 
 
 def _check_fits(record: RunRecord, resume: bool) -> None:
-    """``ValueError`` unless the record's fields fit together: its dataset is its config's
-    and (one this version knows) has images of its ``input_shape``; and for a resumable
-    record, its epoch is within the run's epochs and its history has one row of
-    ``METRICS`` per epoch done, in order."""
+    """``ValueError`` unless the record's fields fit together: its dataset is its config's;
+    and for a resumable record, its ``input_shape`` is its dataset's images', its epoch is
+    within the run's epochs and its history has one row of ``METRICS`` per epoch done, in
+    order. (For inference a model may take other inputs than its dataset's: reading that
+    dataset's test set says so, ``load_test_set``.)"""
     config, epoch, shape = record.config, record.epoch, record.input_shape
     if config is not None and record.dataset != config.dataset:
         raise ValueError(f"dataset {record.dataset!r} is not its config's {config.dataset!r}")
-    if record.dataset in IMAGE_SHAPES and shape != IMAGE_SHAPES[record.dataset]:
-        raise ValueError(
-            f"input_shape {list(shape)} is not the shape of {record.dataset} images, "
-            f"{list(IMAGE_SHAPES[record.dataset])}"
-        )
     if not resume:
         return
     if config is None or epoch is None:  # from_meta refuses such a record first
         raise ValueError("missing config or epoch")
+    if shape != IMAGE_SHAPES[config.dataset]:
+        raise ValueError(
+            f"input_shape {list(shape)} is not the shape of {config.dataset} images, "
+            f"{list(IMAGE_SHAPES[config.dataset])}"
+        )
     if epoch > config.epochs:
         raise ValueError(f"epoch {epoch} is past the run's {_count(config.epochs, 'epoch')}")
     if len(record.history) != epoch:
