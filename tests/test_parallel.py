@@ -27,7 +27,9 @@ from fcnn.parallel import (
     allreduce_sum,
     broadcast,
     drop_last_batch,
+    mpi_timeout,
     shard,
+    wait_limit,
     world,
 )
 from fcnn.tree import flatten_dict
@@ -120,12 +122,14 @@ def test_drop_last_batch(n: int, batch: int, ranks: int, batch_norm: bool, expec
     assert drop_last_batch(n, batch, ranks, batch_norm) is expected
 
 
-def run_job(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_job(
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     """Run an ``mpiexec`` command line in a session of its own; at TIMEOUT, or if the test
     stops, kill the whole session (mpiexec, its proxies and every rank) and fail."""
     proc = subprocess.Popen(
         cmd,
-        cwd=ROOT,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -433,3 +437,116 @@ def test_two_ranks_train_on_device_arrays_as_one_process_does(
     assert b.meta["history"][-1]["test_acc"] == pytest.approx(
         a.meta["history"][-1]["test_acc"], abs=2e-3
     )
+
+
+# --- issue 24: ranks that disagree or stop answering end the job, saying who ----------------
+
+
+@needs_mpi
+@pytest.mark.parametrize(
+    ("rank0", "rank1"),
+    [(["--save", "s.npz"], ["--no-save"]), (["--save", "a.npz"], ["--save", "b.npz"])],
+)
+def test_regression_ranks_that_disagreed_on_save_hung_after_epoch_1(
+    tmp_path: Path, rank0: list[str], rank1: list[str]
+) -> None:
+    """Rank 0 saved and waited in the barrier after its checkpoint; rank 1, with --no-save,
+    was already in the next step's allreduce: both spun at 100% CPU forever. The files
+    flags are now part of what the ranks agree on before training."""
+    common = [sys.executable, str(ROOT / "train.py"), "--dataset", "lines", "--quiet"]
+    cmd = [str(MPIEXEC), "-n", "1", *common, *rank0, ":", "-n", "1", *common, *rank1]
+    start = time.monotonic()
+    done = run_job(cmd, cwd=tmp_path)
+    took = time.monotonic() - start
+    assert done.returncode == 1, done.stderr
+    assert "rank 1 started with other files (--save, --no-save, --metrics" in done.stderr
+    assert done.stderr.count("started with other") == 1 and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+    assert took < 60, took  # at start-up (about 2 s here), not after an epoch
+
+
+RANK_1_STOPS = """
+import os, signal, sys, time
+import fcnn
+from fcnn import train
+from fcnn.parallel import world
+if world().Get_rank() == 1:
+    real, calls = fcnn.train_epoch, []
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # in epoch 2: as kill -STOP would, between two collectives
+            with open({stamp!r}, "w") as f:
+                f.write(repr(time.time()))
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return real(*args, **kwargs)
+    fcnn.train_epoch = stopping
+sys.exit(train.main({argv!r}))
+"""
+
+
+@needs_mpi
+def test_regression_a_stopped_rank_hung_the_job_forever_without_a_word(tmp_path: Path) -> None:
+    """Issue 24: with one rank stopped (SIGSTOP) the others waited in the allreduce forever
+    (still there after 120 s, no message). Now a collective waits at most the larger of
+    FCNN_MPI_TIMEOUT (here 3 s) and 10 x the slowest step so far, then the lowest waiting
+    rank names the silent one and the job ends."""
+    stamp, script = tmp_path / "stopped", tmp_path / "stop.py"
+    argv = ["--dataset", "lines", "--epochs", "5", "--quiet", "--no-save"]
+    script.write_text(RANK_1_STOPS.format(stamp=str(stamp), argv=argv))
+    done = mpirun(str(script), env={"FCNN_MPI_TIMEOUT": "3"})
+    ended = time.time()
+    assert done.returncode == 1, done.stderr
+    said = (
+        r"error: rank 0 waited \d+ s at allreduce #\d+ \(\d+ values\): rank 1 has not arrived "
+        r"and does not answer \(stopped, hung or dead\?\); ending the job \(the larger of "
+        r"FCNN_MPI_TIMEOUT=3 s and 10 x the slowest step so far, [\d.e-]+ s\)\n"
+    )
+    found = re.search(said, done.stderr)
+    assert found, done.stderr
+    after = ended - float(stamp.read_text())
+    # 3 s of waiting, 1 s for answers, 0.5 s for the message to leave; slack for a busy machine
+    assert 3 <= after < 30, after
+
+
+OUT_OF_STEP = """
+import sys
+import numpy as np
+from fcnn.parallel import on_every_rank
+def body(ranks):
+    if ranks.rank == 0:
+        ranks.comm.Barrier()
+    else:
+        ranks.comm.Allreduce(np.zeros(4), np.empty(4))
+    return 0
+sys.exit(on_every_rank(body))
+"""
+
+
+@needs_mpi
+def test_ranks_in_different_collectives_are_told_not_left_hanging(tmp_path: Path) -> None:
+    script = tmp_path / "out_of_step.py"
+    script.write_text(OUT_OF_STEP)
+    done = mpirun(str(script))
+    assert done.returncode == 1, done.stderr
+    said = "error: the ranks are out of step: rank 0 at barrier #1 (0 values), rank 1 at "
+    assert done.stderr.count(said + "allreduce #1 (4 values)") == 1, done.stderr
+
+
+@needs_mpi
+def test_a_malformed_timeout_is_said_once(tmp_path: Path) -> None:
+    done = mpirun("train.py", "--dataset", "lines", "--no-save", env={"FCNN_MPI_TIMEOUT": "soon"})
+    assert done.returncode == 1
+    assert done.stderr == (
+        "error: FCNN_MPI_TIMEOUT must be a number of seconds >= 0 (0: wait forever), got 'soon'\n"
+    )
+
+
+def test_the_timeout_setting_and_the_limit_it_gives() -> None:
+    assert mpi_timeout({}) == 60.0 and mpi_timeout({"FCNN_MPI_TIMEOUT": " 2.5 "}) == 2.5
+    assert mpi_timeout({"FCNN_MPI_TIMEOUT": "0"}) == 0.0
+    for bad in ("-1", "nan", "inf", "1 min"):
+        with pytest.raises(ValueError, match="FCNN_MPI_TIMEOUT must be a number of seconds"):
+            mpi_timeout({"FCNN_MPI_TIMEOUT": bad})
+    assert wait_limit(60, 0.2) == 60  # fast steps: the floor
+    assert wait_limit(60, 30) == 300  # slow steps: 10 x the slowest
+    assert wait_limit(0, 30) is None  # 0: wait forever, as before

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +20,29 @@ from fcnn.data.augment import random_shift, shift_augment
 from fcnn.io import read_checkpoint_header
 from fcnn.models import describe_model
 from fcnn.run import (
+    IMAGE_SHAPES,
+    METRICS,
     Options,
     Outputs,
     RunConfig,
     RunRecord,
+    check_finite,
     check_outputs,
+    claim_path,
     claim_run_folder,
     load_test_set,
     read_resume,
+    release,
     write_metrics,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD = sorted(FIXTURES.glob("v0.2.0-*.npz"))
+
+
+def _row(epoch: int, test_acc: float) -> dict[str, Any]:
+    """A history row as train.py writes it."""
+    return {key: 0.5 for key in METRICS} | {"epoch": epoch, "test_acc": test_acc}
 
 
 def _record(**changes: Any) -> RunRecord:
@@ -44,7 +56,7 @@ def _record(**changes: Any) -> RunRecord:
         config=RunConfig(dataset="lines", model="small"),
         epoch=3,
         rng=dict(np.random.default_rng(0).bit_generator.state),
-        history=({"epoch": 1, "test_acc": 0.75},),
+        history=(_row(1, 0.5), _row(2, 0.625), _row(3, 0.75)),
     )
     return RunRecord(**{**base.__dict__, **changes})
 
@@ -72,16 +84,18 @@ def test_a_checkpoint_of_fcnn_0_2_0_reads_as_a_record_and_writes_back_the_same(p
         ("input_shape", [1, 28], "input_shape must be a list of 3 positive ints"),
         ("input_shape", [1, 0, 28], "input_shape must be a list of 3 positive ints"),
         ("classes", [], "classes must be a non-empty list"),
-        ("normalization", {"mean": [0.1, 0.2], "std": [1, 1]}, "must have 1 means"),
-        ("normalization", {"mean": [0.1], "std": [0.0]}, "positive stds"),
+        ("normalization", {"mean": [0.1, 0.2], "std": [1, 1]}, "mean must be a list of 1 number"),
+        ("normalization", {"mean": [0.1], "std": [0.0]}, r"std\[0\] must be a finite number > 0"),
         ("normalization", {"mean": [0.1]}, "normalization must be an object with mean and std"),
-        ("normalization", {"mean": {"a": 1}, "std": ["x"]}, "normalization must hold numbers"),
+        ("normalization", {"mean": {"a": 1}, "std": ["x"]}, "mean must be a list of 1 number"),
         ("model", "small", "model must be an object"),
         ("dataset", 3, "dataset must be a string, got 3"),
-        ("epoch", -1, "malformed epoch"),
+        ("epoch", -1, "epoch must be an integer >= 0, got -1"),
         ("epoch", True, "epoch must be an integer, got True"),
-        ("history", [1, 2], "history rows"),
+        ("history", [1, 2], "history row 1 must be an object of finite numbers, got 1"),
         ("rng", [1], r"rng must be an object, got \[1\]"),
+        ("classes", ["a", 2], "classes must be a non-empty list of strings"),
+        ("dataset", "mnist", "dataset 'mnist' is not its config's 'lines'"),
     ],
 )
 def test_from_meta_names_a_malformed_field(key: str, value: Any, message: str) -> None:
@@ -224,3 +238,171 @@ def test_set_up_and_save_write_the_record_a_resume_reads_back(tmp_path: Path) ->
     assert load_checkpoint(ckpt).meta == record.to_meta()
     with pytest.raises(CliError, match=r"--save .* already exists"):
         set_up(given, Options(save=str(ckpt)), Ranks())
+
+
+# --- issue 24: every stored field checked as its flag is, in one line naming it -------------
+
+
+@pytest.mark.parametrize(
+    ("normalization", "message"),
+    [
+        (
+            {"mean": [0.1], "std": [1e-300]},
+            r"std\[0\] must be a finite number > 0 \(in float32\), got 1e-300",
+        ),
+        (
+            {"mean": [1e300], "std": [1.0]},
+            r"mean\[0\] must be a finite number \(in float32\), got 1e\+300",
+        ),
+        ({"mean": [0.5], "std": [1e-39]}, r"std\[0\] 1e-39 is too small for mean\[0\] 0.5"),
+        ({"mean": [float("nan")], "std": [1.0]}, r"mean\[0\] must be a finite number"),
+        ({"mean": [0.1], "std": [float("inf")]}, r"std\[0\] must be a finite number > 0"),
+        ({"mean": "abc", "std": [1.0]}, "mean must be a list of 1 number"),
+        ({"mean": [[0.1], [0.2, 0.3]], "std": [1.0]}, "mean must be a list of 1 number"),
+        ({"mean": [0.1], "std": [True]}, "std must be a list of 1 number"),
+    ],
+)
+def test_regression_normalization_that_float32_cannot_hold_was_a_traceback(
+    normalization: dict[str, Any], message: str
+) -> None:
+    """A std of 1e-300 passed the float64 check, became 0 in float32, and --resume,
+    inference_example and visualize ended in normalize's traceback."""
+    meta = {**_record().to_meta(), "normalization": normalization}
+    with pytest.raises(ValueError, match=message):
+        RunRecord.from_meta(meta)
+
+
+def test_a_wrong_channel_count_is_named_by_input_shape() -> None:
+    """Three channels throughout (input_shape and normalization) on a lines checkpoint: the
+    resume ended in normalize's traceback after the data was loaded."""
+    meta = {
+        **_record().to_meta(),
+        "input_shape": [3, 28, 28],
+        "normalization": {"mean": [0.1] * 3, "std": [0.3] * 3},
+    }
+    with pytest.raises(ValueError, match=r"input_shape \[3, 28, 28\] is not the shape of lines"):
+        RunRecord.from_meta(meta, resume=True)
+    # for inference a model may take other inputs (load_test_set says so if asked for samples)
+    assert RunRecord.from_meta(meta).input_shape == (3, 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epoch": 11}, "epoch 11 is past the run's 10 epochs"),
+        ({"history": [_row(1, 0.5), _row(2, 0.5)]}, "history has 2 rows for 3 epochs done"),
+        ({"history": [_row(1, 0.5), _row(3, 0.5), _row(2, 0.5)]}, "history row 2 must hold"),
+        ({"history": [_row(1, 0.5), _row(2, 0.5), {"epoch": 3}]}, "history row 3 must hold"),
+        ({"history": [_row(1, 0.5), _row(2, 0.5), _row(3, float("nan"))]}, "history row 3 must be"),
+        ({"rng": {"bit_generator": "PCG64", "state": {"state": "x", "inc": 1}}}, "rng is not a "),
+        ({"rng": {"bit_generator": "Mersenne"}}, "rng is not a generator state"),
+    ],
+)
+def test_regression_resume_trusted_the_stored_epoch_history_and_generator(
+    change: dict[str, Any], message: str
+) -> None:
+    """Odd history rows ended --resume in a KeyError after training; a malformed generator
+    state was found after the data was loaded; an epoch past the run's total was taken."""
+    meta = {**_record().to_meta(), **change}
+    with pytest.raises(ValueError, match=message):
+        RunRecord.from_meta(meta, resume=True)
+    if "rng" in change:  # inference needs no generator: left out, as an unreadable config is
+        assert RunRecord.from_meta(meta).rng is None
+
+
+def test_a_stored_config_is_checked_as_the_flags_are_also_for_settings_that_must_fit() -> None:
+    """--augment 28 on lines (28x28 images) ended in random_shift's traceback after the data
+    was loaded; now the flags (exit 2) and a stored config (resume) refuse it up front."""
+    with pytest.raises(ValueError, match=r"--augment must be < 28 for lines \(28x28 images\)"):
+        RunConfig(dataset="lines", augment=28)
+    assert RunConfig(dataset="cifar10", augment=31).augment == 31
+    meta = _record().to_meta()
+    meta = {**meta, "config": {**meta["config"], "augment": 28}}
+    with pytest.raises(ValueError, match="its stored config: --augment must be < 28"):
+        RunRecord.from_meta(meta, resume=True)
+
+
+def test_image_shapes_are_the_datasets_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IMAGE_SHAPES checks settings before any data is loaded: it must say what loading says."""
+    from fcnn.data import DATASETS, load_dataset
+
+    fake_cifar10(tmp_path, monkeypatch)
+    assert set(IMAGE_SHAPES) == set(DATASETS)
+    for name in ("lines", "digits-sample", "cifar10"):
+        assert load_dataset(name, tmp_path, download=False).input_shape == IMAGE_SHAPES[name]
+    assert IMAGE_SHAPES["mnist"] == IMAGE_SHAPES["digits-sample"]  # the sample is MNIST's
+
+
+def test_check_finite_names_the_first_array_with_nan_or_inf() -> None:
+    from fcnn.io import CheckpointError
+
+    good = {"conv1": {"w": np.ones((2, 2), np.float32)}, "step": np.array(3)}
+    check_finite({"params": good, "state": {}, "opt_state": None}, "m.npz")
+    bad = {"conv1": {"w": np.array([[1.0, np.nan], [np.inf, 1.0]], np.float32)}}
+    with pytest.raises(CheckpointError, match=r"^m.npz: state/conv1/w holds 2 NaN or infinite"):
+        check_finite({"params": good, "state": bad}, "m.npz")
+
+
+# --- issue 24: one run at a time writes a checkpoint -----------------------------------------
+
+
+def test_a_claimed_checkpoint_path_is_refused_to_a_second_run_until_released(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "sub" / "m.npz")
+    first = claim_path(path)  # the folder is made, as --save makes it
+    marker = tmp_path / "sub" / ".m.npz.lock"
+    assert marker.read_text().startswith(f"pid {os.getpid()} on ")
+    with pytest.raises(
+        CliError,
+        match=rf"--save {re.escape(path)} is being written by another run \(pid {os.getpid()} on ",
+    ):
+        claim_path(path)  # another open file, as another process would have
+    release(first)
+    assert not marker.exists()
+    release(claim_path(path, "--resume"))
+
+
+def test_a_marker_left_by_a_killed_run_blocks_nothing(tmp_path: Path) -> None:
+    """kill -9 leaves the marker, but the lock ends with the process that held it."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.npz"
+    hold = (
+        "import sys, time\nfrom fcnn.run import claim_path\n"
+        f"claim_path({str(path)!r})\nprint('held', flush=True)\ntime.sleep(600)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        with pytest.raises(CliError, match=f"pid {proc.pid} on"):
+            claim_path(str(path))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (tmp_path / ".m.npz.lock").exists()  # left behind by the killed run ...
+    release(claim_path(str(path)))  # ... and taken over at once
+
+
+def test_without_flock_the_claim_is_the_markers_exclusive_creation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where fcntl is missing (Windows), a killed run's marker has to be removed by hand:
+    the message says which file."""
+    monkeypatch.setattr("fcnn.run._HAVE_FLOCK", False)
+    path = str(tmp_path / "m.npz")
+    claim = claim_path(path)
+    with pytest.raises(CliError, match=r"if no run is writing it, remove .*\.m\.npz\.lock$"):
+        claim_path(path)
+    release(claim)
+    release(claim_path(path))
+
+
+def test_run_folders_claimed_at_the_same_time_are_all_different(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = str(tmp_path / "runs")
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(lambda _: claim_run_folder("lines", root), range(16)))
+    assert sorted(Path(f).name for f in folders) == sorted(f"lines-{n}" for n in range(1, 17))

@@ -210,6 +210,9 @@ def test_ctrl_c_stops_cleanly_after_saving_finished_epochs(
         ["--limit-train", "0"],
         ["--augment", "-1"],
         ["--seed", "-1"],
+        ["--dataset", "lines", "--augment", "28"],  # issue 24: a traceback after loading
+        ["--augment", "28"],  # digits-sample, 28x28 too
+        ["--dataset", "cifar10", "--augment", "32"],
     ],
 )
 def test_bad_flags_exit_2(argv: list[str]) -> None:
@@ -662,3 +665,175 @@ def test_the_data_folder_is_recorded_and_used_again_on_resume(
     monkeypatch.setenv("FCNN_DATA_DIR", str(tmp_path / "elsewhere"))  # not where the data is
     assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 0
     assert load_checkpoint(ckpt).meta["epoch"] == 2
+
+
+# --- issue 24: hostile checkpoints and a checkpoint path two runs want ----------------------
+
+
+def _tampered(path: Path, meta: Any = None, nan_at: str | None = None) -> None:
+    """Rewrite the checkpoint at ``path`` with ``meta(old_meta)`` as its metadata and, with
+    ``nan_at`` (a params path), a NaN in that array."""
+    ckpt = load_checkpoint(path)
+    params = fcnn.flatten_dict(ckpt.params)
+    if nan_at is not None:
+        params[nan_at] = params[nan_at].copy()
+        params[nan_at].flat[0] = np.nan
+    new_meta = meta(json.loads(json.dumps(ckpt.meta))) if meta else ckpt.meta
+    save_checkpoint(
+        path,
+        params=fcnn.unflatten_dict(params),
+        state=ckpt.state,
+        opt_state=ckpt.opt_state,
+        meta=new_meta,
+    )
+
+
+def _set(**fields: Any) -> Any:
+    return lambda meta: {**meta, **fields}
+
+
+HOSTILE = {
+    "std-underflows-float32": (
+        _set(normalization={"mean": [0.1], "std": [1e-300]}),
+        r"normalization std\[0\] must be a finite number > 0 \(in float32\), got 1e-300",
+    ),
+    "three-channels": (
+        _set(input_shape=[3, 28, 28], normalization={"mean": [0.1] * 3, "std": [0.3] * 3}),
+        r"input_shape \[3, 28, 28\] is not the shape of lines images",
+    ),
+    "malformed-generator": (
+        lambda m: {**m, "rng": {**m["rng"], "state": {"state": "x", "inc": 1}}},
+        "rng is not a generator state",
+    ),
+    "odd-history-rows": (_set(history=[{"epoch": 1}]), "history row 1 must hold"),
+    "epoch-minus-5": (_set(epoch=-5), "epoch must be an integer >= 0, got -5"),
+    "epoch-past-the-run": (_set(epoch=7), "epoch 7 is past the run's 1 epoch"),
+    "augment-past-the-image": (
+        lambda m: {**m, "config": {**m["config"], "augment": 28}},
+        "its stored config: --augment must be < 28",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_regression_resume_of_a_tampered_field_was_a_traceback_or_trained_on(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 24: each ended --resume in a traceback (KeyError, normalize, random_shift, the
+    generator after the data was loaded) or was taken (an epoch past the run's). Now one
+    line names the field, before any data is loaded."""
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
+    change, message = HOSTILE[case]
+    _tampered(ckpt, change)
+    before = ckpt.read_bytes()
+
+    def no_loading(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the dataset was loaded before the checkpoint was checked")
+
+    monkeypatch.setattr(fcnn.run, "load_dataset", no_loading)
+    capsys.readouterr()
+    assert run("--resume", str(ckpt), "--epochs", "3", "--quiet") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {ckpt}: cannot resume: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err
+    assert ckpt.read_bytes() == before
+
+
+def test_regression_nan_parameters_were_served_and_resumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 24: NaN weights gave "probability": null from the server and "nan%" from
+    inference_example; now load_trained (every reader) and --resume refuse them, naming
+    the array."""
+    import inference_example
+    from fcnn.io import CheckpointError
+    from fcnn.visualize import main as visualize
+
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 0
+    _tampered(ckpt, nan_at="dense1/b")
+    what = "params/dense1/b holds 1 NaN or infinite value (of 2); the checkpoint cannot be used"
+    with pytest.raises(CheckpointError, match=re.escape(f"{ckpt}: {what}")):
+        load_trained(ckpt)
+    capsys.readouterr()
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 1
+    assert capsys.readouterr().err == f"error: {ckpt}: cannot resume: {what}\n"
+    assert inference_example.main([str(ckpt), "--samples", "2"]) == 1
+    assert visualize([str(ckpt), "--out", str(tmp_path / "pictures")]) == 1
+    assert capsys.readouterr().err == f"error: {ckpt}: {what}\n" * 2
+
+
+def test_regression_two_runs_with_the_same_new_save_path_both_exited_0(tmp_path: Path) -> None:
+    """Issue 24: started together, both trained and both exited 0, and the file held one
+    run. Now the second to claim the path is refused at start (exit 1, in seconds) and the
+    file holds the run that finished."""
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+
+    def start(seed: int) -> subprocess.Popen[str]:
+        argv = ["--dataset", "lines", "--epochs", "3", "--quiet", "--seed", str(seed)]
+        return subprocess.Popen(
+            [sys.executable, str(root / "train.py"), *argv, "--save", "s.npz"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    t0 = time.monotonic()
+    procs = [start(1), start(2)]
+    ended = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        ended.append((proc.returncode, time.monotonic() - t0, err))
+    codes = sorted(code for code, _, _ in ended)
+    assert codes == [0, 1], ended
+    winner = [code for code, _, _ in ended].index(0) + 1
+    loser = ended[2 - winner]
+    assert "error: --save s.npz is being written by another run (pid " in loser[2] or (
+        "already exists" in loser[2]  # the winner had finished before the loser started
+    ), loser
+    assert load_checkpoint(tmp_path / "s.npz").meta["config"]["seed"] == winner
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]  # no marker left
+
+
+def test_the_claim_refuses_a_second_run_before_any_work_and_ends_with_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Held while a run trains (here: a claim taken as another run would hold it), let go
+    however the run ends: done, Ctrl-C, an error."""
+    from fcnn.run import claim_path, release
+
+    ckpt, marker = tmp_path / "m.npz", tmp_path / ".m.npz.lock"
+    other = claim_path(str(ckpt))
+    with monkeypatch.context() as m:
+        m.setattr(fcnn.run, "load_dataset", lambda *a, **k: pytest.fail("data was loaded"))
+        assert run("--dataset", "lines", *FAST, "--save", str(ckpt)) == 1
+        assert "is being written by another run" in capsys.readouterr().err
+        assert run("--resume", str(ckpt)) == 1  # resuming it too: it writes the same file
+        assert "error: --resume " in capsys.readouterr().err
+    release(other)
+    with monkeypatch.context() as m:
+        interrupt_at_epoch(m, 2)
+        assert run("--dataset", "lines", *FAST, "--epochs", "3", "--save", str(ckpt)) == 130
+    assert not marker.exists()
+    assert run("--dataset", "lines", *FAST, "--epochs", "1", "--save", str(ckpt)) == 1  # exists
+    assert not marker.exists()
+    assert run("--resume", str(ckpt), "--epochs", "2", "--quiet") == 0
+    assert not marker.exists() and load_checkpoint(ckpt).meta["epoch"] == 2
+
+
+def test_resume_refuses_fewer_epochs_than_the_checkpoint_has_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--epochs 1 on a run that did 2 printed "done ... after 1 epoch" and wrote nothing."""
+    ckpt = tmp_path / "m.npz"
+    assert run("--dataset", "lines", *FAST, "--epochs", "2", "--save", str(ckpt)) == 0
+    capsys.readouterr()
+    assert run("--resume", str(ckpt), "--epochs", "1") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --epochs 1 is fewer than the 2 epochs {ckpt} has done; ")
+    assert err.endswith("give --epochs 2 or more\n") and err.count("\n") == 1

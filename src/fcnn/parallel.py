@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -52,11 +53,15 @@ from .tree import flatten_dict, tree_map, tree_map_with_path, unflatten_dict
 
 __all__ = [
     "MPI_ENV_VARS",
+    "TIMEOUT_VAR",
     "Comm",
     "EveryRankError",
+    "MPISetupError",
     "MissingMPIError",
     "Ranks",
     "RanksDisagreeError",
+    "RanksOutOfStepError",
+    "WatchedComm",
     "abort",
     "abort_on_failure",
     "agree",
@@ -66,11 +71,13 @@ __all__ = [
     "broadcast",
     "check_same_everywhere",
     "data_parallel_step",
+    "differing_parts",
     "drop_last_batch",
     "evaluate_on",
     "evaluate_sharded",
     "fingerprint",
     "join_ranks",
+    "mpi_timeout",
     "on_every_rank",
     "set_blas_threads",
     "shard",
@@ -78,6 +85,7 @@ __all__ = [
     "sync_train_state",
     "training_step",
     "wait_for_root",
+    "wait_limit",
     "world",
 ]
 
@@ -99,6 +107,15 @@ class Comm(Protocol):
 
 class MissingMPIError(ImportError):
     """Started by mpiexec, but mpi4py is not installed."""
+
+
+class MPISetupError(Exception):
+    """This process cannot join the job as asked (a malformed ``FCNN_MPI_TIMEOUT``); every
+    rank raises it, and the one with ``root`` true says it."""
+
+    def __init__(self, message: str, *, root: bool = True) -> None:
+        super().__init__(message)
+        self.root = root
 
 
 def world() -> Comm | None:
@@ -390,6 +407,194 @@ def abort_on_failure(comm: Comm | None) -> Iterator[None]:
         raise
 
 
+# --- collectives that never wait forever ------------------------------------------------------
+
+TIMEOUT_VAR = "FCNN_MPI_TIMEOUT"
+DEFAULT_TIMEOUT_S = 60.0
+# A collective may wait this many times the longest time between two collectives so far.
+SLOW_FACTOR = 10.0
+# How long a rank that stopped waiting gives the others to say that they are waiting too.
+ANSWER_S = 1.0
+# A rank waiting for the others looks at the collective without pause for this long, only
+# offering its core to other processes between looks (on a busy machine a pause, even of
+# microseconds, makes the next look come milliseconds later; not yielding starves a rank
+# that shares the core), then with pauses of a tenth of the wait so far, at most MAX_PAUSE_S.
+SPIN_S = 0.05
+MAX_PAUSE_S = 0.01
+_yield_core: Callable[[], None] = getattr(os, "sched_yield", lambda: time.sleep(0))
+_KINDS = ("allreduce", "bcast", "allgather", "barrier")
+_PING, _PONG = 7301, 7302  # point-to-point tags: "where are you?", "waiting in a collective"
+
+
+def mpi_timeout(environ: Mapping[str, str]) -> float:
+    """``FCNN_MPI_TIMEOUT``'s seconds (``DEFAULT_TIMEOUT_S`` when unset; 0: wait forever);
+    ``ValueError`` for anything but a number >= 0."""
+    text = environ.get(TIMEOUT_VAR, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(
+            f"{TIMEOUT_VAR} must be a number of seconds >= 0 (0: wait forever), got {text!r}"
+        )
+    return seconds
+
+
+def wait_limit(timeout: float, slowest: float, factor: float = SLOW_FACTOR) -> float | None:
+    """How long a collective may wait for the other ranks: ``factor`` times the slowest
+    step seen so far (``slowest`` seconds), and never less than ``timeout``; ``None``
+    (forever) when ``timeout`` is 0."""
+    return None if timeout == 0 else max(timeout, factor * slowest)
+
+
+def _where(row: Array) -> str:
+    """``"allreduce #12 (8426 values)"`` from a collective's ``[number, kind, size]``."""
+    number, kind, size = (int(v) for v in row)
+    return f"{_KINDS[kind]} #{number} ({size} values)"
+
+
+class WatchedComm:
+    """An mpi4py communicator (the ``Comm`` protocol) whose collectives never wait forever.
+
+    Before each collective the ranks say where they are: a nonblocking ``Iallgather`` of
+    ``[number, kind, size]``, polled until every rank has arrived (for ``SPIN_S`` without
+    pause, yielding the core between looks; then with pauses of a tenth of the wait so far,
+    at most ``MAX_PAUSE_S``). Then:
+
+    - ranks that entered different collectives raise ``RanksOutOfStepError`` on every rank
+      instead of hanging in mismatched collectives;
+    - otherwise the collective itself runs, at full speed, every rank being there.
+
+    A wait longer than ``wait_limit(timeout, slowest)`` ends the job: the rank asks every
+    other rank where it is (ranks waiting in a collective answer at once), the lowest
+    rank that is waiting names those that did not answer in one line, and ``MPI_Abort``
+    ends every rank with status 1. ``slowest`` is the longest time between the ends of two
+    collectives so far (the start-up before the first is left out), so the limit follows
+    the job's own pace. The timing is state, hence a class: the communicator is the one
+    mutable thing a run holds, and only ``join_ranks`` makes one.
+    """
+
+    def __init__(self, comm: Any, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self._comm = comm
+        self.timeout = timeout
+        self._count = 0  # collectives entered
+        self._slowest = 0.0
+        self._last = time.monotonic()  # when the last collective ended (or we started)
+
+    def Get_rank(self) -> int:
+        return int(self._comm.Get_rank())
+
+    def Get_size(self) -> int:
+        return int(self._comm.Get_size())
+
+    def Abort(self, errorcode: int = 0) -> None:
+        self._comm.Abort(errorcode)
+
+    def Allreduce(self, sendbuf: Any, recvbuf: Any) -> None:
+        self._meet("allreduce", np.size(sendbuf))
+        self._comm.Allreduce(sendbuf, recvbuf)
+        self._left()
+
+    def Bcast(self, buf: Any, root: int = 0) -> None:
+        self._meet("bcast", np.size(buf))
+        self._comm.Bcast(buf, root=root)
+        self._left()
+
+    def Allgather(self, sendbuf: Any, recvbuf: Any) -> None:
+        self._meet("allgather", np.size(sendbuf))
+        self._comm.Allgather(sendbuf, recvbuf)
+        self._left()
+
+    def Barrier(self) -> None:
+        self._meet("barrier", 0)
+        self._comm.Barrier()
+        self._left()
+
+    def _meet(self, kind: str, size: int) -> None:
+        """Wait (within the limit) until every rank has entered collective number
+        ``self._count``; ``RanksOutOfStepError`` when some entered another one."""
+        self._count += 1
+        mine = np.array([self._count, _KINDS.index(kind), size], dtype=np.int64)
+        every = np.empty((self.Get_size(), 3), dtype=np.int64)
+        arrived = time.monotonic()
+        limit = wait_limit(self.timeout, max(self._slowest, arrived - self._last))
+        request = self._comm.Iallgather(mine, every)
+        while not request.Test():
+            waited = time.monotonic() - arrived
+            if waited < SPIN_S:
+                _yield_core()
+                continue
+            self._answer_pings()
+            if limit is not None and waited > limit:
+                self._give_up(_where(mine), waited)
+            time.sleep(min(MAX_PAUSE_S, waited / 10))
+        differ = [r for r in range(len(every)) if not np.array_equal(every[r], every[0])]
+        if differ:
+            others = ", ".join(f"rank {r} at {_where(every[r])}" for r in differ)
+            raise RanksOutOfStepError(
+                f"the ranks are out of step: rank 0 at {_where(every[0])}, {others} "
+                "(a bug in the program the ranks run)"
+            )
+
+    def _left(self) -> None:
+        now = time.monotonic()
+        if self._count > 1:
+            self._slowest = max(self._slowest, now - self._last)
+        self._last = now
+
+    def _answer_pings(self) -> None:
+        """Tell each rank that asked where this one is: waiting in a collective."""
+        from mpi4py import MPI
+
+        status = MPI.Status()
+        asked = np.empty(1, dtype=np.int64)
+        while self._comm.Iprobe(MPI.ANY_SOURCE, _PING, status):
+            source = status.Get_source()
+            self._comm.Recv(asked, source, _PING)
+            self._comm.Send(np.array([self._count], dtype=np.int64), source, _PONG)
+
+    def _give_up(self, where: str, waited: float) -> None:
+        """Ask the other ranks where they are, have the lowest waiting rank name the silent
+        ones, and end the job."""
+        rank, size = self.Get_rank(), self.Get_size()
+        others = [r for r in range(size) if r != rank]
+        asks = [self._comm.Isend(np.array([rank], dtype=np.int64), r, _PING) for r in others]
+        replies = {r: np.empty(1, dtype=np.int64) for r in others}
+        pending = {r: self._comm.Irecv(replies[r], r, _PONG) for r in others}
+        answered: list[int] = []
+        deadline = time.monotonic() + ANSWER_S
+        while pending and time.monotonic() < deadline:
+            self._answer_pings()
+            answered += [r for r, req in pending.items() if req.Test()]
+            pending = {r: req for r, req in pending.items() if r not in answered}
+            time.sleep(MAX_PAUSE_S)
+        if min([rank, *answered]) == rank:  # the lowest rank still waiting says it once
+            print(f"error: {self._silence(where, waited, sorted(pending))}", file=sys.stderr)
+        else:
+            time.sleep(ANSWER_S + 2 * OUTPUT_GRACE_S)  # that rank's abort ends this one
+        del asks  # the asks stay posted until here
+        abort(self._comm, 1)
+
+    def _silence(self, where: str, waited: float, silent: list[int]) -> str:
+        """The one line that ends a job whose ranks stopped answering."""
+        limit = (
+            f"the larger of {TIMEOUT_VAR}={self.timeout:g} s and {SLOW_FACTOR:g} x the slowest "
+            f"step so far, {self._slowest:.2g} s"
+        )
+        names = ", ".join(map(str, silent))
+        what = {
+            0: "every rank answers, yet the collective did not complete",
+            1: f"rank {names} has not arrived and does not answer (stopped, hung or dead?)",
+        }.get(len(silent), f"ranks {names} have not arrived and do not answer (stopped, hung?)")
+        return (
+            f"rank {self.Get_rank()} waited {waited:.0f} s at {where}: {what}; ending the job "
+            f"({limit})"
+        )
+
+
 # --- a job's ranks, as a training program sees them ------------------------------------------
 
 
@@ -428,12 +633,19 @@ class Ranks:
 
 def join_ranks() -> Ranks:
     """This process's place among the ranks ``mpiexec`` started, if any, with its BLAS
-    threads set to cores / ranks (unless the environment says otherwise).
-    ``MissingMPIError`` when started by mpiexec without mpi4py."""
+    threads set to cores / ranks (unless the environment says otherwise) and collectives
+    that never wait forever (``WatchedComm``, limited by ``FCNN_MPI_TIMEOUT``).
+    ``MissingMPIError`` when started by mpiexec without mpi4py, ``MPISetupError`` for a
+    malformed ``FCNN_MPI_TIMEOUT``."""
     comm = world()
     if comm is None:
         return Ranks()
-    return Ranks(comm, comm.Get_rank(), comm.Get_size(), set_blas_threads(comm.Get_size()))
+    try:
+        timeout = mpi_timeout(os.environ)
+    except ValueError as err:
+        raise MPISetupError(str(err), root=comm.Get_rank() == 0) from None
+    watched = WatchedComm(comm, timeout)
+    return Ranks(watched, comm.Get_rank(), comm.Get_size(), set_blas_threads(comm.Get_size()))
 
 
 def training_step(
@@ -505,17 +717,53 @@ class RanksDisagreeError(EveryRankError):
     """The ranks were started with different settings or data; raised on every rank."""
 
 
-def agree(ranks: Ranks, digest: str, ts: TrainState) -> TrainState:
-    """Refuse ranks whose ``digest`` (``fingerprint``) differs from rank 0's, on every rank
-    and before training; then every rank starts from rank 0's ``ts``."""
+class RanksOutOfStepError(EveryRankError):
+    """The ranks entered different collectives (``WatchedComm``): a bug in the program they
+    run, said instead of hanging; raised on every rank."""
+
+
+def differing_parts(digests: Mapping[str, str], comm: Comm) -> dict[int, list[str]]:
+    """For each rank whose ``digests`` (a text per named part, e.g. ``fingerprint``s)
+    differ from rank 0's, the names of the parts that differ; empty when all agree.
+    One ``Allgather`` of fixed-size digests."""
+    names = list(digests)
+    mine = b"".join(hashlib.sha256(digests[k].encode()).digest() for k in names)
+    every = np.empty((comm.Get_size(), len(mine)), dtype=np.uint8)
+    comm.Allgather(np.frombuffer(mine, dtype=np.uint8), every)
+    per_part = every.reshape(len(every), len(names), -1)
+    differ = {
+        r: [k for i, k in enumerate(names) if not np.array_equal(per_part[r, i], per_part[0, i])]
+        for r in range(len(every))
+    }
+    return {r: parts for r, parts in differ.items() if parts}
+
+
+def _ranks_named(ranks: Sequence[int]) -> str:
+    """``"rank 1"``, ``"ranks 1, 3"``."""
+    return f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))}"
+
+
+def _listed(words: Sequence[str]) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``."""
+    return " and ".join([", ".join(words[:-1]), words[-1]] if len(words) > 1 else words)
+
+
+def agree(ranks: Ranks, digests: Mapping[str, str], ts: TrainState) -> TrainState:
+    """Refuse ranks whose ``digests`` (a ``fingerprint`` per named part of what they were
+    started with: ``{"settings": ..., "data": ...}``) differ from rank 0's, on every rank
+    and before training, naming the ranks and the parts; then every rank starts from
+    rank 0's ``ts``."""
     if ranks.comm is None:
         return ts
-    differ = check_same_everywhere(digest, ranks.comm)
-    if differ:
-        raise RanksDisagreeError(
-            f"rank{'s' * (len(differ) > 1)} {', '.join(map(str, differ))} started with other "
-            "settings, data or checkpoint than rank 0; start every rank with the same command"
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for rank, parts in differing_parts(digests, ranks.comm).items():
+        groups.setdefault(tuple(parts), []).append(rank)
+    if groups:
+        said = "; ".join(
+            f"{_ranks_named(who)} started with other {_listed(parts)} than rank 0"
+            for parts, who in groups.items()
         )
+        raise RanksDisagreeError(f"{said}; start every rank with the same command")
     return sync_train_state(ts, ranks.comm)
 
 
@@ -555,8 +803,9 @@ def on_every_rank(body: Callable[[Ranks], int]) -> int:
     """
     try:
         ranks = join_ranks()
-    except MissingMPIError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+    except (MissingMPIError, MPISetupError) as err:
+        if getattr(err, "root", True):
+            print(f"error: {err}", file=sys.stderr, flush=True)
         return 1
     with abort_on_failure(ranks.comm):
         try:

@@ -20,6 +20,7 @@ this module holds a ``Ranks`` record, never a communicator.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -28,7 +29,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import socket
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,16 +71,26 @@ from .plots import figure_class, image_format, plot_history
 from .schedules import cosine_decay, one_cycle
 from .specs import SpecError, check_rebuildable, dump_spec, import_function, where_raised
 from .training import Step, TrainState
-from .tree import to_device, to_host, tree_leaves
+from .tree import flatten_dict, to_device, to_host, tree_leaves
+
+try:
+    import fcntl  # the claim on a checkpoint path (claim_path)
+
+    _HAVE_FLOCK = True
+except ImportError:  # Windows: the claim is then the marker's exclusive creation
+    _HAVE_FLOCK = False
 
 __all__ = [
     "DEFAULT_LR",
     "DEVICES",
+    "IMAGE_SHAPES",
     "IMPLS",
+    "METRICS",
     "OPTIMIZERS",
     "PRESETS",
     "RECIPES",
     "SCHEDULES",
+    "Claim",
     "Data",
     "Options",
     "Outputs",
@@ -86,13 +98,17 @@ __all__ = [
     "Run",
     "RunConfig",
     "RunRecord",
+    "check_finite",
     "check_setting",
+    "claim_path",
     "claim_run_folder",
+    "claimed",
     "load_data",
     "load_test_set",
     "make_optimizer",
     "make_schedule",
     "read_resume",
+    "release",
     "resolve_config",
     "save",
     "set_up",
@@ -111,6 +127,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mnist": {"epochs": 12, "augment": 2},
     "lines": {"model": "small", "optimizer": "sgd", "epochs": 3},
     "cifar10": {"epochs": 20, "augment": 4, "flip": 0.5},
+}
+
+# Each dataset's image shape (C, H, W), known before its data is loaded or downloaded.
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits-sample": (1, 28, 28),
+    "mnist": (1, 28, 28),
+    "lines": (1, 28, 28),
+    "cifar10": (3, 32, 32),
 }
 
 # Recipes: a whole run's settings tuned together, over the dataset's presets (flags win).
@@ -336,6 +360,12 @@ class RunConfig:
                 f"--model-arg is for a model of your own (--model MODULE:FUNCTION); "
                 f"{self.model!r} of fcnn.models takes none"
             )
+        _, h, w = IMAGE_SHAPES[self.dataset]
+        if self.augment >= min(h, w):  # a shift as wide as the image leaves nothing of it
+            raise ValueError(
+                f"--augment must be < {min(h, w)} for {self.dataset} ({h}x{w} images), "
+                f"got {self.augment}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as JSON values. A setting added since fcnn 0.2.0 is left out while
@@ -466,20 +496,52 @@ def _shape3(value: Any) -> tuple[int, int, int]:
 
 
 def _statistics(norm: Any, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``normalization``'s ``(mean, std)``: ``channels`` finite numbers each, stds > 0."""
+    """``normalization``'s ``(mean, std)``: ``channels`` numbers each, finite in float32 (the
+    dtype images are normalised in), stds > 0, and pixels in [0, 1] normalised to finite
+    values; ``ValueError`` naming the array and the entry."""
     if not isinstance(norm, Mapping) or not {"mean", "std"} <= set(norm):
         raise ValueError(f"normalization must be an object with mean and std, got {norm!r}")
-    try:
-        mean, std = (np.asarray(norm[k], dtype=np.float64) for k in ("mean", "std"))
-    except (TypeError, ValueError):
-        raise ValueError(f"normalization must hold numbers, got {norm!r}") from None
-    ok = mean.shape == std.shape == (channels,) and np.all(np.isfinite(mean))
-    if not (ok and np.all(np.isfinite(std)) and np.all(std > 0)):
-        raise ValueError(
-            f"normalization must have {channels} means and positive stds, got mean "
-            f"{mean.shape}, std {std.shape}"
-        )
-    return tuple(mean.tolist()), tuple(std.tolist())
+    stats = {}
+    for key in ("mean", "std"):
+        value = norm[key]
+        numbers = isinstance(value, list) and all(_is_number(v) for v in value)
+        if not numbers or len(value) != channels:
+            raise ValueError(
+                f"normalization {key} must be a list of {_count(channels, 'number')} (one per "
+                f"channel of input_shape), got {value!r}"
+            )
+        with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused
+            stats[key] = np.asarray(value, dtype=np.float64).astype(np.float32)
+    mean, std = stats["mean"], stats["std"]
+    with np.errstate(all="ignore"):
+        low, high = (0 - mean) / std, (1 - mean) / std  # where pixels 0 and 1 go
+    for c in range(channels):
+        if not np.isfinite(mean[c]):
+            raise ValueError(
+                f"normalization mean[{c}] must be a finite number (in float32), got "
+                f"{norm['mean'][c]!r}"
+            )
+        if not (np.isfinite(std[c]) and std[c] > 0):
+            raise ValueError(
+                f"normalization std[{c}] must be a finite number > 0 (in float32), got "
+                f"{norm['std'][c]!r}"
+            )
+        if not (np.isfinite(low[c]) and np.isfinite(high[c])):
+            raise ValueError(
+                f"normalization std[{c}] {norm['std'][c]!r} is too small for mean[{c}] "
+                f"{norm['mean'][c]!r}: normalised pixels overflow float32"
+            )
+    return tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 number``, ``3 numbers``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number: an int or a float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # What each JSON type is called in messages.
@@ -546,9 +608,11 @@ class RunRecord:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any], *, resume: bool = False) -> RunRecord:
-        """The record a checkpoint's ``meta`` holds; ``ValueError`` naming what is missing or
-        malformed. ``resume``: also require what resuming needs (config, epoch, rng), and a
-        config this version can read (otherwise such a config is left out)."""
+        """The record a checkpoint's ``meta`` holds; ``ValueError`` naming the field that is
+        missing or malformed, each checked as its flag would be. ``resume``: also require
+        what resuming needs (config, epoch, rng, a history of one row per epoch) and a
+        config and generator state this version can read (otherwise, for inference, which
+        needs neither, they are left out). The fields must fit together (``_check_fits``)."""
         required = _TRAINED_KEYS + (_RESUME_KEYS if resume else ())
         missing = [key for key in required if meta.get(key) is None]
         if missing:
@@ -557,27 +621,28 @@ class RunRecord:
             raise ValueError(f"model must be an object, got {meta['model']!r}")
         shape = _shape3(meta["input_shape"])
         classes = meta["classes"]
-        if not isinstance(classes, list) or not classes:
-            raise ValueError(f"classes must be a non-empty list, got {classes!r}")
+        if not (isinstance(classes, list) and classes and all(type(c) is str for c in classes)):
+            raise ValueError(f"classes must be a non-empty list of strings, got {classes!r}")
         mean, std = _statistics(meta["normalization"], shape[0])
         config = _optional_of(meta, "config", Mapping)
         epoch = _optional_of(meta, "epoch", int)
-        history = _optional_of(meta, "history", list) or []
-        if (epoch is not None and epoch < 0) or not all(isinstance(r, Mapping) for r in history):
-            raise ValueError(f"malformed epoch {epoch!r} or history rows")
-        return cls(
+        if epoch is not None and epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {epoch}")
+        record = cls(
             model=dict(meta["model"]),
             input_shape=shape,
-            classes=tuple(str(c) for c in classes),
+            classes=tuple(classes),
             mean=mean,
             std=std,
             dataset=_optional_of(meta, "dataset", str),
             data_dir=_optional_of(meta, "data_dir", str),
             config=None if config is None else _stored_config(config, resume),
             epoch=epoch,
-            rng=_optional_of(meta, "rng", Mapping),
-            history=tuple(dict(row) for row in history),
+            rng=_stored_rng(_optional_of(meta, "rng", Mapping), resume),
+            history=_history(_optional_of(meta, "history", list) or []),
         )
+        _check_fits(record, resume)
+        return record
 
     def normalization(self) -> tuple[Array, Array]:
         """``(mean, std)`` as float32 arrays ``(C,)``."""
@@ -590,6 +655,72 @@ class RunRecord:
         if isinstance(acc, int | float) and not isinstance(acc, bool) and 0.0 <= acc <= 1.0:
             return float(acc)
         return None
+
+
+# The metrics train.py writes for every epoch: a history row, a line of the metrics file.
+METRICS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "train_seconds",
+    "samples_per_second",
+)
+
+
+def _history(rows: list[Any]) -> tuple[dict[str, Any], ...]:
+    """The history's rows: objects of finite numbers (one per epoch, for a resumable run:
+    ``_check_fits``)."""
+    for i, row in enumerate(rows, 1):
+        finite = isinstance(row, Mapping) and all(
+            _is_number(v) and math.isfinite(v) for v in row.values()
+        )
+        if not finite:
+            raise ValueError(f"history row {i} must be an object of finite numbers, got {row!r}")
+    return tuple(dict(row) for row in rows)
+
+
+def _stored_rng(state: Mapping[str, Any] | None, resume: bool) -> dict[str, Any] | None:
+    """The training generator's stored state, if ``restore_generator`` can restore it; one
+    it cannot refuses a resume but is left out for inference, which needs none of it."""
+    if state is None:
+        return None
+    try:
+        restore_generator(state)
+    except ValueError as err:  # CheckpointError included
+        if not resume:
+            return None
+        raise ValueError(f"rng is not a generator state: {err}") from None
+    return dict(state)
+
+
+def _check_fits(record: RunRecord, resume: bool) -> None:
+    """``ValueError`` unless the record's fields fit together: its dataset is its config's;
+    and for a resumable record, its ``input_shape`` is its dataset's images', its epoch is
+    within the run's epochs and its history has one row of ``METRICS`` per epoch done, in
+    order. (For inference a model may take other inputs than its dataset's: reading that
+    dataset's test set says so, ``load_test_set``.)"""
+    config, epoch, shape = record.config, record.epoch, record.input_shape
+    if config is not None and record.dataset != config.dataset:
+        raise ValueError(f"dataset {record.dataset!r} is not its config's {config.dataset!r}")
+    if not resume:
+        return
+    if config is None or epoch is None:  # from_meta refuses such a record first
+        raise ValueError("missing config or epoch")
+    if shape != IMAGE_SHAPES[config.dataset]:
+        raise ValueError(
+            f"input_shape {list(shape)} is not the shape of {config.dataset} images, "
+            f"{list(IMAGE_SHAPES[config.dataset])}"
+        )
+    if epoch > config.epochs:
+        raise ValueError(f"epoch {epoch} is past the run's {_count(config.epochs, 'epoch')}")
+    if len(record.history) != epoch:
+        rows = _count(len(record.history), "row")
+        raise ValueError(f"history has {rows} for {_count(epoch, 'epoch')} done")
+    for i, row in enumerate(record.history, 1):
+        if sorted(row) != sorted(METRICS) or row["epoch"] != i or type(row["epoch"]) is not int:
+            raise ValueError(f"history row {i} must hold {list(METRICS)} for epoch {i}, got {row}")
 
 
 def _stored_config(saved: Mapping[str, Any], resume: bool) -> RunConfig | None:
@@ -759,6 +890,91 @@ def claim_run_folder(dataset: str, root: str = RUNS_FOLDER) -> str:
         raise CliError(f"cannot make a run folder in {root}: {err.strerror or err}") from None
 
 
+# --- one run at a time writes a checkpoint --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run's hold on the checkpoint it writes (``claim_path``): ``marker`` is the file
+    ``.NAME.lock`` beside it, and ``fd`` the open file that holds the lock on it."""
+
+    path: str
+    marker: str
+    fd: int
+
+
+def claim_path(path: str, flag: str = "--save") -> Claim:
+    """Make sure no other run writes ``path`` while this one does: create (or reuse) the
+    marker ``.NAME.lock`` beside it and lock it exclusively (``flock``) until ``release``.
+    The operating system drops the lock when a process ends, however it ends, so a marker
+    that a killed run left blocks nothing. Taken before any work; ``CliError`` naming the
+    run that holds it (``flag``: the option that named ``path``, for the message).
+    Without ``fcntl`` (Windows) the claim is the marker's exclusive creation, and a killed
+    run's marker must be removed by hand: the message says so."""
+    try:
+        check_writable_file(path, make_folder=True)
+    except PathError as err:
+        raise CliError(str(err)) from None
+    marker = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+    fd, holder = _lock_marker(marker)
+    if fd is None:
+        stale = "" if _HAVE_FLOCK else f"; if no run is writing it, remove {marker}"
+        raise CliError(
+            f"{flag} {path} is being written by another run ({holder or 'pid unknown'}); wait "
+            f"for it to finish, or choose another path{stale}"
+        )
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    return Claim(path, marker, fd)
+
+
+def _lock_marker(marker: str) -> tuple[int | None, str]:
+    """``(fd, "")``: the marker file, open and locked by this process; or ``(None, who)``:
+    another run holds it, and what its marker says about that run."""
+    while True:
+        try:
+            flags = os.O_RDWR | os.O_CREAT | (0 if _HAVE_FLOCK else os.O_EXCL)
+            fd = os.open(marker, flags, 0o644)
+        except FileExistsError:  # no flock: the marker itself is the claim
+            with open(marker, "rb") as f:
+                return None, f.read(200).decode(errors="replace").strip()
+        if not _HAVE_FLOCK:
+            return fd, ""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: another open file holds the lock
+            holder = os.read(fd, 200).decode(errors="replace").strip()
+            os.close(fd)
+            return None, holder
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(marker)):
+                return fd, ""
+        os.close(fd)  # a run that finished removed this marker since we opened it: again
+
+
+def release(claim: Claim | None) -> None:
+    """Let ``claim`` go: remove its marker, then unlock (closing the file)."""
+    if claim is None:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(claim.marker)
+    os.close(claim.fd)
+
+
+@contextlib.contextmanager
+def claimed(options: Options, ranks: Ranks) -> Iterator[Claim | None]:
+    """Hold the checkpoint this run writes (``--save``, or the one it resumes) for the
+    run's life: rank 0 claims it (``claim_path``) before any work and lets it go however
+    the run ends. A new run folder needs no claim: it is this run's alone
+    (``claim_run_folder``)."""
+    path = None if options.no_save or not ranks.root else options.save or options.resume
+    claim = None if path is None else claim_path(path, "--save" if options.save else "--resume")
+    try:
+        yield claim
+    finally:
+        release(claim)
+
+
 def check_outputs(outputs: Outputs, options: Options) -> None:
     """Before any training: every output can be written, none replaces a file without
     ``--overwrite`` (on ``--resume``, the run's own checkpoint, metrics and plot may be
@@ -913,6 +1129,10 @@ def _resume_progress(path: str, record: RunRecord, fresh: Progress) -> Progress:
     ts = fresh.ts
     expected = {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state}
     ckpt = load_checkpoint(path, expected=expected)
+    check_finite(
+        {"params": ckpt.params, "state": ckpt.state, "opt_state": ckpt.opt_state},
+        f"{path}: cannot resume",
+    )
     if record.rng is None or record.epoch is None:  # read_resume refuses such a record
         raise CheckpointError(f"{path}: cannot resume: no epoch or generator state")
     return Progress(
@@ -922,6 +1142,22 @@ def _resume_progress(path: str, record: RunRecord, fresh: Progress) -> Progress:
         history=tuple(dict(row) for row in record.history),
         saved=f"{path} (epoch {record.epoch})",
     )
+
+
+def check_finite(trees: Mapping[str, Any], where: str) -> None:
+    """``CheckpointError`` (``where: ...``) naming the first floating array of ``trees``
+    (``{"params": ..., "state": ...}``, nested dicts of arrays; ``None`` skipped) that holds
+    NaN or an infinity: a model with one predicts NaN, and training from it goes nowhere."""
+    for prefix, tree in trees.items():
+        for key, leaf in sorted(flatten_dict(tree or {}).items()):
+            a = np.asarray(leaf)
+            if a.dtype.kind not in "fc" or np.isfinite(a).all():
+                continue
+            bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+            raise CheckpointError(
+                f"{where}: {prefix}/{key} holds {bad} NaN or infinite value"
+                f"{'s' * (bad > 1)} (of {a.size}); the checkpoint cannot be used"
+            )
 
 
 def write_metrics(path: str, history: Sequence[Mapping[str, Any]]) -> None:
@@ -993,6 +1229,11 @@ def set_up(given: Mapping[str, Any], options: Options, ranks: Ranks) -> tuple[Ru
     xp = _array_library(options.device, ranks)
     record = read_resume(options.resume)[1] if options.resume else None
     config = resolve_config(given, None if record is None else record.config)
+    if record is not None and record.epoch is not None and config.epochs < record.epoch:
+        raise CliError(
+            f"--epochs {config.epochs} is fewer than the {record.epoch} epochs {options.resume} "
+            f"has done; give --epochs {record.epoch} or more"
+        )
     resume, trust = options.resume or "", options.trust_code
     built = None if record is None else _resumed_model(resume, record, trust)
     if ranks.root:  # the only rank that writes
@@ -1007,7 +1248,7 @@ def set_up(given: Mapping[str, Any], options: Options, ranks: Ranks) -> tuple[Ru
     schedule = make_schedule(config, config.epochs * steps_per_epoch)
     opt = make_optimizer(config, schedule)
     progress = _first_progress(config, data, model, opt, options.resume, record)
-    progress = _agree(ranks, config, data, progress)
+    progress = _agree(ranks, config, data, options, progress)
     data, progress = _upload(xp, data, progress)
     dropout = has_layer(model.spec, "Dropout")
     run = Run(
@@ -1118,13 +1359,29 @@ def _first_progress(
     return fresh if resume is None or record is None else _resume_progress(resume, record, fresh)
 
 
-def _agree(ranks: Ranks, config: RunConfig, data: Data, progress: Progress) -> Progress:
-    """Under MPI: refuse ranks started with other settings, data or checkpoint than rank 0,
-    then start every rank from rank 0's state (``fcnn.parallel.agree``)."""
-    settings = {"config": config.as_dict(), "epoch": progress.epoch}
+def _agree(
+    ranks: Ranks, config: RunConfig, data: Data, options: Options, progress: Progress
+) -> Progress:
+    """Under MPI: refuse ranks started with other settings, data, files or checkpoint than
+    rank 0 (the files decide which collectives a rank takes part in: ``--no-save`` skips
+    the barrier after each save), then start every rank from rank 0's state
+    (``fcnn.parallel.agree``)."""
+    files = {name: getattr(options, name) for name in _AGREED_OPTIONS}
     arrays = [data.x_train, data.y_train, data.x_test, data.y_test, data.mean, data.std]
-    ts = agree(ranks, fingerprint(settings, arrays), progress.ts)
+    digests = {
+        "settings": fingerprint({"config": config.as_dict()}, []),
+        "data": fingerprint({}, arrays),
+        f"files ({', '.join(flag_name(n) for n in _AGREED_OPTIONS)})": fingerprint(files, []),
+    }
+    if options.resume:  # where the run stands (else the seed, a setting, says it)
+        resumed = (progress.epoch, generator_state(progress.rng), list(progress.history))
+        digests["checkpoint"] = fingerprint({"resumed": resumed}, [])
+    ts = agree(ranks, digests, progress.ts)
     return dataclasses.replace(progress, ts=ts)
+
+
+# The flags every rank must be given alike: where the run writes, and what it resumes.
+_AGREED_OPTIONS = ("save", "no_save", "metrics", "plot", "overwrite", "resume")
 
 
 def _record(config: RunConfig, data: Data, desc: Mapping[str, Any]) -> RunRecord:

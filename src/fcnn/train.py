@@ -35,7 +35,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import fcnn
-from fcnn.cli import EXIT_INTERRUPTED, add_flags, add_trust_code, from_flags, run_main
+from fcnn.cli import (
+    EXIT_INTERRUPTED,
+    CliError,
+    add_flags,
+    add_trust_code,
+    from_flags,
+    run_main,
+)
 from fcnn.data import DatasetNotFoundError
 from fcnn.io import CheckpointError
 from fcnn.parallel import EveryRankError, Ranks, evaluate_on, on_every_rank, sync
@@ -46,8 +53,10 @@ from fcnn.run import (
     Run,
     RunConfig,
     check_setting,
+    claimed,
     parameter_count,
     parse_model_arg,
+    resolve_config,
     save,
     set_up,
 )
@@ -77,17 +86,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_flags(files, Options, skip=("trust_code",))
     add_trust_code(files)
     args = p.parse_args(argv)
-    if args.model_args is not None:  # [(key, value), ...] -> {key: value}
-        keys = [key for key, _ in args.model_args]
-        twice = sorted({key for key in keys if keys.count(key) > 1})
-        if twice:
-            p.error(f"--model-arg gives {', '.join(twice)} more than once")
-        args.model_args = dict(args.model_args)
-    for name, value in settings_given(args).items():
-        try:
+    args.model_args = _model_args(p, args.model_args)
+    given = settings_given(args)
+    try:
+        for name, value in given.items():
             check_setting(name, value)
-        except ValueError as err:
-            p.error(str(err))
+        if args.resume is None:  # settings that do not fit together (--augment past the image)
+            resolve_config(given, None)
+    except (ValueError, CliError) as err:
+        p.error(str(err))
     return args
 
 
@@ -100,6 +107,17 @@ def _model_arg(text: str) -> tuple[str, Any]:
         return parse_model_arg(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _model_args(p: argparse.ArgumentParser, pairs: Any) -> dict[str, Any] | None:
+    """``--model-arg`` pairs ``[(key, value), ...]`` as a dict; a key given twice is exit 2."""
+    if pairs is None:
+        return None
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        p.error(f"--model-arg gives {', '.join(twice)} more than once")
+    return dict(pairs)
 
 
 def settings_given(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,8 +138,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace, ranks: Ranks) -> int:
-    """Set up, then every epoch: train, evaluate, log, save."""
-    run, progress = set_up(settings_given(args), from_flags(Options, args), ranks)
+    """Claim the checkpoint, set up, then every epoch: train, evaluate, log, save."""
+    options = from_flags(Options, args)
+    with claimed(options, ranks):  # no other run writes this checkpoint until this one ends
+        run, progress = set_up(settings_given(args), options, ranks)
+        return train_epochs(run, progress)
+
+
+def train_epochs(run: Run, progress: Progress) -> int:
+    """Every epoch: train, evaluate, log, save; the exit status."""
     say(run, describe(run, progress))
     d, c = run.data, run.config
     try:
