@@ -71,7 +71,7 @@ def test_fcnn_worker_is_train_py_recipe_run() -> None:
     data = dataclasses.replace(run.data, x_test=run.data.x_test[:200], y_test=run.data.y_test[:200])
     run = dataclasses.replace(run, data=data)
     d = run.data
-    for epoch in (1, 2):  # fcnn.train.train's loop, without the saving
+    for epoch in (1, 2):  # train.train_epochs's loop, without the saving
         ts, _ = fcnn.train_epoch(
             run.step, progress.ts, d.x_train, d.y_train, run.config.batch_size, progress.rng,
             None, run.augment, run.drop_last,
