@@ -253,12 +253,11 @@ def data_parallel_step(
 ) -> Step:
     """``step(ts, x, y, ctx) -> (new_ts, loss)`` over a *global* batch shared by all ranks.
 
-    Each rank computes the mean loss and gradient of its ``shard`` of ``(x, y)``; one
-    fused allreduce sums ``count * gradient``, ``count * loss`` and the counts, so
-    every rank gets the global batch's mean gradient and loss and applies the same
-    update. Model state (batch-norm statistics) stays this rank's own. A non-finite
-    loss on any rank makes the global loss non-finite: every rank then raises
-    ``NonFiniteLossError`` together, leaving ``ts`` untouched.
+    Each rank computes the mean loss and gradient of its ``shard`` of ``(x, y)``; one fused
+    allreduce sums ``count * gradient``, ``count * loss`` and the counts, so every rank
+    gets the global batch's mean gradient and loss and applies the same update. Model
+    state (batch-norm statistics) stays this rank's own. A non-finite loss on any rank
+    raises ``NonFiniteLossError`` on every rank together, leaving ``ts`` untouched.
 
     ``random_layers``: whether the model draws from ``ctx.rng`` (dropout); each rank then
     has a generator of its own, seeded by one draw from ``ctx.rng`` per step. ``False``
