@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pytest
+from conv_cases import (
+    ConvCase,
+    assert_float32_in_float32_out,
+    assert_gradcheck,
+    assert_impls_agree,
+    assert_matches_torch,
+    assert_read_only_inputs_survive,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,93 +28,35 @@ from fcnn.ops.layout import batch_last, nchw_view
 
 IMPLS = ["naive", "im2col", "strided"]
 
-# (N, C, F, H, W, KH, KW, stride, padding); comments say why each case is here.
-GRID: list[tuple[int, int, int, int, int, int, int, Any, Any]] = [
-    (1, 1, 2, 5, 5, 3, 3, 1, 0),  # the plain case
-    (2, 2, 3, 7, 9, 2, 3, 2, 1),  # non-square kernel and input; 7 + 2 - 2 = 7 odd: stride 2 skips
-    (1, 2, 2, 7, 9, 3, 2, 3, ((1, 0), (2, 1))),  # asymmetric padding, stride 3 divides neither axis
-    (2, 1, 3, 6, 5, 2, 2, (2, 3), ((2, 1), (0, 2))),  # different strides per axis
-    (1, 2, 1, 3, 4, 3, 3, (1, 2), ((3, 0), (0, 4))),  # windows lying wholly in the padding
-    (1, 2, 2, 8, 7, 1, 1, 3, 0),  # 1x1 kernel, most rows untouched
+# ConvCase(N, C, F, H, W, KH, KW, stride, padding); comments say why each case is here.
+GRID = [
+    ConvCase(1, 1, 2, 5, 5, 3, 3, 1, 0),  # the plain case
+    # non-square kernel and input; 7 + 2 - 2 = 7 odd: stride 2 skips
+    ConvCase(2, 2, 3, 7, 9, 2, 3, 2, 1),
+    # asymmetric padding, stride 3 divides neither axis
+    ConvCase(1, 2, 2, 7, 9, 3, 2, 3, ((1, 0), (2, 1))),
+    ConvCase(2, 1, 3, 6, 5, 2, 2, (2, 3), ((2, 1), (0, 2))),  # different strides per axis
+    ConvCase(1, 2, 1, 3, 4, 3, 3, (1, 2), ((3, 0), (0, 4))),  # windows lying wholly in the padding
+    ConvCase(1, 2, 2, 8, 7, 1, 1, 3, 0),  # 1x1 kernel, most rows untouched
 ]
-GRID_IDS = [f"case{i}" for i in range(len(GRID))]
-
-
-def make(
-    rng: np.random.Generator,
-    n: int,
-    c: int,
-    f: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    dtype: Any = np.float64,
-) -> tuple[dict[str, np.ndarray[Any, Any]], np.ndarray[Any, Any]]:
-    params = {
-        "w": rng.standard_normal((f, c, kh, kw)).astype(dtype),
-        "b": rng.standard_normal(f).astype(dtype),
-    }
-    return params, rng.standard_normal((n, c, h, w)).astype(dtype)
-
-
-def run(
-    params: dict[str, Any], x: Any, cfg: Conv2dCfg, dy_seed: int = 7
-) -> tuple[Any, Any, Any, Any]:
-    """y, dx, dw, db with a random dy drawn from a fixed seed."""
-    y, cache = conv2d_fwd(params, x, cfg)
-    dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(y.dtype)
-    dx, grads = conv2d_bwd(cache, dy)
-    return y, dx, grads["w"], grads["b"]
 
 
 # --- gradients and agreement ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize(("n", "c", "f", "h", "w", "kh", "kw", "stride", "pad"), GRID, ids=GRID_IDS)
-def test_gradcheck(
-    rng: np.random.Generator,
-    impl: str,
-    n: int,
-    c: int,
-    f: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    stride: Any,
-    pad: Any,
-) -> None:
-    params, x = make(rng, n, c, f, h, w, kh, kw)
-    report = check_pair(conv2d_fwd, conv2d_bwd, params, x, Conv2dCfg(stride, pad, impl), rng=rng)
-    assert set(report.errors) == {"x", "w", "b"}
-    assert report.ok(1e-6), report
+@pytest.mark.parametrize("case", GRID, ids=str)
+def test_gradcheck(rng: np.random.Generator, impl: str, case: ConvCase) -> None:
+    assert_gradcheck(case, rng, impl)
 
 
-@pytest.mark.parametrize(("n", "c", "f", "h", "w", "kh", "kw", "stride", "pad"), GRID, ids=GRID_IDS)
-def test_impls_agree_on_grid(
-    rng: np.random.Generator,
-    n: int,
-    c: int,
-    f: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    stride: Any,
-    pad: Any,
-) -> None:
-    params, x = make(rng, n, c, f, h, w, kh, kw)
-    ref = run(params, x, Conv2dCfg(stride, pad, "naive"))
-    for impl in ("im2col", "strided"):
-        got = run(params, x, Conv2dCfg(stride, pad, impl))
-        for name, a, b in zip(("y", "dx", "dw", "db"), got, ref, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=f"{impl} {name}")
+@pytest.mark.parametrize("case", GRID, ids=str)
+def test_impls_agree_on_grid(rng: np.random.Generator, case: ConvCase) -> None:
+    assert_impls_agree(case, rng, IMPLS)
 
 
 @st.composite
-def conv_cases(draw: st.DrawFn) -> tuple[int, ...]:
+def conv_cases(draw: st.DrawFn) -> ConvCase:
     n, c, f = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
@@ -113,22 +64,13 @@ def conv_cases(draw: st.DrawFn) -> tuple[int, ...]:
     # Output >= 1x1 needs H + pt + pb >= KH.
     h = draw(st.integers(max(1, kh - pt - pb), kh + 6))
     w = draw(st.integers(max(1, kw - pl - pr), kw + 6))
-    return n, c, f, h, w, kh, kw, sh, sw, pt, pb, pl, pr
+    return ConvCase(n, c, f, h, w, kh, kw, (sh, sw), ((pt, pb), (pl, pr)))
 
 
 @settings(max_examples=120)
 @given(conv_cases(), st.integers(0, 2**32 - 1))
-def test_impls_agree_hypothesis(case: tuple[int, ...], seed: int) -> None:
-    n, c, f, h, w, kh, kw, sh, sw, pt, pb, pl, pr = case
-    rng = np.random.default_rng(seed)
-    params, x = make(rng, n, c, f, h, w, kh, kw)
-    stride, pad = (sh, sw), ((pt, pb), (pl, pr))
-    ref = run(params, x, Conv2dCfg(stride, pad, "naive"), dy_seed=seed)
-    for impl in ("im2col", "strided"):
-        got = run(params, x, Conv2dCfg(stride, pad, impl), dy_seed=seed)
-        for name, a, b in zip(("y", "dx", "dw", "db"), got, ref, strict=True):
-            assert a.shape == b.shape
-            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=f"{impl} {name}")
+def test_impls_agree_hypothesis(case: ConvCase, seed: int) -> None:
+    assert_impls_agree(case, np.random.default_rng(seed), IMPLS, dy_seed=seed)
 
 
 def test_known_values() -> None:
@@ -143,8 +85,8 @@ def test_known_values() -> None:
 @pytest.mark.parametrize("impl", IMPLS)
 def test_rows_no_window_touches_get_zero_gradient(rng: np.random.Generator, impl: str) -> None:
     # H = W = 6, K = 3, stride 2: windows start at 0 and 2, so row/column 5 is never read.
-    params, x = make(rng, 1, 2, 2, 6, 6, 3, 3)
-    _, dx, _, _ = run(params, x, Conv2dCfg(2, 0, impl))
+    case = ConvCase(1, 2, 2, 6, 6, 3, 3, 2, 0)
+    _, dx, _, _ = case.run(*case.make(rng), impl)
     assert np.all(dx[:, :, 5, :] == 0) and np.all(dx[:, :, :, 5] == 0)
     assert np.any(dx[:, :, 4, :] != 0)
 
@@ -154,51 +96,31 @@ def test_rows_no_window_touches_get_zero_gradient(rng: np.random.Generator, impl
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_float32_in_float32_out(rng: np.random.Generator, impl: str) -> None:
-    params, x = make(rng, 2, 2, 3, 7, 6, 3, 2, dtype=np.float32)
-    cfg = Conv2dCfg(2, ((1, 0), (0, 1)), impl)
-    out = run(params, x, cfg)
-    for a in out:
-        assert a.dtype == np.float32
-    p64 = {k: v.astype(np.float64) for k, v in params.items()}
-    ref = run(p64, x.astype(np.float64), cfg)
-    for a, b in zip(out, ref, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert_float32_in_float32_out(ConvCase(2, 2, 3, 7, 6, 3, 2, 2, ((1, 0), (0, 1))), rng, impl)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_non_contiguous_inputs(rng: np.random.Generator, impl: str) -> None:
-    params, x = make(rng, 2, 2, 3, 7, 6, 3, 2)
+    case = ConvCase(2, 2, 3, 7, 6, 3, 2, (1, 2), 1)
+    params, x = case.make(rng)
     x_view = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
     wide = np.zeros((3, 4, 3, 2))
     wide[:, ::2] = params["w"]
     w_view = wide[:, ::2]
     assert not x_view.flags.c_contiguous and not w_view.flags.c_contiguous
-    cfg = Conv2dCfg((1, 2), 1, impl)
-    ref = run(params, x, cfg)
-    got = run({"w": w_view, "b": params["b"]}, x_view, cfg)
+    ref = case.run(params, x, impl)
+    got = case.run({"w": w_view, "b": params["b"]}, x_view, impl)
     for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     # A sliced batch (every other sample) is also a view.
     big = np.repeat(x, 2, axis=0)[::2]
-    np.testing.assert_allclose(run(params, big, cfg)[0], ref[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(case.run(params, big, impl)[0], ref[0], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_read_only_inputs_are_not_modified(rng: np.random.Generator, impl: str) -> None:
-    params, x = make(rng, 2, 2, 3, 6, 5, 2, 3)
-    originals = {"x": x.copy(), "w": params["w"].copy(), "b": params["b"].copy()}
-    for a in (x, params["w"], params["b"]):
-        a.setflags(write=False)
-    y, cache = conv2d_fwd(params, x, Conv2dCfg(2, ((0, 1), (1, 0)), impl))
-    dy = rng.standard_normal(y.shape)
-    dy.setflags(write=False)
-    dy_copy = dy.copy()
-    conv2d_bwd(cache, dy)
-    conv2d_bwd(cache, dy)  # backward twice from one cache: nothing was consumed
-    np.testing.assert_array_equal(x, originals["x"])
-    np.testing.assert_array_equal(params["w"], originals["w"])
-    np.testing.assert_array_equal(params["b"], originals["b"])
-    np.testing.assert_array_equal(dy, dy_copy)
+    case = ConvCase(2, 2, 3, 6, 5, 2, 3, 2, ((0, 1), (1, 0)))
+    assert_read_only_inputs_survive(case, rng, impl, *case.make(rng))
 
 
 def test_docstring_shows_shapes_and_formula() -> None:
@@ -243,7 +165,7 @@ def test_cfg_is_canonical_and_frozen() -> None:
 
 
 def _good(rng: np.random.Generator) -> tuple[dict[str, Any], Any]:
-    return make(rng, 1, 1, 2, 5, 5, 3, 3)
+    return ConvCase(1, 1, 2, 5, 5, 3, 3).make(rng)
 
 
 def test_wrong_rank_of_x(rng: np.random.Generator) -> None:
@@ -435,33 +357,24 @@ def test_cache_type(rng: np.random.Generator) -> None:
 @pytest.mark.parametrize("impl", IMPLS)
 def test_matches_torch(rng: np.random.Generator, impl: str) -> None:
     torch = pytest.importorskip("torch")
-    F = torch.nn.functional
-    cases: list[tuple[int, int, int, int, int, int, int, Any, tuple[int, int]]] = [
-        (2, 2, 3, 7, 9, 2, 3, (2, 3), (1, 2)),
-        (1, 3, 2, 6, 6, 3, 3, 2, (1, 1)),
+    cases = [
+        ConvCase(2, 2, 3, 7, 9, 2, 3, (2, 3), (1, 2)),
+        ConvCase(1, 3, 2, 6, 6, 3, 3, 2, (1, 1)),
     ]
-    for n, c, f, h, w, kh, kw, stride, pad in cases:
-        params, x = make(rng, n, c, f, h, w, kh, kw)
-        cfg = Conv2dCfg(stride, pad, impl)
-        y, dx, dw, db = run(params, x, cfg)
-        dy = np.random.default_rng(7).standard_normal(y.shape)
-        tx = torch.tensor(x, requires_grad=True)
-        tw = torch.tensor(params["w"], requires_grad=True)
-        tb = torch.tensor(params["b"], requires_grad=True)
-        ty = F.conv2d(tx, tw, tb, stride=stride, padding=pad)
-        ty.backward(torch.tensor(dy))
-        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(dw, tw.grad.numpy(), rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(db, tb.grad.numpy(), rtol=1e-10, atol=1e-10)
+    for case in cases:
+        params, x = case.make(rng)
+        conv = partial(torch.nn.functional.conv2d, stride=case.stride, padding=case.pad)
+        ours = case.run(params, x, impl)
+        assert_matches_torch(torch, ours, params, x, conv, rtol=1e-10, atol=1e-10)
 
 
 # --- the batch-last memory layout of the im2col kernel -----------------------------------
 
 
 def test_im2col_output_is_an_nchw_view_of_batch_last_memory(rng: np.random.Generator) -> None:
-    params, x = make(rng, 3, 2, 4, 6, 5, 3, 3)
-    y, cache = conv2d_fwd(params, x, Conv2dCfg(1, 1))
+    case = ConvCase(3, 2, 4, 6, 5, 3, 3, 1, 1)
+    params, x = case.make(rng)
+    y, cache = conv2d_fwd(params, x, case.cfg("im2col"))
     assert y.shape == (3, 4, 6, 5)
     assert np.shares_memory(batch_last(y), y)  # (F, OH, OW, N) memory: the GEMM's own output
     dx, _ = conv2d_bwd(cache, np.ones_like(y))
@@ -472,8 +385,9 @@ def test_im2col_output_is_an_nchw_view_of_batch_last_memory(rng: np.random.Gener
 def test_any_memory_layout_of_x_and_dy_gives_the_same_result(
     rng: np.random.Generator, impl: str
 ) -> None:
-    params, x = make(rng, 2, 3, 4, 7, 6, 3, 2)
-    cfg = Conv2dCfg((2, 1), ((1, 0), (0, 1)), impl)
+    case = ConvCase(2, 3, 4, 7, 6, 3, 2, (2, 1), ((1, 0), (0, 1)))
+    params, x = case.make(rng)
+    cfg = case.cfg(impl)
     y, cache = conv2d_fwd(params, x, cfg)
     dy = rng.standard_normal(y.shape)
     dx, grads = conv2d_bwd(cache, dy)
@@ -497,7 +411,7 @@ def test_a_chain_of_layers_gradchecks_through_batch_last_activations(
     # conv -> maxpool -> conv: the inner activations and gradients stay batch-last.
     from fcnn.layers.pool import Pool2dCfg, max_pool2d_bwd, max_pool2d_fwd
 
-    p1, x = make(rng, 2, 1, 3, 8, 8, 3, 3)
+    p1, x = ConvCase(2, 1, 3, 8, 8, 3, 3).make(rng)
     p2 = {"w": rng.standard_normal((2, 3, 2, 2)), "b": rng.standard_normal(2)}
     c1, c2, pc = Conv2dCfg(1, 1), Conv2dCfg(1, 0), Pool2dCfg(2)
 
@@ -544,11 +458,12 @@ def test_param_grads_match_the_naive_backward_in_both_product_orders(
 ) -> None:
     from fcnn.layers.conv import conv2d_param_grads
 
-    params, x = make(rng, 3, c, f, 6, 5, k, k)
+    case = ConvCase(3, c, f, 6, 5, k, k, pad=1)
+    params, x = case.make(rng)
     dy_shape = (3, f, 6 - k + 3, 5 - k + 3)
     dy = rng.standard_normal(dy_shape)
-    _, fast = conv2d_fwd(params, x, Conv2dCfg(padding=1))
-    _, slow = conv2d_fwd(params, x, Conv2dCfg(padding=1, impl="naive"))
+    _, fast = conv2d_fwd(params, x, case.cfg("im2col"))
+    _, slow = conv2d_fwd(params, x, case.cfg("naive"))
     got, want = conv2d_param_grads(fast, dy), conv2d_bwd(slow, dy)[1]
     for key in ("w", "b"):
         np.testing.assert_allclose(got[key], want[key], rtol=1e-10, atol=1e-12)

@@ -8,10 +8,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conv_cases import (
+    TransposeCase,
+    assert_float32_in_float32_out,
+    assert_gradcheck,
+    assert_impls_agree,
+    assert_matches_torch,
+    assert_read_only_inputs_survive,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fcnn.gradcheck import check_pair
 from fcnn.layers.base import Context
 from fcnn.layers.conv import Conv2d, Conv2dCfg, conv2d_bwd, conv2d_fwd
 from fcnn.layers.conv_transpose import (
@@ -23,94 +30,32 @@ from fcnn.layers.conv_transpose import (
 )
 from fcnn.ops.layout import batch_last
 
-Arr = np.ndarray[Any, Any]
 IMPLS = ["naive", "im2col"]
 
 # (N, C, F, H, W, KH, KW, stride, padding, output_padding); comments say why each is here.
-GRID: list[tuple[int, int, int, int, int, int, int, Any, Any, Any]] = [
-    (1, 1, 2, 3, 3, 3, 3, 1, 0, 0),  # the plain case: a "full" correlation
-    (2, 3, 2, 4, 5, 3, 3, 2, 1, 1),  # the usual 2x upsampling (OH = 2H)
-    (1, 2, 3, 3, 4, 2, 3, (3, 2), ((1, 0), (0, 2)), (2, 1)),  # asymmetric everything
-    (2, 2, 1, 2, 3, 4, 4, 2, 2, 0),  # padding crops more than the stride adds
-    (1, 3, 2, 4, 3, 1, 1, 3, 0, (2, 1)),  # 1x1 kernel: the output padding is bias alone
+GRID = [
+    TransposeCase(1, 1, 2, 3, 3, 3, 3, 1, 0, 0),  # the plain case: a "full" correlation
+    TransposeCase(2, 3, 2, 4, 5, 3, 3, 2, 1, 1),  # the usual 2x upsampling (OH = 2H)
+    TransposeCase(1, 2, 3, 3, 4, 2, 3, (3, 2), ((1, 0), (0, 2)), (2, 1)),  # asymmetric everything
+    TransposeCase(2, 2, 1, 2, 3, 4, 4, 2, 2, 0),  # padding crops more than the stride adds
+    # 1x1 kernel: the output padding is bias alone
+    TransposeCase(1, 3, 2, 4, 3, 1, 1, 3, 0, (2, 1)),
 ]
-GRID_IDS = [f"case{i}" for i in range(len(GRID))]
-ARGS = ("n", "c", "f", "h", "w", "kh", "kw", "stride", "pad", "out_pad")
-
-
-def make(
-    rng: np.random.Generator,
-    n: int,
-    c: int,
-    f: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    dtype: Any = np.float64,
-) -> tuple[dict[str, Arr], Arr]:
-    params = {
-        "w": rng.standard_normal((c, f, kh, kw)).astype(dtype),
-        "b": rng.standard_normal(f).astype(dtype),
-    }
-    return params, rng.standard_normal((n, c, h, w)).astype(dtype)
-
-
-def run(params: dict[str, Any], x: Arr, cfg: ConvTranspose2dCfg, seed: int = 7) -> tuple[Arr, ...]:
-    """y, dx, dw, db with a random dy drawn from a fixed seed."""
-    y, cache = conv_transpose2d_fwd(params, x, cfg)
-    dy = np.random.default_rng(seed).standard_normal(y.shape).astype(y.dtype)
-    dx, grads = conv_transpose2d_bwd(cache, dy)
-    return y, dx, grads["w"], grads["b"]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize(ARGS, GRID, ids=GRID_IDS)
-def test_gradcheck(
-    rng: np.random.Generator,
-    impl: str,
-    n: int,
-    c: int,
-    f: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    stride: Any,
-    pad: Any,
-    out_pad: Any,
-) -> None:
-    params, x = make(rng, n, c, f, h, w, kh, kw)
-    cfg = ConvTranspose2dCfg(stride, pad, out_pad, impl)
-    report = check_pair(conv_transpose2d_fwd, conv_transpose2d_bwd, params, x, cfg, rng=rng)
-    assert set(report.errors) == {"x", "w", "b"}
-    assert report.ok(1e-6), report
+@pytest.mark.parametrize("case", GRID, ids=str)
+def test_gradcheck(rng: np.random.Generator, impl: str, case: TransposeCase) -> None:
+    assert_gradcheck(case, rng, impl)
 
 
-@pytest.mark.parametrize(ARGS, GRID, ids=GRID_IDS)
-def test_im2col_agrees_with_naive(
-    rng: np.random.Generator,
-    n: int,
-    c: int,
-    f: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    stride: Any,
-    pad: Any,
-    out_pad: Any,
-) -> None:
-    params, x = make(rng, n, c, f, h, w, kh, kw)
-    ref = run(params, x, ConvTranspose2dCfg(stride, pad, out_pad, "naive"))
-    got = run(params, x, ConvTranspose2dCfg(stride, pad, out_pad, "im2col"))
-    for name, a, b in zip(("y", "dx", "dw", "db"), got, ref, strict=True):
-        assert a.shape == b.shape, name
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=name)
+@pytest.mark.parametrize("case", GRID, ids=str)
+def test_im2col_agrees_with_naive(rng: np.random.Generator, case: TransposeCase) -> None:
+    assert_impls_agree(case, rng, IMPLS)
 
 
 @st.composite
-def transpose_cases(draw: st.DrawFn) -> tuple[Any, ...]:
+def transpose_cases(draw: st.DrawFn) -> TransposeCase:
     n, c, f = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
     h, w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
@@ -122,27 +67,22 @@ def transpose_cases(draw: st.DrawFn) -> tuple[Any, ...]:
     bottom = draw(st.integers(0, min(2, room_h - top)))
     left = draw(st.integers(0, min(2, room_w)))
     right = draw(st.integers(0, min(2, room_w - left)))
-    return (n, c, f, h, w, kh, kw), (sh, sw), ((top, bottom), (left, right)), (oph, opw)
+    pad = ((top, bottom), (left, right))
+    return TransposeCase(n, c, f, h, w, kh, kw, (sh, sw), pad, (oph, opw))
 
 
 @settings(max_examples=80)
 @given(transpose_cases(), st.integers(0, 2**32 - 1))
-def test_im2col_agrees_with_naive_hypothesis(case: tuple[Any, ...], seed: int) -> None:
-    shape, stride, pad, out_pad = case
-    params, x = make(np.random.default_rng(seed), *shape)
-    ref = run(params, x, ConvTranspose2dCfg(stride, pad, out_pad, "naive"), seed)
-    got = run(params, x, ConvTranspose2dCfg(stride, pad, out_pad, "im2col"), seed)
-    for name, a, b in zip(("y", "dx", "dw", "db"), got, ref, strict=True):
-        assert a.shape == b.shape, name
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10, err_msg=name)
+def test_im2col_agrees_with_naive_hypothesis(case: TransposeCase, seed: int) -> None:
+    assert_impls_agree(case, np.random.default_rng(seed), IMPLS, dy_seed=seed)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_forward_is_the_input_gradient_of_conv2d(rng: np.random.Generator, impl: str) -> None:
     """y - b is conv2d's dx for dy = x, and dx is conv2d's forward of dy: the two are adjoint."""
-    params, x = make(rng, 2, 3, 4, 4, 5, 3, 2)
-    cfg = ConvTranspose2dCfg(2, ((1, 0), (0, 1)), (1, 0), impl)
-    y, cache = conv_transpose2d_fwd(params, x, cfg)
+    case = TransposeCase(2, 3, 4, 4, 5, 3, 2, 2, ((1, 0), (0, 1)), (1, 0))
+    params, x = case.make(rng)
+    y, cache = conv_transpose2d_fwd(params, x, case.cfg(impl))
     conv_cfg = Conv2dCfg(2, ((1, 0), (0, 1)), impl)
     z = rng.standard_normal(y.shape)  # an input of the convolution from F to C channels
     conv_y, conv_cache = conv2d_fwd({"w": params["w"], "b": np.zeros(3)}, z, conv_cfg)
@@ -159,41 +99,27 @@ def test_forward_is_the_input_gradient_of_conv2d(rng: np.random.Generator, impl:
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize(ARGS, GRID, ids=GRID_IDS)
+@pytest.mark.parametrize("case", GRID, ids=str)
 def test_matches_torch_forward_and_backward(
-    rng: np.random.Generator,
-    impl: str,
-    n: int,
-    c: int,
-    f: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    stride: Any,
-    pad: Any,
-    out_pad: Any,
+    rng: np.random.Generator, impl: str, case: TransposeCase
 ) -> None:
     torch = pytest.importorskip("torch")
-    params, x = make(rng, n, c, f, h, w, kh, kw)
-    y, dx, dw, db = run(params, x, ConvTranspose2dCfg(stride, pad, out_pad, impl))
-    dy = np.random.default_rng(7).standard_normal(y.shape)
-    tx = torch.tensor(x, requires_grad=True)
-    tw = torch.tensor(params["w"], requires_grad=True)
-    tb = torch.tensor(params["b"], requires_grad=True)
-    if isinstance(pad, int):
-        ty = torch.nn.functional.conv_transpose2d(
-            tx, tw, tb, stride=stride, padding=pad, output_padding=out_pad
-        )
-    else:  # PyTorch pads symmetrically: crop the asymmetric rest from its output
-        (top, bottom), (left, right) = pad
+    params, x = case.make(rng)
+
+    def forward(tx: Any, tw: Any, tb: Any) -> Any:
+        if isinstance(case.pad, int):
+            return torch.nn.functional.conv_transpose2d(
+                tx, tw, tb, stride=case.stride, padding=case.pad, output_padding=case.out_pad
+            )
+        # PyTorch pads symmetrically: crop the asymmetric rest from its output
+        (top, bottom), (left, right) = case.pad
         full = torch.nn.functional.conv_transpose2d(
-            tx, tw, tb, stride=stride, padding=0, output_padding=out_pad
+            tx, tw, tb, stride=case.stride, padding=0, output_padding=case.out_pad
         )
-        ty = full[:, :, top : full.shape[2] - bottom, left : full.shape[3] - right]
-    ty.backward(torch.tensor(dy))
-    for ours, theirs in ((y, ty.detach()), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)):
-        np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-10, atol=1e-12)
+        return full[:, :, top : full.shape[2] - bottom, left : full.shape[3] - right]
+
+    ours = case.run(params, x, impl)
+    assert_matches_torch(torch, ours, params, x, forward, rtol=1e-10, atol=1e-12)
 
 
 def test_output_size_and_the_round_trip_of_a_strided_convolution(rng: np.random.Generator) -> None:
@@ -204,8 +130,9 @@ def test_output_size_and_the_round_trip_of_a_strided_convolution(rng: np.random.
         assert up.init(rng, down, np.float64)[2] == (1, size, size)
     # A 1x1 kernel at stride 3 spreads the 2x2 input 3 apart; the rest, the output padding
     # included, is the bias alone.
-    params, x = make(rng, 1, 1, 1, 2, 2, 1, 1)
-    y, _ = conv_transpose2d_fwd(params, x, ConvTranspose2dCfg(3, 0, 2))
+    case = TransposeCase(1, 1, 1, 2, 2, 1, 1, 3, 0, 2)
+    params, x = case.make(rng)
+    y, _ = conv_transpose2d_fwd(params, x, case.cfg("im2col"))
     assert y.shape == (1, 1, 6, 6)  # (2 - 1) * 3 + 1 + 2
     w, b = params["w"][0, 0, 0, 0], params["b"][0]
     want = np.full((6, 6), b)
@@ -218,19 +145,14 @@ def test_output_size_and_the_round_trip_of_a_strided_convolution(rng: np.random.
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_float32_in_float32_out(rng: np.random.Generator, impl: str) -> None:
-    params, x = make(rng, 2, 3, 2, 4, 5, 3, 2, dtype=np.float32)
-    cfg = ConvTranspose2dCfg(2, ((1, 0), (0, 1)), 1, impl)
-    out = run(params, x, cfg)
-    for a in out:
-        assert a.dtype == np.float32
-    p64 = {k: v.astype(np.float64) for k, v in params.items()}
-    for a, b in zip(out, run(p64, x.astype(np.float64), cfg), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    case = TransposeCase(2, 3, 2, 4, 5, 3, 2, 2, ((1, 0), (0, 1)), 1)
+    assert_float32_in_float32_out(case, rng, impl)
 
 
 def test_im2col_output_is_batch_last(rng: np.random.Generator) -> None:
-    params, x = make(rng, 3, 2, 4, 4, 4, 3, 3)
-    y, cache = conv_transpose2d_fwd(params, x, ConvTranspose2dCfg(2, 1, 1))
+    case = TransposeCase(3, 2, 4, 4, 4, 3, 3, 2, 1, 1)
+    params, x = case.make(rng)
+    y, cache = conv_transpose2d_fwd(params, x, case.cfg("im2col"))
     assert np.shares_memory(batch_last(y), y)  # the next layer reads it without a copy
     dx, _ = conv_transpose2d_bwd(cache, np.ones_like(y))
     assert np.shares_memory(batch_last(dx), dx)
@@ -238,18 +160,10 @@ def test_im2col_output_is_batch_last(rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_read_only_inputs_are_not_modified(rng: np.random.Generator, impl: str) -> None:
-    params, x = make(rng, 2, 3, 2, 5, 4, 2, 3)
+    case = TransposeCase(2, 3, 2, 5, 4, 2, 3, 2, ((0, 1), (1, 0)), 1)
+    params, x = case.make(rng)
     x = x.transpose(0, 1, 3, 2)  # (2, 3, 4, 5), not contiguous
-    originals = {"x": x.copy(), "w": params["w"].copy(), "b": params["b"].copy()}
-    for a in (x, params["w"], params["b"]):
-        a.setflags(write=False)
-    y, cache = conv_transpose2d_fwd(params, x, ConvTranspose2dCfg(2, ((0, 1), (1, 0)), 1, impl))
-    dy = rng.standard_normal(y.shape)
-    dy.setflags(write=False)
-    first, second = conv_transpose2d_bwd(cache, dy), conv_transpose2d_bwd(cache, dy)
-    np.testing.assert_array_equal(first[0], second[0])
-    for key, value in originals.items():
-        np.testing.assert_array_equal({"x": x, **params}[key], value)
+    assert_read_only_inputs_survive(case, rng, impl, params, x)
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -273,7 +187,7 @@ def test_cfg_errors() -> None:
 
 
 def test_pair_errors(rng: np.random.Generator) -> None:
-    params, x = make(rng, 1, 2, 3, 4, 4, 3, 3)
+    params, x = TransposeCase(1, 2, 3, 4, 4, 3, 3).make(rng)
     with pytest.raises(
         ValueError, match=r"^conv_transpose2d: x has 3 channels \(C\) but w expects 2$"
     ):

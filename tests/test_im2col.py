@@ -6,92 +6,44 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conv_cases import Window, assert_col2im_is_the_adjoint, assert_columns_match_windows
 
 from fcnn.ops.im2col import col2im, dy_matrix, im2col
 from fcnn.ops.layout import batch_last, memory_flat, nchw_view, padded_batch_last
 from fcnn.ops.shapes import Pad2d, conv_out_size, inside_input
 
-# (N, C, H, W, KH, KW, stride, padding)
-SHAPES: list[tuple[int, int, int, int, int, int, tuple[int, int], Pad2d]] = [
-    (1, 1, 4, 4, 2, 2, (1, 1), ((0, 0), (0, 0))),
-    (2, 3, 5, 5, 3, 3, (1, 1), ((1, 1), (1, 1))),
-    (2, 2, 7, 9, 2, 3, (2, 3), ((1, 0), (2, 1))),  # non-square, asymmetric, non-divisible
-    (1, 2, 6, 5, 3, 2, (3, 2), ((0, 2), (1, 0))),
-    (2, 1, 3, 4, 3, 3, (1, 2), ((3, 0), (0, 4))),  # padding wider than the kernel
-    (1, 2, 8, 8, 1, 1, (3, 3), ((0, 0), (0, 0))),  # 1x1 kernel, rows skipped by the stride
-    (2, 1, 4, 4, 1, 1, (1, 1), ((0, 0), (0, 0))),  # 1x1, one channel: the columns are x itself
+# Window(N, C, H, W, KH, KW, stride, padding)
+SHAPES = [
+    Window(1, 1, 4, 4, 2, 2, (1, 1), ((0, 0), (0, 0))),
+    Window(2, 3, 5, 5, 3, 3, (1, 1), ((1, 1), (1, 1))),
+    Window(2, 2, 7, 9, 2, 3, (2, 3), ((1, 0), (2, 1))),  # non-square, asymmetric, non-divisible
+    Window(1, 2, 6, 5, 3, 2, (3, 2), ((0, 2), (1, 0))),
+    Window(2, 1, 3, 4, 3, 3, (1, 2), ((3, 0), (0, 4))),  # padding wider than the kernel
+    Window(1, 2, 8, 8, 1, 1, (3, 3), ((0, 0), (0, 0))),  # 1x1 kernel, rows skipped by the stride
+    # 1x1, one channel: the columns are x itself
+    Window(2, 1, 4, 4, 1, 1, (1, 1), ((0, 0), (0, 0))),
 ]
 
 
-def _out(h: int, w: int, kh: int, kw: int, stride: tuple[int, int], pad: Pad2d) -> tuple[int, int]:
-    return (
-        conv_out_size(h, kh, stride[0], *pad[0], axis="H"),
-        conv_out_size(w, kw, stride[1], *pad[1], axis="W"),
-    )
+@pytest.mark.parametrize("win", SHAPES, ids=str)
+def test_im2col_columns_match_windows(rng: np.random.Generator, win: Window) -> None:
+    x = rng.standard_normal(win.x_shape)
+    assert_columns_match_windows(win, x, im2col(x, win.kh, win.kw, win.stride, win.pad))
 
 
-@pytest.mark.parametrize(("n", "c", "h", "w", "kh", "kw", "stride", "pad"), SHAPES)
-def test_im2col_columns_match_windows(
-    rng: np.random.Generator,
-    n: int,
-    c: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    stride: tuple[int, int],
-    pad: Pad2d,
-) -> None:
-    x = rng.standard_normal((n, c, h, w))
-    cols = im2col(x, kh, kw, stride, pad)
-    oh, ow = _out(h, w, kh, kw, stride, pad)
-    assert cols.shape == (c * kh * kw, oh * ow * n)
-    xpad = np.pad(x, ((0, 0), (0, 0), pad[0], pad[1]))
-    c6 = cols.reshape(c, kh, kw, oh, ow, n)  # columns are ordered (oh, ow, n): batch last
-    for r in range(oh):
-        for s in range(ow):
-            win = xpad[:, :, r * stride[0] : r * stride[0] + kh, s * stride[1] : s * stride[1] + kw]
-            np.testing.assert_array_equal(c6[:, :, :, r, s, :], win.transpose(1, 2, 3, 0))
+@pytest.mark.parametrize("win", SHAPES, ids=str)
+def test_col2im_is_the_exact_adjoint_of_im2col(rng: np.random.Generator, win: Window) -> None:
+    x = rng.standard_normal(win.x_shape)
+    assert_col2im_is_the_adjoint(win, x, rng.standard_normal(win.cols_shape))
 
 
-@pytest.mark.parametrize(("n", "c", "h", "w", "kh", "kw", "stride", "pad"), SHAPES)
-def test_col2im_is_the_exact_adjoint_of_im2col(
-    rng: np.random.Generator,
-    n: int,
-    c: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    stride: tuple[int, int],
-    pad: Pad2d,
-) -> None:
-    x = rng.standard_normal((n, c, h, w))
-    oh, ow = _out(h, w, kh, kw, stride, pad)
-    cols = rng.standard_normal((c * kh * kw, oh * ow * n))
-    lhs = float(np.vdot(im2col(x, kh, kw, stride, pad), cols))
-    back = col2im(cols, x.shape, kh, kw, stride, pad)
-    assert back.shape == x.shape
-    rhs = float(np.vdot(x, back))
-    np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
-
-
-@pytest.mark.parametrize(("n", "c", "h", "w", "kh", "kw", "stride", "pad"), SHAPES)
-def test_col2im_matches_a_scatter_loop(
-    rng: np.random.Generator,
-    n: int,
-    c: int,
-    h: int,
-    w: int,
-    kh: int,
-    kw: int,
-    stride: tuple[int, int],
-    pad: Pad2d,
-) -> None:
-    oh, ow = _out(h, w, kh, kw, stride, pad)
-    cols = rng.standard_normal((c * kh * kw, oh * ow * n))
+@pytest.mark.parametrize("win", SHAPES, ids=str)
+def test_col2im_matches_a_scatter_loop(rng: np.random.Generator, win: Window) -> None:
+    n, c, h, w, kh, kw, stride = win.n, win.c, win.h, win.w, win.kh, win.kw, win.stride
+    oh, ow = win.out()
+    cols = rng.standard_normal(win.cols_shape)
     before = cols.copy()
-    (top, bottom), (left, right) = pad
+    (top, bottom), (left, right) = win.pad
     ref = np.zeros((n, c, h + top + bottom, w + left + right))
     c6 = cols.reshape(c, kh, kw, oh, ow, n)
     for r in range(oh):
@@ -99,7 +51,7 @@ def test_col2im_matches_a_scatter_loop(
             rows = slice(r * stride[0], r * stride[0] + kh)
             cs = slice(s * stride[1], s * stride[1] + kw)
             ref[:, :, rows, cs] += c6[:, :, :, r, s, :].transpose(3, 0, 1, 2)
-    back = col2im(cols, (n, c, h, w), kh, kw, stride, pad)
+    back = col2im(cols, (n, c, h, w), kh, kw, stride, win.pad)
     np.testing.assert_allclose(back, ref[:, :, top : top + h, left : left + w], atol=1e-12)
     np.testing.assert_array_equal(cols, before)
     assert not np.shares_memory(back, cols)  # even when one offset's columns are all of x
