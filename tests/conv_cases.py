@@ -11,6 +11,7 @@ geometry without filters.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,7 @@ def _label(case: Any, *extra: str) -> str:
 
 
 @dataclass(frozen=True)
-class _PairCase:
+class _PairCase(ABC):
     """x (N, C, H, W) and F filters of (KH, KW) taps; stride and padding as the cfg takes them."""
 
     n: int
@@ -71,17 +72,21 @@ class _PairCase:
         return (self.n, self.c, self.h, self.w)
 
     @property
+    @abstractmethod
     def w_shape(self) -> tuple[int, int, int, int]:
-        raise NotImplementedError
+        """The filters' shape (each layer lays them out its own way)."""
 
+    @abstractmethod
     def cfg(self, impl: str) -> Any:
-        raise NotImplementedError
+        """The layer's cfg for this case with kernel ``impl``."""
 
+    @abstractmethod
     def fwd(self, params: dict[str, Any], x: Arr, cfg: Any) -> tuple[Arr, Any]:
-        raise NotImplementedError
+        """The layer's forward."""
 
+    @abstractmethod
     def bwd(self, cache: Any, dy: Arr) -> tuple[Arr, dict[str, Arr]]:
-        raise NotImplementedError
+        """The layer's backward."""
 
     def make(self, rng: np.random.Generator, dtype: Any = np.float64) -> tuple[Params, Arr]:
         """Standard-normal w, b and x, drawn in that order."""
