@@ -236,6 +236,7 @@ def test_tune_allocator_keeps_large_blocks_in_the_heap_on_glibc() -> None:
         text=True,
         check=True,
         env=env,
+        timeout=60,
     )
     r = json.loads(proc.stdout)
     if platform.libc_ver()[0] != "glibc":  # told independently of tune_allocator's own test

@@ -474,7 +474,7 @@ def test_import_fcnn_needs_neither_onnx_nor_fastapi() -> None:
         "bad = [m for m in ('onnx', 'onnxruntime', 'fastapi', 'uvicorn') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # --- residual, concat and global pooling in the graph (issue 23) ----------------------------
