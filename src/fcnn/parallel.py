@@ -205,10 +205,9 @@ def allreduce_sum(tree: Mapping[str, Any], comm: Comm) -> dict[str, Any]:
     any MPI works, CUDA-aware or not; the sum comes back on the device.
     """
     paths, buf = _pack(tree)
-    host = to_host(buf)
-    total = np.empty_like(host)
-    comm.Allreduce(host, total)  # mpi4py's default op: MPI.SUM
-    return _unpack(paths, to_device(total, namespace(buf)), tree)
+    total = np.empty_like(buf)
+    comm.Allreduce(buf, total)  # mpi4py's default op: MPI.SUM
+    return _unpack(paths, total, tree)
 
 
 def allreduce_mean(tree: Mapping[str, Any], comm: Comm) -> dict[str, Any]:
@@ -222,9 +221,8 @@ def broadcast(tree: Mapping[str, Any], comm: Comm, root: int = 0) -> dict[str, A
     """``root``'s ``tree`` on every rank (one fused ``Bcast``), as a new tree (through the
     host for leaves on a device, as ``allreduce_sum``)."""
     paths, buf = _pack(tree)
-    host = to_host(buf)
-    comm.Bcast(host, root=root)
-    return _unpack(paths, to_device(host, namespace(buf)), tree)
+    comm.Bcast(buf, root=root)
+    return _unpack(paths, buf, tree)
 
 
 def _rank_generator(rng: Any, rank: int) -> Any:
