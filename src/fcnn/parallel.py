@@ -324,12 +324,10 @@ def evaluate_sharded(
 def check_same_everywhere(text: str, comm: Comm) -> list[int]:
     """The ranks whose ``text`` differs from rank 0's (empty when all agree).
 
-    Compares fixed-size digests with one ``Allgather``, so ``text`` may be long.
+    Compares fixed-size digests with one ``Allgather`` (``differing_parts``), so ``text``
+    may be long.
     """
-    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), dtype=np.uint8)
-    every = np.empty((comm.Get_size(), digest.size), dtype=np.uint8)
-    comm.Allgather(digest, every)
-    return [r for r in range(len(every)) if not np.array_equal(every[r], every[0])]
+    return list(differing_parts({"text": text}, comm))
 
 
 def sync_train_state(ts: TrainState, comm: Comm) -> TrainState:
@@ -772,7 +770,7 @@ def agree_on(ranks: Ranks, setting: str, problem: str | None) -> None:
     if ranks.comm is None:
         return
     differ = check_same_everywhere(f"{setting}\n{problem or ''}", ranks.comm)
-    others = f"rank{'s' * (len(differ) > 1)} {', '.join(map(str, differ))}"
+    others = _ranks_named(differ)
     if problem is not None and not differ:  # the same on every rank
         raise EveryRankError(problem)
     if problem is not None:
