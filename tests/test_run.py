@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from helpers import fake_cifar10
 
+import fcnn
 from fcnn.cli import CliError
 from fcnn.data.augment import random_shift, shift_augment
 from fcnn.io import read_checkpoint_header
@@ -30,6 +31,7 @@ from fcnn.run import (
     check_outputs,
     claim_path,
     claim_run_folder,
+    has_layer,
     load_test_set,
     read_resume,
     release,
@@ -406,3 +408,24 @@ def test_run_folders_claimed_at_the_same_time_are_all_different(tmp_path: Path) 
     with ThreadPoolExecutor(8) as pool:
         folders = list(pool.map(lambda _: claim_run_folder("lines", root), range(16)))
     assert sorted(Path(f).name for f in folders) == sorted(f"lines-{n}" for n in range(1, 17))
+
+
+def test_has_layer_sees_inside_residual_and_concat() -> None:
+    # Regression: has_layer walked only a Sequential's layers, so batch norm or dropout
+    # inside a residual block or a concat branch went unseen (a model with batch norm only
+    # in its residual blocks then trained with --batch-size 1 instead of being refused).
+    bn_in_block = fcnn.sequential(
+        fcnn.Conv2d(4, 3, padding=1),
+        fcnn.residual(fcnn.sequential(fcnn.Conv2d(4, 3, padding=1), fcnn.BatchNorm2d())),
+    )
+    bn_in_shortcut = fcnn.residual(
+        fcnn.Conv2d(4, 1), fcnn.sequential(fcnn.Conv2d(4, 1), fcnn.BatchNorm2d())
+    )
+    dropout_in_branch = fcnn.concat(
+        fcnn.sequential(fcnn.Conv2d(2, 1), fcnn.SpatialDropout2d(0.5)), fcnn.Conv2d(2, 1)
+    )
+    assert has_layer(bn_in_block.spec, "BatchNorm")
+    assert has_layer(bn_in_shortcut.spec, "BatchNorm")
+    assert has_layer(dropout_in_branch.spec, "Dropout")
+    assert not has_layer(bn_in_block.spec, "Dropout")
+    assert not has_layer(dropout_in_branch.spec, "BatchNorm")

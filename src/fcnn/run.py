@@ -474,10 +474,12 @@ def training_loss(config: RunConfig) -> Loss:
 
 
 def has_layer(spec: Mapping[str, Any], kind: str) -> bool:
-    """Whether a model ``spec`` (see ``Layer.spec``) holds, at any depth, a layer whose
-    type names ``kind`` (``"BatchNorm"`` finds BatchNorm1d and BatchNorm2d, ``"Dropout"``
-    finds Dropout and SpatialDropout2d)."""
-    children = spec.get("layers", [])
+    """Whether a model ``spec`` (see ``Layer.spec``) holds, at any depth (a Sequential's
+    layers, a Residual's block and shortcut, a Concat's branches), a layer whose type
+    names ``kind`` (``"BatchNorm"`` finds BatchNorm1d and BatchNorm2d, ``"Dropout"`` finds
+    Dropout and SpatialDropout2d)."""
+    children = [*spec.get("layers", []), *spec.get("branches", [])]
+    children += [c for c in (spec.get("block"), spec.get("shortcut")) if c is not None]
     return kind in str(spec.get("type", "")) or any(has_layer(c, kind) for c in children)
 
 
