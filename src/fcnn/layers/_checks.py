@@ -200,6 +200,14 @@ class Signature:
                 f"{op}: dtypes must match, but y is {np.dtype(dtype)}, dy is {dy.dtype}"
             )
 
+    def kept_shape_init(
+        self, rng: np.random.Generator, in_shape: Iterable[Any], dtype: Any
+    ) -> tuple[dict[str, Any], dict[str, Any], tuple[int, ...]]:
+        """The init of a layer without params or state whose output keeps its input's
+        shape (elementwise layers, dropout): ``({}, {}, check_init(in_shape, dtype))``.
+        Pass the bound method as the layer's ``init``."""
+        return {}, {}, self.check_init(in_shape, dtype)
+
     def check_init(self, in_shape: Iterable[Any], dtype: Any) -> tuple[int, ...]:
         """A layer's ``init``: the per-sample shape (x's layout without N, sizes >= 1) and a
         floating dtype. Returns the shape as a tuple of ints."""

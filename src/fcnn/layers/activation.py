@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from numpy.typing import DTypeLike
 
 from ..ops.layout import memory_flat
 from ..ops.special import normal_cdf, normal_pdf
 from ..ops.xp import fused, is_numpy, namespace
 from ._checks import Signature
-from .base import Array, InitFn, Layer, Params, Shape, State, pair_layer, to_spec
+from .base import Array, Layer, Params, pair_layer, to_spec
 
 __all__ = [
     "Gelu",
@@ -120,24 +119,8 @@ def _relu_grad(xp: Any, dy: Array, y: Array) -> Array:
 
 def Relu(*, name: str | None = None) -> Layer:
     """A ReLU layer: any per-sample shape, returned unchanged by ``init``; no parameters."""
-
-    def init(
-        rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike
-    ) -> tuple[Params, State, Shape]:
-        return {}, {}, _SIG.check_init(in_shape, dtype)
-
+    init = _SIG.kept_shape_init
     return pair_layer("relu", relu_fwd, relu_bwd, None, init, to_spec("Relu"), name)
-
-
-def _elementwise_init(sig: Signature) -> InitFn:
-    """The init of an elementwise layer: no params, no state, the shape kept (checked)."""
-
-    def init(
-        rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike
-    ) -> tuple[Params, State, Shape]:
-        return {}, {}, sig.check_init(in_shape, dtype)
-
-    return init
 
 
 # --- leaky ReLU ------------------------------------------------------------------------------
@@ -201,7 +184,7 @@ def LeakyRelu(slope: float = 0.01, *, name: str | None = None) -> Layer:
         leaky_relu_fwd,
         leaky_relu_bwd,
         cfg,
-        _elementwise_init(_LEAKY),
+        _LEAKY.kept_shape_init,
         to_spec("LeakyRelu", cfg),
         name,
     )
@@ -287,7 +270,7 @@ def Gelu(approximate: str = "none", *, name: str | None = None) -> Layer:
     """A GELU layer (``approximate``: ``"none"`` or ``"tanh"``): any per-sample shape, kept;
     no params."""
     cfg = GeluCfg(approximate)
-    init = _elementwise_init(_GELU)
+    init = _GELU.kept_shape_init
     return pair_layer("gelu", gelu_fwd, gelu_bwd, cfg, init, to_spec("Gelu", cfg), name)
 
 
@@ -355,11 +338,11 @@ def tanh_bwd(cache: TanhCache, dy: Array) -> tuple[Array, Params]:
 
 def Sigmoid(*, name: str | None = None) -> Layer:
     """A sigmoid layer: any per-sample shape, kept; no parameters."""
-    init = _elementwise_init(_SIGMOID)
+    init = _SIGMOID.kept_shape_init
     return pair_layer("sigmoid", sigmoid_fwd, sigmoid_bwd, None, init, to_spec("Sigmoid"), name)
 
 
 def Tanh(*, name: str | None = None) -> Layer:
     """A tanh layer: any per-sample shape, kept; no parameters."""
-    init = _elementwise_init(_TANH)
+    init = _TANH.kept_shape_init
     return pair_layer("tanh", tanh_fwd, tanh_bwd, None, init, to_spec("Tanh"), name)

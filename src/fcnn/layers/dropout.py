@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from numpy.typing import DTypeLike
 
 from ..ops.xp import is_numpy, namespace
 from ._checks import RNG, TRAIN, Signature
-from .base import Array, Layer, Params, Shape, State, pair_layer, to_spec
+from .base import Array, Layer, Params, pair_layer, to_spec
 
 __all__ = [
     "Dropout",
@@ -149,14 +148,8 @@ def dropout_bwd(cache: DropoutCache, dy: Array) -> tuple[Array, Params]:
 def _dropout_layer(type_name: str, fwd: Any, rate: float, name: str | None) -> Layer:
     cfg = DropoutCfg(rate)
     sig = _SIGS["spatial_dropout2d" if type_name == "SpatialDropout2d" else "dropout"]
-
-    def init(
-        rng: np.random.Generator, in_shape: Shape, dtype: DTypeLike
-    ) -> tuple[Params, State, Shape]:
-        return {}, {}, sig.check_init(in_shape, dtype)
-
     spec = to_spec(type_name, cfg)
-    return pair_layer("dropout", fwd, dropout_bwd, cfg, init, spec, name)
+    return pair_layer("dropout", fwd, dropout_bwd, cfg, sig.kept_shape_init, spec, name)
 
 
 def Dropout(rate: float, *, name: str | None = None) -> Layer:
