@@ -509,7 +509,7 @@ def _statistics(norm: Any, channels: int) -> tuple[tuple[float, ...], tuple[floa
         numbers = isinstance(value, list) and all(_is_number(v) for v in value)
         if not numbers or len(value) != channels:
             raise ValueError(
-                f"normalization {key} must be a list of {_count(channels, 'number')} (one per "
+                f"normalization {key} must be a list of {plural(channels, 'number')} (one per "
                 f"channel of input_shape), got {value!r}"
             )
         with np.errstate(over="ignore"):  # a float64 past float32's range becomes inf: refused
@@ -536,8 +536,8 @@ def _statistics(norm: Any, channels: int) -> tuple[tuple[float, ...], tuple[floa
     return tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
 
 
-def _count(n: int, noun: str) -> str:
-    """``1 number``, ``3 numbers``."""
+def plural(n: int, noun: str) -> str:
+    """``1 epoch``, ``3 epochs``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
@@ -716,10 +716,10 @@ def _check_fits(record: RunRecord, resume: bool) -> None:
             f"{list(IMAGE_SHAPES[config.dataset])}"
         )
     if epoch > config.epochs:
-        raise ValueError(f"epoch {epoch} is past the run's {_count(config.epochs, 'epoch')}")
+        raise ValueError(f"epoch {epoch} is past the run's {plural(config.epochs, 'epoch')}")
     if len(record.history) != epoch:
-        rows = _count(len(record.history), "row")
-        raise ValueError(f"history has {rows} for {_count(epoch, 'epoch')} done")
+        rows = plural(len(record.history), "row")
+        raise ValueError(f"history has {rows} for {plural(epoch, 'epoch')} done")
     for i, row in enumerate(record.history, 1):
         if sorted(row) != sorted(METRICS) or row["epoch"] != i or type(row["epoch"]) is not int:
             raise ValueError(f"history row {i} must hold {list(METRICS)} for epoch {i}, got {row}")

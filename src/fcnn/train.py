@@ -56,6 +56,7 @@ from fcnn.run import (
     claimed,
     parameter_count,
     parse_model_arg,
+    plural,
     resolve_config,
     save,
     set_up,
@@ -245,11 +246,6 @@ def epoch_line(run: Run, row: Mapping[str, Any]) -> str:
         f"test loss {row['test_loss']:.4f}  test acc {100 * row['test_acc']:.2f}%  "
         f"({row['train_seconds']:.1f}s, {row['samples_per_second']:.0f}/s)"
     )
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 epoch``, ``2 epochs``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def describe(run: Run, progress: Progress) -> str:
