@@ -20,6 +20,7 @@ from fcnn.layers.activation import (
     GeluCfg,
     LeakyRelu,
     LeakyReluCfg,
+    Relu,
     Sigmoid,
     Tanh,
     gelu_bwd,
@@ -261,3 +262,22 @@ def test_layer_init_apply_backward_and_spec(
     assert dx.shape == x.shape and grads == {}
     with pytest.raises(TypeError, match="dtype must be a floating dtype, got int32"):
         layer.init(rng, (3,), np.int32)
+
+
+@pytest.mark.parametrize(
+    ("layer", "op"),
+    [
+        (Relu(), "relu"),
+        (LeakyRelu(), "leaky_relu"),
+        (Gelu(), "gelu"),
+        (Sigmoid(), "sigmoid"),
+        (Tanh(), "tanh"),
+    ],
+)
+def test_layer_init_keeps_the_shape_and_refuses_an_empty_axis(
+    rng: np.random.Generator, layer: Layer, op: str
+) -> None:
+    assert layer.init(rng, (7,), np.float64) == ({}, {}, (7,))
+    assert layer.init(rng, (), np.float64) == ({}, {}, ())  # one number per sample
+    with pytest.raises(ValueError, match=rf"^{op}: input shape must be \(\.\.\.\) \(no batch"):
+        layer.init(rng, (3, 0), np.float32)
