@@ -307,9 +307,7 @@ def save_checkpoint(
 def _few(names: Sequence[str], shown: int = 5) -> str:
     """``names`` for a message: the first ``shown`` and how many more, so a file with a
     hundred thousand wrong entries still gets a one-line error."""
-    listed = ", ".join(repr(n) for n in names[:shown])
-    more = len(names) - shown
-    return f"[{listed}{f', ... and {more} more' if more > 0 else ''}]"
+    return f"[{_listed([repr(n) for n in names], shown=shown)}]"
 
 
 def _reason(err: BaseException) -> str:
