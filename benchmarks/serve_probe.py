@@ -1,7 +1,8 @@
 """Hostile clients against ``python -m fcnn.serve``, with legitimate clients beside them:
 how many legitimate requests are served, how fast, and what the server's memory does.
 
-Run by hand (each scenario is bounded in time; nothing here runs in the test suite)::
+Run by hand (each scenario is bounded in time; ``pytest -m slow tests/test_serve_guards.py``
+runs four of the floods through ``run``)::
 
     python benchmarks/serve_probe.py slow-body --attackers 100 --seconds 60
     python benchmarks/serve_probe.py idle --attackers 300 --seconds 30
@@ -111,7 +112,9 @@ def running_server(
         deadline = time.monotonic() + 60
         while not _answers(port):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+                proc.kill()  # one still running would never close its stderr
+                _, err = proc.communicate(timeout=10)
+                raise RuntimeError(f"the server did not start: {err!r}")
             time.sleep(0.1)
         yield port, proc.pid
     finally:
@@ -432,11 +435,19 @@ def one_round(args: argparse.Namespace, port: int, pid: int) -> dict[str, Any]:
             target=_attack_process, args=(args.scenario, port, args.attackers, until, sender)
         )
         child.start()
+    sender.close()  # the child's copy alone: its end, or its death, ends receiver.poll
     time.sleep(0.5)  # the attackers first
     tally = asyncio.run(_legit_all(args, port, pid, until))
-    attack = receiver.recv() if child else {}
+    attack = {}
     if child:
+        with contextlib.suppress(EOFError):  # an attacker process that died sends nothing
+            if receiver.poll(until - time.monotonic() + 30):
+                attack = receiver.recv()
         child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    receiver.close()
     lat = sorted(tally.latencies)
     return {
         "seconds": args.seconds,
