@@ -32,7 +32,7 @@ import re
 import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -170,7 +170,7 @@ def _int_at_least(low: int) -> Check:
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not _is_number(value):
         raise ValueError(f"{flag_name(name)} must be a number, got {value!r}")
     return float(value)
 
@@ -541,7 +541,7 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     """A JSON number: an int or a float, not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -654,7 +654,7 @@ class RunRecord:
     def test_accuracy(self) -> float | None:
         """The last epoch's test accuracy in [0, 1], or ``None`` without one."""
         acc = self.history[-1].get("test_acc") if self.history else None
-        if isinstance(acc, int | float) and not isinstance(acc, bool) and 0.0 <= acc <= 1.0:
+        if _is_number(acc) and 0.0 <= acc <= 1.0:
             return float(acc)
         return None
 
