@@ -198,20 +198,19 @@ class Server:
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"the server did not start: {self.proc.stdout.read()}")  # type: ignore[union-attr]
+                raise AssertionError(f"the server did not start: {self.stop()}")
             time.sleep(0.1)
 
-    def stop(self) -> None:
+    def stop(self) -> str:
+        """Stop the server (killed if need be); what it printed."""
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        try:
+            output, _ = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            output, _ = self.proc.communicate(timeout=10)
+        return output or ""
 
 
 @pytest.fixture
