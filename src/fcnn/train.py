@@ -288,8 +288,8 @@ def resume_hint(run: Run, progress: Progress) -> str:
 
 
 def done_line(run: Run, progress: Progress) -> str:
-    if not progress.history:
-        return "done: nothing to train"
+    """The last line. The history is never empty here: a run has at least one epoch, and
+    a resumed checkpoint holds a row for every epoch it has done."""
     seconds = sum(row["train_seconds"] for row in progress.history)
     line = (
         f"done: test accuracy {100 * progress.history[-1]['test_acc']:.2f}% after "
