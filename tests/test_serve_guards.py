@@ -21,29 +21,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("uvicorn")
+import serve_probe  # benchmarks/: the probe's checkpoint, uploads and floods
 from PIL import Image
-
-import fcnn
-from fcnn.io import save_checkpoint
-from fcnn.models import build_model, describe_model
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("serve") / "m.npz"
-    params, state, _ = fcnn.init(build_model("small", 10), np.random.default_rng(0), (1, 28, 28))
-    meta = {
-        "model": describe_model("small", 10),
-        "input_shape": [1, 28, 28],
-        "classes": [str(i) for i in range(10)],
-        "normalization": {"mean": [0.13], "std": [0.31]},
-    }
-    save_checkpoint(path, params=params, state=state, meta=meta)
-    return path
+    """The small random model serve_probe.py serves."""
+    return serve_probe._small_checkpoint(tmp_path_factory.mktemp("serve"))
 
 
 def _get(port: int, path: str = "/health", timeout: float = 5.0) -> int:
@@ -116,16 +104,13 @@ def test_regression_300_idle_sockets_locked_out_health(checkpoint: Path) -> None
     did not answer for over 23 s. Now at the connection limit the longest-waiting idle
     connection is closed for each newcomer: /health answers at once and the server holds
     no more descriptors than its limit allows."""
-    with _server(checkpoint, open_files=256) as (port, pid):
-        socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(300)]
-        try:
-            start = time.monotonic()
-            assert _get(port, timeout=10) == 200
-            answered_in = time.monotonic() - start
-            held = len(os.listdir(f"/proc/{pid}/fd"))
-        finally:
-            for s in socks:
-                s.close()
+    with _server(checkpoint, open_files=256) as (port, pid), contextlib.ExitStack() as socks:
+        for _ in range(300):  # each closed on the way out, even when one fails to connect
+            socks.enter_context(socket.create_connection(("127.0.0.1", port), timeout=5))
+        start = time.monotonic()
+        assert _get(port, timeout=10) == 200
+        answered_in = time.monotonic() - start
+        held = len(os.listdir(f"/proc/{pid}/fd"))
     assert answered_in < 3.0, f"/health took {answered_in:.1f} s"
     assert held < 200, f"{held} descriptors open"
 
@@ -168,20 +153,10 @@ def _memory_mib(pid: int) -> tuple[int, int, int]:
 
 
 def _upload(port: int, png: bytes) -> int:
-    boundary = "fcnnboundary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="z.png"\r\n'
-            "Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + png
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body, ctype = serve_probe.multipart(png)
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        c.request(
-            "POST", "/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        )
+        c.request("POST", "/predict", body, {"Content-Type": ctype})
         r = c.getresponse()
         r.read()
         return r.status
@@ -238,19 +213,15 @@ def test_regression_slow_uploads_locked_everyone_out(checkpoint: Path) -> None:
     """Issue 24.1: a connection whose body was still arriving was never closed for a
     newcomer, so slow uploads holding every place locked everyone out (503s and resets).
     Now the one furthest behind its body's minimum rate makes room (a 408)."""
-    with _server(checkpoint, "--max-connections", "10") as (port, _):
-        slow = [_slow_body(port) for _ in range(10)]
-        try:
-            time.sleep(1)  # all ten accepted and their heads read
-            answers = [_get(port, timeout=10) for _ in range(5)]
-            evicted = 0
-            for s in slow:
-                s.settimeout(0.5)
-                with contextlib.suppress(TimeoutError, OSError):
-                    evicted += s.recv(100).startswith(b"HTTP/1.1 408 ")
-        finally:
-            for s in slow:
-                s.close()
+    with _server(checkpoint, "--max-connections", "10") as (port, _), contextlib.ExitStack() as st:
+        slow = [st.enter_context(_slow_body(port)) for _ in range(10)]
+        time.sleep(1)  # all ten accepted and their heads read
+        answers = [_get(port, timeout=10) for _ in range(5)]
+        evicted = 0
+        for s in slow:
+            s.settimeout(0.5)
+            with contextlib.suppress(TimeoutError, OSError):
+                evicted += s.recv(100).startswith(b"HTTP/1.1 408 ")
     assert answers == [200] * 5
     assert evicted >= 1  # one made room; the rest kept their places
 
@@ -341,8 +312,6 @@ def test_legitimate_clients_are_served_during_a_flood(
 ) -> None:
     """Issue 24.1 and 24.5 at full size, through benchmarks/serve_probe.py: 15 s of a flood
     (attackers in a process of their own, reconnecting), 4 legitimate clients beside it."""
-    import serve_probe
-
     argv = [scenario, "--attackers", str(attackers), "--seconds", "15", "--idle-seconds", "1"]
     args = serve_probe._parser().parse_args(argv)
     result = serve_probe.run(args, checkpoint)
