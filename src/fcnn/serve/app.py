@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 
+from .. import __version__
 from ..models import Trained, load_trained
 from .body import BodyGuard, ByteBudget
 from .formats import InputError
@@ -189,10 +190,8 @@ def _page_files() -> dict[str, tuple[bytes, str]]:
     }
 
 
-def _serving_of(trained: Trained, limits: ServeLimits) -> Serving:
-    from .. import __version__
-
-    facts = checkpoint_facts(trained)
+def _serving_of(trained: Trained, limits: ServeLimits, facts: dict[str, Any]) -> Serving:
+    """``facts``: ``checkpoint_facts(trained)``."""
     metadata = Metadata(
         fcnn_version=str(__version__),
         model=facts["model"],
@@ -221,21 +220,20 @@ def create_app(
     ``OSError``). ``limits`` defaults to ``ServeLimits()``. ``ValueError`` for a model
     that cannot give finite answers (``fcnn.serve.schema.check_servable``).
     """
-    from .. import __version__
-
     trained = source if isinstance(source, Trained) else load_trained(source)
     lim = ServeLimits() if limits is None else limits
     if not isinstance(lim, ServeLimits):
         raise TypeError(f"create_app: limits must be a ServeLimits, got {type(lim).__name__}")
     check_servable(trained)
-    serving = _serving_of(trained, lim)
+    facts = checkpoint_facts(trained)
+    serving = _serving_of(trained, lim, facts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         serving.workers.shutdown(wait=False, cancel_futures=True)
 
-    shape, name = trained.input_shape, checkpoint_facts(trained)["name"]
+    shape, name = trained.input_shape, facts["name"]
     app = FastAPIOffline(  # /docs' scripts and styles from the fastapi-offline package
         title="fcnn inference server",
         version=str(__version__),
