@@ -39,7 +39,6 @@ from fcnn.cli import (
     EXIT_INTERRUPTED,
     CliError,
     add_flags,
-    add_trust_code,
     from_flags,
     run_main,
 )
@@ -84,8 +83,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=_MODEL_ARGS.metadata["help"],
     )
     files = p.add_argument_group("files")
-    add_flags(files, Options, skip=("trust_code",))
-    add_trust_code(files)
+    add_flags(files, Options)
     args = p.parse_args(argv)
     args.model_args = _model_args(p, args.model_args)
     given = settings_given(args)
