@@ -50,7 +50,7 @@ class ByteBudget:
     """``total`` bytes shared by an app's requests, handed out first come, first served."""
 
     def __init__(self, total: int) -> None:
-        self.total = self.free = total
+        self.free = total
         self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     async def take(self, n: int, timeout: float) -> bool:
