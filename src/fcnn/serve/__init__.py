@@ -1,8 +1,8 @@
 """An HTTP inference server for a trained checkpoint: ``python -m fcnn.serve M.npz``.
 
-Needs the ``serve`` extra (``pip install "fcnn[serve]"``: FastAPI, uvicorn,
-python-multipart, Pillow). The checkpoint is loaded once, when the app is built; every
-request then runs ``Trained.predict_proba``, which normalises with the training
+Needs the ``serve`` extra (``pip install "fcnn[serve]"``: FastAPI, fastapi-offline,
+uvicorn, python-multipart, Pillow). The checkpoint is loaded once, when the app is built;
+every request then runs ``Trained.predict_proba``, which normalises with the training
 statistics stored in the checkpoint. Endpoints::
 
     GET  /                    a page to draw a digit on and see the prediction
