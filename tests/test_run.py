@@ -18,7 +18,7 @@ from helpers import fake_cifar10
 import fcnn
 from fcnn.cli import CliError
 from fcnn.data.augment import random_shift, shift_augment
-from fcnn.io import read_checkpoint_header
+from fcnn.io import check_finite, read_checkpoint_header
 from fcnn.models import describe_model
 from fcnn.run import (
     IMAGE_SHAPES,
@@ -27,7 +27,6 @@ from fcnn.run import (
     Outputs,
     RunConfig,
     RunRecord,
-    check_finite,
     check_outputs,
     claim_path,
     claim_run_folder,

@@ -84,6 +84,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointHeader",
     "MemberInfo",
+    "check_finite",
     "check_params_match",
     "fcnn_version",
     "generator_state",
@@ -844,6 +845,24 @@ def _compare(
             wrong.append(f"{path}: shape {rs} in the model, {gs} in the file")
         if rd != gd:
             wrong.append(f"{path}: dtype {rd} in the model, {gd} in the file")
+
+
+def check_finite(trees: Mapping[str, Any], where: str) -> None:
+    """``CheckpointError`` (``where: ...``) naming the first floating array of ``trees``
+    (``{"params": ..., "state": ...}``, nested dicts of arrays; ``None`` skipped) that holds
+    NaN or an infinity: a model with one predicts NaN, and training from it goes nowhere.
+    ``load_trained`` and ``--resume`` call it on what ``load_checkpoint`` gave them."""
+    for prefix, tree in trees.items():
+        leaves: dict[str, np.ndarray[Any, Any]] = {}
+        _flatten_tree(tree or {}, prefix, leaves)
+        for path, a in sorted(leaves.items()):
+            if a.dtype.kind not in "fc" or np.isfinite(a).all():
+                continue
+            bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+            raise CheckpointError(
+                f"{where}: {path} holds {bad} NaN or infinite value"
+                f"{'s' * (bad > 1)} (of {a.size}); the checkpoint cannot be used"
+            )
 
 
 def check_params_match(model_params_like: Any, loaded: Any, what: str = "params") -> None:

@@ -37,6 +37,7 @@ from .data import DATASETS, normalize
 from .data.images import check_unit_images
 from .io import (
     CheckpointError,
+    check_finite,
     check_params_match,
     load_checkpoint,
     read_checkpoint_header,
@@ -467,7 +468,7 @@ def load_trained(path: str | os.PathLike[str], *, trust_code: bool = False) -> T
     Only the header and the arrays' declared shapes are read before everything is checked
     (``param_shapes`` draws nothing, so a recorded input shape the weights cannot fit
     allocates nothing); the arrays' data is read last.
-    An array holding NaN or an infinity is refused (``fcnn.run.check_finite``).
+    An array holding NaN or an infinity is refused (``fcnn.io.check_finite``).
     """
     from .run import RunRecord  # fcnn.run builds on this module's registry
 
@@ -487,8 +488,6 @@ def load_trained(path: str | os.PathLike[str], *, trust_code: bool = False) -> T
     params_like, state_like = _shapes_for(model, record, where)
     # The shapes and dtypes are compared with the members' headers before any data is read.
     ckpt = load_checkpoint(path, expected={"params": params_like, "state": state_like})
-    from .run import check_finite  # NaN or infinite weights would predict NaN
-
     check_finite({"params": ckpt.params, "state": ckpt.state}, where)
     mean, std = record.normalization()
     return Trained(

@@ -44,6 +44,7 @@ from .data.dataset import Dataset
 from .io import (
     CheckpointError,
     CheckpointHeader,
+    check_finite,
     generator_state,
     load_checkpoint,
     read_checkpoint_header,
@@ -71,7 +72,7 @@ from .plots import figure_class, image_format, plot_history
 from .schedules import cosine_decay, one_cycle
 from .specs import SpecError, check_rebuildable, dump_spec, import_function, where_raised
 from .training import Step, TrainState
-from .tree import flatten_dict, to_device, to_host, tree_leaves
+from .tree import to_device, to_host, tree_leaves
 
 try:
     import fcntl  # the claim on a checkpoint path (claim_path)
@@ -98,7 +99,6 @@ __all__ = [
     "Run",
     "RunConfig",
     "RunRecord",
-    "check_finite",
     "check_setting",
     "claim_path",
     "claim_run_folder",
@@ -1144,22 +1144,6 @@ def _resume_progress(path: str, record: RunRecord, fresh: Progress) -> Progress:
         history=tuple(dict(row) for row in record.history),
         saved=f"{path} (epoch {record.epoch})",
     )
-
-
-def check_finite(trees: Mapping[str, Any], where: str) -> None:
-    """``CheckpointError`` (``where: ...``) naming the first floating array of ``trees``
-    (``{"params": ..., "state": ...}``, nested dicts of arrays; ``None`` skipped) that holds
-    NaN or an infinity: a model with one predicts NaN, and training from it goes nowhere."""
-    for prefix, tree in trees.items():
-        for key, leaf in sorted(flatten_dict(tree or {}).items()):
-            a = np.asarray(leaf)
-            if a.dtype.kind not in "fc" or np.isfinite(a).all():
-                continue
-            bad = a.size - int(np.count_nonzero(np.isfinite(a)))
-            raise CheckpointError(
-                f"{where}: {prefix}/{key} holds {bad} NaN or infinite value"
-                f"{'s' * (bad > 1)} (of {a.size}); the checkpoint cannot be used"
-            )
 
 
 def write_metrics(path: str, history: Sequence[Mapping[str, Any]]) -> None:
