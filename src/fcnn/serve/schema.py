@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from ..io import CheckpointError, check_finite
 from ..layers.base import Array
 from ..models import Trained
-from ..tree import tree_leaves
 from .formats import InputError
 
 __all__ = [
@@ -153,12 +153,10 @@ class UnservableModelError(ValueError):
 def check_servable(trained: Trained) -> None:
     """``UnservableModelError`` (a ``ValueError``) unless ``trained`` can give finite
     answers: finite parameters, state and normalisation, and a positive std."""
-    named = {"the parameters": trained.params, "the state": trained.state}
-    for what, tree in named.items():
-        if not all(np.all(np.isfinite(leaf)) for leaf in tree_leaves(tree)):
-            raise UnservableModelError(
-                f"cannot serve this model: {what} hold NaN or infinite values"
-            )
+    try:  # a Trained built in code has not been through load_trained's check
+        check_finite({"params": trained.params, "state": trained.state}, "cannot serve")
+    except CheckpointError as err:
+        raise UnservableModelError(str(err)) from None
     if not (np.all(np.isfinite(trained.mean)) and np.all(np.isfinite(trained.std))):
         raise UnservableModelError("cannot serve this model: its normalisation is not finite")
     if not np.all(np.asarray(trained.std) > 0):
