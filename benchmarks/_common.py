@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -229,17 +230,23 @@ def run_worker(
 
     A fresh interpreter per configuration keeps one configuration's allocator state
     from skewing the next. ``launcher`` goes before the interpreter (e.g. ``mpiexec -n
-    2``). Raises ``RuntimeError`` with the worker's stderr on failure.
+    2``). Raises ``RuntimeError`` with the worker's stderr on failure; at ``timeout`` the
+    worker's whole session is killed (with a launcher: mpiexec and every rank).
     """
     cmd = [*launcher, sys.executable, str(script), "--worker", json.dumps(spec)]
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # timed out, or interrupted
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    lines = [ln for ln in out.splitlines() if ln.strip()]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"worker {spec} failed (exit {proc.returncode}):\n{proc.stderr.strip()[-4000:]}"
-        )
+        raise RuntimeError(f"worker {spec} failed (exit {proc.returncode}):\n{err.strip()[-4000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
     return result
 

@@ -19,6 +19,7 @@ import conv_bench
 import numpy as np
 import pytest
 import train_bench
+from helpers import run_in_session
 
 import fcnn
 import fcnn.layers.conv as conv_layer
@@ -526,7 +527,7 @@ def test_mpi_bench_quick_run_on_two_ranks(tmp_path: Path) -> None:
     out = tmp_path / "mpi.json"
     cmd = [sys.executable, str(BENCH / "mpi_bench.py"), "--quick", "--json", str(out)]
     cmd += ["--models", "small", "--batches", "32", "--no-torch"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    proc = run_in_session(cmd, timeout=300)  # a timeout kills mpi_bench's mpiexec and ranks too
     assert proc.returncode == 0, proc.stderr
     assert "fcnn x2 / fcnn x1 = " in proc.stdout
     rows = json.loads(out.read_text())["rounds"][0]

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import same_tree
+from helpers import run_in_session, same_tree
 
 import fcnn
 import fcnn.run
@@ -127,23 +127,7 @@ def run_job(
 ) -> subprocess.CompletedProcess[str]:
     """Run an ``mpiexec`` command line in a session of its own; at TIMEOUT, or if the test
     stops, kill the whole session (mpiexec, its proxies and every rank) and fail."""
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return run_in_session(cmd, TIMEOUT, env, cwd)
 
 
 def mpirun(
